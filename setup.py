@@ -1,6 +1,6 @@
 """ament_python packaging for evit_ros (colcon build, ros2 run, ros2 launch)."""
-from glob import glob
 import os
+from glob import glob
 
 from setuptools import find_packages, setup
 

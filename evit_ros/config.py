@@ -69,7 +69,8 @@ class InputConfig:
         for name, v in (('input.height', self.height), ('input.width', self.width)):
             if not isinstance(v, int) or v < 32 or v > 4096 or v % 32:
                 lo = max(32, (int(v) // 32) * 32) if isinstance(v, (int, float)) else 32
-                raise ConfigError(f'{name}={v!r} must be a multiple of 32 in [32, 4096]; nearest valid: {lo} or {lo + 32}')
+                raise ConfigError(f'{name}={v!r} must be a multiple of 32 in [32, 4096]; '
+                                  f'nearest valid: {lo} or {lo + 32}')
         _choice('input.resize_mode', self.resize_mode, RESIZE_MODES)
         _choice('input.interpolation', self.interpolation, INTERPOLATIONS)
 
@@ -104,7 +105,8 @@ class CameraConfig:
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace('_', 'a').isalnum():
-            raise ConfigError(f'camera name {self.name!r} must be a non-empty [A-Za-z0-9_] word (it becomes a topic part)')
+            raise ConfigError(f'camera name {self.name!r} must be a non-empty [A-Za-z0-9_] word '
+                              '(it becomes part of topic names)')
         _choice(f'cameras.{self.name}.transport', self.transport, TRANSPORTS)
 
     @property

@@ -1,0 +1,113 @@
+"""Packaging: the colcon install layout every vehicle uses, package.xml, and the ROS-free core."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def _tracked_files() -> list[str]:
+    out = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard'], cwd=REPO,
+                         capture_output=True, text=True, check=True)
+    return [line for line in out.stdout.splitlines() if line and (REPO / line).is_file()]
+
+
+def test_package_xml_declares_ament_python_and_runtime_deps() -> None:
+    root = ET.parse(REPO / 'package.xml').getroot()
+    assert root.get('format') == '3'
+    assert root.findtext('name') == 'evit_ros'
+    assert root.find('export/build_type').text == 'ament_python'
+    deps = {e.text for e in root.findall('exec_depend')}
+    for dep in ('rclpy', 'sensor_msgs', 'std_msgs', 'nav_msgs', 'geometry_msgs', 'diagnostic_msgs',
+                'python3-numpy', 'python3-opencv', 'python3-yaml'):
+        assert dep in deps, dep
+    assert {e.text for e in root.findall('test_depend')} >= {'python3-pytest'}
+
+
+@pytest.mark.slow
+def test_colcon_build_installs_where_ros_expects(tmp_path: Path) -> None:
+    colcon = VENV_BIN / 'colcon'
+    if not colcon.exists():
+        pytest.skip('colcon is not installed in this environment (make venv installs it)')
+    src = tmp_path / 'ws' / 'src' / 'evit_ros'
+    for rel in _tracked_files():
+        if rel.startswith(('.venv/', 'engines/', 'demo_out/')):
+            continue
+        dest = src / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, dest)
+    ws = tmp_path / 'ws'
+    env = {'PATH': f'{VENV_BIN}:/usr/bin:/bin', 'HOME': str(tmp_path)}
+    proc = subprocess.run([str(colcon), 'build', '--base-paths', 'src', '--event-handlers', 'console_direct-'],
+                          cwd=ws, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    share = ws / 'install' / 'evit_ros' / 'share' / 'evit_ros'
+    assert (share / 'package.xml').is_file()
+    assert (share / 'launch' / 'segmentation.launch.py').is_file()
+    assert (share / 'config' / 'evit_ros.yaml').is_file()
+    assert (share / 'config' / 'evit_ros.rviz').is_file()
+    index = ws / 'install' / 'evit_ros' / 'share' / 'ament_index' / 'resource_index' / 'packages'
+    assert (index / 'evit_ros').is_file()
+    for script in ('segmentation_node', 'evit-ros'):
+        exe = ws / 'install' / 'evit_ros' / 'lib' / 'evit_ros' / script
+        assert exe.is_file(), f'{exe} missing: ros2 run/launch look for executables in lib/<package>'
+        assert 'evit_ros' in exe.read_text()
+    site = list((ws / 'install' / 'evit_ros' / 'lib').glob('python3*/site-packages/evit_ros/ros'))
+    assert site, 'the evit_ros package itself was not installed'
+
+
+def _core_modules() -> list[str]:
+    mods = []
+    for path in sorted((REPO / 'evit_ros').rglob('*.py')):
+        rel = path.relative_to(REPO).with_suffix('')
+        parts = list(rel.parts)
+        if parts[-1] == '__init__':
+            parts = parts[:-1]
+        if parts[-1] == '__main__' or (len(parts) > 1 and parts[1] == 'ros'):
+            continue
+        mods.append('.'.join(parts))
+    return mods
+
+
+def test_core_never_imports_ros() -> None:
+    """Every module outside evit_ros.ros imports with rclpy and all ROS message packages made unimportable."""
+    modules = _core_modules()
+    assert 'evit_ros.config' in modules and 'evit_ros.pipeline' in modules
+    script = textwrap.dedent(f'''
+        import importlib, importlib.abc, sys
+        BLOCKED = ('rclpy', 'rosidl', 'rpyutils', 'builtin_interfaces', 'std_msgs', 'sensor_msgs', 'nav_msgs',
+                   'geometry_msgs', 'diagnostic_msgs', 'rosgraph_msgs', 'rcl_interfaces', 'launch', 'launch_ros',
+                   'cv_bridge', 'tf2_ros')
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] in BLOCKED:
+                    raise ImportError(f'ROS module {{name}} imported by the ROS-free core')
+                return None
+        sys.meta_path.insert(0, Block())
+        failed = []
+        for mod in {modules!r}:
+            try:
+                importlib.import_module(mod)
+            except ImportError as exc:
+                failed.append(f'{{mod}}: {{exc}}')
+        print('\\n'.join(failed))
+        sys.exit(1 if failed else 0)
+    ''')
+    proc = subprocess.run([sys.executable, '-c', script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_cli_lists_every_command() -> None:
+    proc = subprocess.run([sys.executable, '-m', 'evit_ros', '--help'], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for cmd in ('export', 'build-engine', 'bench', 'eval', 'train-synthetic', 'demo'):
+        assert cmd in proc.stdout
