@@ -36,6 +36,50 @@ def cityscapes_label_lut() -> list[int]:
     return lut
 
 
+# The 150 ADE20K SceneParsing classes (objectInfo150 order, i.e. png value - 1), as the official
+# EfficientViT ADE20K models predict them.
+ADE20K_CLASSES: tuple[str, ...] = (
+    'wall', 'building', 'sky', 'floor', 'tree', 'ceiling', 'road', 'bed', 'windowpane', 'grass', 'cabinet',
+    'sidewalk', 'person', 'earth', 'door', 'table', 'mountain', 'plant', 'curtain', 'chair', 'car', 'water',
+    'painting', 'sofa', 'shelf', 'house', 'sea', 'mirror', 'rug', 'field', 'armchair', 'seat', 'fence', 'desk',
+    'rock', 'wardrobe', 'lamp', 'bathtub', 'railing', 'cushion', 'base', 'box', 'column', 'signboard',
+    'chest of drawers', 'counter', 'sand', 'sink', 'skyscraper', 'fireplace', 'refrigerator', 'grandstand', 'path',
+    'stairs', 'runway', 'case', 'pool table', 'pillow', 'screen door', 'stairway', 'river', 'bridge', 'bookcase',
+    'blind', 'coffee table', 'toilet', 'flower', 'book', 'hill', 'bench', 'countertop', 'stove', 'palm',
+    'kitchen island', 'computer', 'swivel chair', 'boat', 'bar', 'arcade machine', 'hovel', 'bus', 'towel', 'light',
+    'truck', 'tower', 'chandelier', 'awning', 'streetlight', 'booth', 'television receiver', 'airplane',
+    'dirt track', 'apparel', 'pole', 'land', 'bannister', 'escalator', 'ottoman', 'bottle', 'buffet', 'poster',
+    'stage', 'van', 'ship', 'fountain', 'conveyer belt', 'canopy', 'washer', 'plaything', 'swimming pool', 'stool',
+    'barrel', 'basket', 'waterfall', 'tent', 'bag', 'minibike', 'cradle', 'oven', 'ball', 'food', 'step', 'tank',
+    'trade name', 'microwave', 'pot', 'animal', 'bicycle', 'lake', 'dishwasher', 'screen', 'blanket', 'sculpture',
+    'hood', 'sconce', 'vase', 'traffic light', 'tray', 'ashcan', 'fan', 'pier', 'crt screen', 'plate', 'monitor',
+    'bulletin board', 'shower', 'radiator', 'glass', 'clock', 'flag',
+)
+
+
+def _bit_palette(n: int) -> tuple[tuple[int, int, int], ...]:
+    """Deterministic, pairwise-distinct colors: the PASCAL-VOC bit-interleaving colormap for ids 1..n.
+
+    Bit b of the id goes to bit (7 - b // 3) of channel b % 3 (R, G, B), so every id < 2**24 gets its
+    own color and id 0 (black) is never used.
+    """
+    colors = []
+    for i in range(1, n + 1):
+        rgb = [0, 0, 0]
+        cid, shift = i, 7
+        while cid:
+            for ch in range(3):
+                rgb[ch] |= ((cid >> ch) & 1) << shift
+            cid >>= 3
+            shift -= 1
+        colors.append((rgb[0], rgb[1], rgb[2]))
+    return tuple(colors)
+
+
+# ADE20K colors (RGB) by class id: the VOC bit colormap of id + 1 (see _bit_palette).
+ADE20K_COLORS: tuple[tuple[int, int, int], ...] = _bit_palette(len(ADE20K_CLASSES))
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
@@ -57,7 +101,8 @@ class DatasetInfo:
 
 
 CITYSCAPES = DatasetInfo('cityscapes', CITYSCAPES_CLASSES, CITYSCAPES_COLORS)
-DATASETS: dict[str, DatasetInfo] = {'cityscapes': CITYSCAPES}
+ADE20K = DatasetInfo('ade20k', ADE20K_CLASSES, ADE20K_COLORS)
+DATASETS: dict[str, DatasetInfo] = {'cityscapes': CITYSCAPES, 'ade20k': ADE20K}
 
 
 def dataset_for_model(model_name: str) -> DatasetInfo:

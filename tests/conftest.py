@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,3 +19,6 @@ os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 os.environ.setdefault('ROS_LOCALHOST_ONLY', '1')
 os.environ.setdefault('OMP_NUM_THREADS', '2')
 os.environ.setdefault('MPLBACKEND', 'Agg')
+# Automatically exported ONNX files (evit_ros.backends.ensure_onnx) are shared by all tests and the
+# node subprocesses they start, and never touch the user's ~/.cache.
+os.environ.setdefault('EVIT_ROS_CACHE', tempfile.mkdtemp(prefix='evit_ros_test_cache_'))

@@ -1,0 +1,175 @@
+"""Inference backends behind one interface, and :func:`create_backend`, which picks and configures one.
+
+``auto`` prefers TensorRT (an engine file and a CUDA GPU), then ONNX Runtime (GPU providers, then CPU),
+then PyTorch; the choice and the reason are logged once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from evit_ros.backends.base import InferenceBackend, InferenceResult, ModelIO, TensorSpec
+from evit_ros.config import BackendConfig, InputConfig, ModelConfig
+from evit_ros.errors import BackendUnavailableError, CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = 'EVIT_ROS_CACHE'
+SYNTHETIC_MODEL = 'efficientvit-seg-b0-cityscapes'
+SYNTHETIC_CHECKPOINT = Path(__file__).resolve().parents[1] / 'data' / 'efficientvit_seg_b0_synthetic.pt'
+
+
+def cache_dir() -> Path:
+    """Where automatically exported ONNX files live (``$EVIT_ROS_CACHE`` or ``~/.cache/evit_ros``)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / '.cache' / 'evit_ros')
+
+
+def resolve_checkpoint(model: ModelConfig, logger: logging.Logger | None = None) -> str:
+    """The weights file for ``model``: the configured one, the official one on the search path, or the demo.
+
+    The packaged synthetic-scene weights are used only for the default b0 model when no official
+    checkpoint is found, and that is logged as a warning because they know synthetic scenes only.
+    """
+    lg = logger or log
+    if model.checkpoint:
+        p = Path(model.checkpoint).expanduser()
+        if not p.is_file():
+            raise ConfigError(f'model.checkpoint={model.checkpoint!r} does not exist; give the path of a '
+                              'downloaded official .pt file, or leave it empty to search the checkpoint path')
+        return str(p)
+    from evit_ros.model.checkpoint import find_checkpoint
+    try:
+        return find_checkpoint(model.name)
+    except CheckpointError:
+        if model.name == SYNTHETIC_MODEL and SYNTHETIC_CHECKPOINT.is_file():
+            lg.warning('no official checkpoint for %s found; using the packaged demo weights %s, which know '
+                       'synthetic scenes only (set model.checkpoint to the official file for real cameras)',
+                       model.name, SYNTHETIC_CHECKPOINT)
+            return str(SYNTHETIC_CHECKPOINT)
+        raise
+
+
+def ensure_onnx(model: ModelConfig, input_cfg: InputConfig, head: str, *, checkpoint: str, max_batch: int = 1,
+                logger: logging.Logger | None = None) -> Path:
+    """An exported, verified ONNX for this model/checkpoint/size/head, exported into the cache if missing.
+
+    ``max_batch > 1`` exports a dynamic batch dimension (1..max_batch) so several cameras share one run.
+    """
+    from evit_ros.model.checkpoint import checkpoint_sha256
+    lg = logger or log
+    sha = checkpoint_sha256(checkpoint)[:12]
+    tag = head.replace('+', '_')
+    batch = f'_b1-{max_batch}' if max_batch > 1 else ''
+    path = cache_dir() / 'onnx' / f'{model.name}_{sha}_{input_cfg.height}x{input_cfg.width}_{tag}{batch}.onnx'
+    if path.is_file():
+        return path
+    from evit_ros.export.onnx_export import export_onnx
+    lg.info('exporting %s (%s) at %dx%d to %s', model.name, checkpoint, input_cfg.height, input_cfg.width, path)
+    export_onnx(model.name, path, height=input_cfg.height, width=input_cfg.width, checkpoint=checkpoint, head=head,
+                max_batch=max_batch if max_batch > 1 else None)
+    return path
+
+
+def check_onnx_matches(onnx_path: str | Path, model: ModelConfig, input_cfg: InputConfig) -> None:
+    """Refuse an ONNX exported for another model or input size than the parameters say."""
+    from evit_ros import contract
+    from evit_ros.export.onnx_export import read_metadata
+    p = Path(onnx_path)
+    if not p.is_file():
+        raise ConfigError(f'backend.onnx_path={str(p)!r} does not exist; export it with `evit-ros export --model '
+                          f'{model.name} --height {input_cfg.height} --width {input_cfg.width} -o {p}` '
+                          'or leave backend.onnx_path empty to export automatically')
+    meta = read_metadata(p)
+    name = meta.get(contract.META_MODEL, '')
+    size = meta.get(contract.META_INPUT_SIZE, '')
+    want = f'{input_cfg.height}x{input_cfg.width}'
+    if name and name != model.name:
+        raise ConfigError(f'backend.onnx_path {p} holds {name}, but model.name is {model.name}; set model.name '
+                          f'to {name} or export {model.name}')
+    if size and size != want:
+        raise ConfigError(f'backend.onnx_path {p} takes {size} frames, but input is {want}; set input.height/width '
+                          f'to match or re-export with --height {input_cfg.height} --width {input_cfg.width}')
+
+
+def _onnxruntime(config: BackendConfig, model: ModelConfig, input_cfg: InputConfig, head: str, max_batch: int,
+                 lg: logging.Logger, device: str = 'auto') -> InferenceBackend:
+    from evit_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+    if config.onnx_path:
+        check_onnx_matches(config.onnx_path, model, input_cfg)
+        path = Path(config.onnx_path)
+    else:
+        path = ensure_onnx(model, input_cfg, head, checkpoint=resolve_checkpoint(model, lg), max_batch=max_batch,
+                           logger=lg)
+    return OnnxRuntimeBackend(path, threads=config.threads, device=device, logger=lg)
+
+
+def _torch(config: BackendConfig, model: ModelConfig, input_cfg: InputConfig, head: str, max_batch: int,
+           lg: logging.Logger) -> InferenceBackend:
+    from evit_ros.backends.torch_backend import TorchBackend
+    return TorchBackend(model.name, checkpoint=resolve_checkpoint(model, lg), input_hw=(input_cfg.height,
+                        input_cfg.width), head=head, precision=config.precision, threads=config.threads,
+                        max_batch=max(1, max_batch), logger=lg)
+
+
+def _tensorrt(config: BackendConfig, lg: logging.Logger) -> InferenceBackend:
+    from evit_ros.backends.tensorrt_backend import TensorRTBackend
+    if not config.engine_path:
+        raise ConfigError('backend.type=tensorrt needs backend.engine_path; build one with `evit-ros build-engine '
+                          '--onnx MODEL.onnx --precision fp16 -o engines/MODEL.engine`')
+    return TensorRTBackend(config.engine_path, onnx_path=config.onnx_path or None, precision=config.precision,
+                           build_if_stale=bool(config.onnx_path) and not config.build_only, logger=lg)
+
+
+def _onnxruntime_gpu() -> bool:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return any(p in ort.get_available_providers() for p in ('TensorrtExecutionProvider', 'CUDAExecutionProvider'))
+
+
+def choose_auto(config: BackendConfig) -> tuple[str, str]:
+    """(backend type, reason) for ``backend.type=auto`` on this machine."""
+    trt_ok, trt_reason = False, 'backend.engine_path is empty'
+    if config.engine_path:
+        try:
+            from evit_ros.backends.tensorrt_backend import tensorrt_available
+            trt_ok, trt_reason = tensorrt_available()
+        except ImportError as exc:  # pragma: no cover - the module only imports stdlib/numpy at top level
+            trt_reason = f'tensorrt backend unavailable ({exc})'
+    if trt_ok:
+        return 'tensorrt', f'engine {config.engine_path} and a CUDA GPU are present'
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return 'torch', f'no TensorRT ({trt_reason}) and onnxruntime is not installed'
+    where = 'GPU' if _onnxruntime_gpu() else 'CPU'
+    return 'onnxruntime', f'no TensorRT ({trt_reason}); onnxruntime has a {where} provider'
+
+
+def create_backend(config: BackendConfig, *, model: ModelConfig, input_cfg: InputConfig,
+                   head: str = 'labels+confidence', max_batch: int = 1,
+                   logger: logging.Logger | None = None) -> InferenceBackend:
+    """A configured, not yet loaded backend (call ``load()`` or use it as a context manager).
+
+    ``max_batch``: frames per run the caller wants (the node passes its camera count); automatically
+    exported graphs get a dynamic batch of 1..max_batch. Engines and given ONNX files keep their own.
+    """
+    lg = logger or log
+    kind = config.type
+    if kind == 'auto':
+        kind, reason = choose_auto(config)
+        lg.info('backend auto -> %s: %s', kind, reason)
+    if kind == 'tensorrt':
+        return _tensorrt(config, lg)
+    if kind == 'onnxruntime':
+        return _onnxruntime(config, model, input_cfg, head, max_batch, lg)
+    if kind == 'torch':
+        return _torch(config, model, input_cfg, head, max_batch, lg)
+    raise BackendUnavailableError(f'backend.type={kind!r} is not valid; use auto, tensorrt, onnxruntime or torch')
+
+
+
+__all__ = ['InferenceBackend', 'InferenceResult', 'ModelIO', 'TensorSpec', 'cache_dir', 'check_onnx_matches',
+           'choose_auto', 'create_backend', 'ensure_onnx', 'resolve_checkpoint']

@@ -1,0 +1,244 @@
+"""``evit-ros demo`` (``make demo``): the whole system on synthetic driving scenes, in one command.
+
+Steps: generate a held-out synthetic two-camera bag -> export the shipped demo checkpoint to ONNX ->
+start the real segmentation node (ROS 2 over DDS, ONNX Runtime on CPU) -> play the bag into it and
+record its outputs -> evaluate mIoU, drivable IoU and latency -> write ``demo_out/`` and print a summary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from evit_ros.errors import ConfigError, EvitError
+
+DEFAULT_PARAMS = 'config/demo.yaml'
+DEFAULT_CHECKPOINT = 'evit_ros/data/efficientvit_seg_b0_synthetic.pt'
+NODE_MODULE = 'evit_ros.ros.segmentation_node'
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--out', default='demo_out', help='output folder (default demo_out/)')
+    parser.add_argument('--params-file', default=DEFAULT_PARAMS, help=f'node YAML (default {DEFAULT_PARAMS})')
+    parser.add_argument('--checkpoint', default='', help='weights to export (default: model.checkpoint of the YAML)')
+    parser.add_argument('--frames', type=int, default=40, help='frames per camera in the bag (default 40)')
+    parser.add_argument('--seed', type=int, default=0, help='synthetic dataset seed (held-out scenes)')
+    parser.add_argument('--rate', type=float, default=10.0, help='camera rate in Hz (default 10)')
+    parser.add_argument('--domain-id', type=int, default=0,
+                        help='ROS_DOMAIN_ID for the demo (default: a free-ish id derived from the process id)')
+    parser.add_argument('--node-timeout', type=float, default=60.0,
+                        help='seconds to wait for the node to come up (default 60)')
+
+
+class _Phases:
+    """Wall time of each demo step, for the summary."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.times: dict[str, float] = {}
+        self._name = ''
+        self._start = 0.0
+
+    def start(self, name: str) -> None:
+        self._name, self._start = name, time.perf_counter()
+        print(f'[demo] {name} ...', flush=True)
+
+    def done(self, detail: str = '') -> None:
+        dt = time.perf_counter() - self._start
+        self.times[self._name] = round(dt, 2)
+        print(f'[demo] {self._name}: {dt:.1f} s' + (f' ({detail})' if detail else ''), flush=True)
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def _ros_env(domain_id: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env['ROS_DOMAIN_ID'] = str(domain_id)
+    env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    env.setdefault('ROS_LOCALHOST_ONLY', '1')
+    env.setdefault('OMP_NUM_THREADS', '2')
+    repo = str(Path(__file__).resolve().parents[2])
+    env['PYTHONPATH'] = repo + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
+    return env
+
+
+def start_node(params_file: Path, onnx_path: Path, domain_id: int, log_path: Path) -> subprocess.Popen:
+    """Start the real node as its own process (as `ros2 run` would), with the demo params and exported ONNX."""
+    cmd = [sys.executable, '-m', NODE_MODULE, '--ros-args', '-p', 'use_sim_time:=true',
+           '--params-file', str(params_file), '-p', f'backend.onnx_path:={onnx_path}']
+    log = open(log_path, 'w')   # noqa: SIM115 - owned by the child for its lifetime
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_ros_env(domain_id))
+
+
+def stop_node(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
+    """SIGINT (clean rclpy shutdown), then terminate/kill if it does not exit."""
+    import signal
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+    return proc.returncode
+
+
+def _fmt(v: Any, spec: str = '.3f') -> str:
+    return format(v, spec) if isinstance(v, (int, float)) else 'n/a'
+
+
+def run(args: argparse.Namespace) -> int:
+    from evit_ros.config import load_config
+    from evit_ros.synthetic.bag import write_synthetic
+
+    out = Path(args.out)
+    params_file = Path(args.params_file)
+    cfg = load_config(params_file)
+    checkpoint = args.checkpoint or cfg.model.checkpoint
+    if not checkpoint or not Path(checkpoint).is_file():
+        raise ConfigError(f'demo checkpoint {checkpoint!r} does not exist; run from the repository root or pass '
+                          f'--checkpoint (train one with `evit-ros train-synthetic --out {DEFAULT_CHECKPOINT}`)')
+    out.mkdir(parents=True, exist_ok=True)
+    ph = _Phases()
+    domain_id = args.domain_id or (100 + os.getpid() % 100)
+
+    ph.start('generate synthetic bag')
+    ds = write_synthetic(out / 'data', frames=args.frames, seed=args.seed, height=cfg.input.height,
+                         width=cfg.input.width, rate_hz=args.rate)
+    ph.done(f'{ds.frames} frames x {len(ds.cameras)} cameras, {ds.height}x{ds.width}, {ds.bag}')
+
+    ph.start('export ONNX')
+    from evit_ros.export.onnx_export import export_onnx
+    onnx_path = out / 'model' / f'efficientvit_seg_b0_synthetic_{cfg.input.height}x{cfg.input.width}.onnx'
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    report = export_onnx(cfg.model.name, onnx_path, height=cfg.input.height, width=cfg.input.width,
+                         checkpoint=checkpoint, head='labels+confidence')
+    ph.done(f'{onnx_path}, labels agree {100 * report.label_agreement:.3f}% with PyTorch')
+
+    live, play_s = _run_live(args, cfg, ds, onnx_path, out, domain_id, ph)
+    summary = _evaluate(cfg, ds, live, play_s, onnx_path, out, ph)
+    summary['phase_seconds'] = ph.times
+    summary['total_seconds'] = round(ph.total, 1)
+    (out / 'summary.json').write_text(json.dumps(summary, indent=2, default=str))
+    _print_summary(summary, out)
+    return 0
+
+
+def _topics(ds: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return tuple(c.image_topic for c in ds.cameras), tuple(c.label_topic for c in ds.cameras)
+
+
+def _run_live(args: argparse.Namespace, cfg: Any, ds: Any, onnx_path: Path, out: Path, domain_id: int,
+              ph: _Phases) -> tuple[Any, float]:
+    """Start the node, play the bag into it over DDS at real time and score what it publishes."""
+    import importlib.util
+
+    from evit_ros.ros.bag_player import run_live
+
+    if importlib.util.find_spec(NODE_MODULE) is None:
+        raise EvitError(f'the segmentation node ({NODE_MODULE}) is not installed in this checkout; '
+                        f'the bag is in {ds.bag} and the ONNX in {onnx_path}')
+    ph.start('start node')
+    proc = start_node(Path(args.params_file), onnx_path.resolve(), domain_id, out / 'node.log')
+    ph.done(f'pid {proc.pid}, ROS_DOMAIN_ID {domain_id}, log {out / "node.log"}')
+    for k, v in _ros_env(domain_id).items():   # the player (in this process) joins the node's domain
+        if k.startswith('ROS_'):
+            os.environ[k] = v
+    image_topics, label_topics = _topics(ds)
+    try:
+        ph.start('play bag into the node over DDS and score its masks')
+        t0 = time.perf_counter()
+        state = run_live(str(ds.bag), image_topics=image_topics, label_topics=label_topics, config=cfg,
+                         rate=1.0, start_node=False,
+                         node_timeout_s=args.node_timeout, progress=False)
+        play_s = time.perf_counter() - t0
+        ph.done(f'{state.counters.get("frames_received", 0)}/{state.counters.get("frames", 0)} masks received')
+        return state, play_s
+    finally:
+        rc = stop_node(proc)
+        if rc not in (0, None, -2, 130):
+            print(f'[demo] node exited with code {rc}; see {out / "node.log"}', flush=True)
+
+
+def _evaluate(cfg: Any, ds: Any, live: Any, play_s: float, onnx_path: Path, out: Path,
+              ph: _Phases) -> dict[str, Any]:
+    """Live report (what the node published) + offline pass through the same pipeline for overlay images."""
+    from dataclasses import replace
+
+    from evit_ros.datasets import dataset_for_model
+    from evit_ros.eval.report import write_report
+    from evit_ros.eval.runner import EvalSpec, PipelineFactory, evaluate_bags, group_class_ids
+
+    dataset = dataset_for_model(cfg.model.name)
+    groups = group_class_ids(cfg, dataset.class_names)
+    ph.start('write live report')
+    meta = {'model': cfg.model.name, 'checkpoint': cfg.model.checkpoint, 'backend': 'onnxruntime (CPU)',
+            'input': f'{cfg.input.width}x{cfg.input.height}', 'mode': 'live (node over DDS)',
+            'bag': str(ds.bag), 'cameras': ', '.join(c.name for c in ds.cameras)}
+    report = write_report(out, live, dataset.class_names, groups, meta)
+    ph.done(f'{out}/report.md')
+
+    overlays: list[str] = []
+    offline_miou = None
+    ph.start('offline pass for overlays (same pipeline, no DDS)')
+    try:
+        off_cfg = replace(cfg, backend=replace(cfg.backend, onnx_path=str(onnx_path)))
+        image_topics, label_topics = _topics(ds)
+        spec = EvalSpec(image_topics, label_topics, samples=6, progress=False)
+        off = evaluate_bags([str(ds.bag)], spec, PipelineFactory(off_cfg), dataset.num_classes)
+        off_report = write_report(out / 'offline', off, dataset.class_names, groups,
+                                  dict(meta, mode='offline (same Segmenter, no DDS)'))
+        offline_miou = off_report['metrics']['miou_present']
+        overlays = _write_overlays(off.samples, out / 'overlays')
+        ph.done(f'{len(overlays)} overlays in {out / "overlays"}')
+    except ImportError as exc:
+        ph.done(f'skipped: {exc}')
+    m = report['metrics']
+    counters = report['counters']
+    e2e = report['latency_ms'].get('end_to_end', {})
+    received = counters.get('frames_received', 0)
+    return {
+        'frames': report['frames'], 'frames_out': received, 'cameras': len(ds.cameras),
+        'miou': m['miou_present'], 'miou_offline': offline_miou,
+        'drivable_iou': m['groups'].get('drivable'),
+        'per_class_iou': {c['name']: c['iou'] for c in m['per_class'] if c['iou'] is not None},
+        'latency_ms': {k: e2e.get(k) for k in ('p50', 'p90', 'p99', 'max', 'mean')},
+        'fps': round(received / play_s, 2) if play_s > 0 else None,
+        'dropped': counters.get('dropped', 0), 'overlays': overlays,
+    }
+
+
+def _write_overlays(samples: list[dict[str, Any]], folder: Path) -> list[str]:
+    import cv2
+    import numpy as np
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for s in samples:
+        img = np.frombuffer(s['rgb'], dtype=np.uint8).reshape(s['shape'])
+        p = folder / f'{s["camera"]}_{s["stamp_ns"]}.png'
+        cv2.imwrite(str(p), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        paths.append(str(p))
+    return sorted(paths)
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    print('')
+    print(f'evit-ros demo: {summary.get("frames", "?")} frames from {summary.get("cameras", "?")} cameras '
+          f'in {summary["total_seconds"]:.0f} s -> {out}/')
+    print(f'  mIoU {_fmt(summary.get("miou"))}   drivable IoU {_fmt(summary.get("drivable_iou"))}')
+    lat = summary.get('latency_ms', {})
+    print(f'  latency ms p50 {_fmt(lat.get("p50"), ".1f")}  p90 {_fmt(lat.get("p90"), ".1f")}  '
+          f'p99 {_fmt(lat.get("p99"), ".1f")}   fps {_fmt(summary.get("fps"), ".1f")}   '
+          f'dropped {summary.get("dropped", "n/a")}')
+    print(f'  report: {out}/report.md  overlays: {out}/overlays/  plots: {out}/plots/')

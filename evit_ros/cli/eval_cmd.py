@@ -1,0 +1,111 @@
+"""``evit-ros eval``: mIoU, drivable-group IoU and latency of the node's pipeline on ROS 2 bags or Cityscapes."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from evit_ros.errors import ConfigError
+
+LOG = logging.getLogger('evit_ros.eval')
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group('data')
+    src.add_argument('--bag', action='append', default=[], metavar='PATH',
+                     help='ROS 2 bag (directory, .mcap or .db3); repeat for several bags')
+    src.add_argument('--image-topic', action='append', default=[], metavar='T',
+                     help='sensor_msgs/Image or CompressedImage topic; repeat per camera (camera = first topic part)')
+    src.add_argument('--label-topic', action='append', default=[], metavar='L',
+                     help='mono8 ground-truth topic, one per --image-topic in the same order, matched by header stamp')
+    src.add_argument('--labels-dir', default='', metavar='DIR',
+                     help='ground-truth PNGs named DIR/<camera>/<stamp_ns>.png or DIR/<stamp_ns>.png')
+    src.add_argument('--label-format', choices=('trainid', 'labelid'), default='trainid',
+                     help='ground-truth ids: Cityscapes trainIds (0..18, 255 ignore) or labelIds (mapped to trainIds)')
+    src.add_argument('--cityscapes', default='', metavar='DIR', help='evaluate a Cityscapes folder '
+                     '(leftImg8bit/<split>, gtFine/<split>) instead of bags')
+    src.add_argument('--split', default='val', help='Cityscapes split (default: val)')
+    m = p.add_argument_group('model (defaults from --params-file, as the node)')
+    m.add_argument('--params-file', default='', metavar='YAML', help='the node params file, e.g. config/evit_ros.yaml')
+    m.add_argument('--model', default='', help='model name override, e.g. efficientvit-seg-b0-cityscapes')
+    m.add_argument('--checkpoint', default='', help='checkpoint (.pt) override')
+    m.add_argument('--backend', default='', choices=('', 'auto', 'tensorrt', 'onnxruntime', 'torch'),
+                   help='backend override')
+    m.add_argument('--onnx', default='', metavar='P', help='ONNX graph for the onnxruntime backend')
+    m.add_argument('--engine', default='', metavar='P', help='TensorRT engine path')
+    m.add_argument('--height', type=int, default=0, help='model input height override (multiple of 32)')
+    m.add_argument('--width', type=int, default=0, help='model input width override (multiple of 32)')
+    o = p.add_argument_group('output')
+    o.add_argument('--report', default='eval_report', metavar='DIR', help='report directory (default: eval_report)')
+    o.add_argument('--out-bag', default='', metavar='OUT', help='write an MCAP bag with /segmentation/<cam>/mask, '
+                   'color_mask and overlay stamped like the inputs (several bags: OUT-<i>)')
+    o.add_argument('--max-frames', type=int, default=0, help='stop each bag after N images (0: all)')
+    o.add_argument('--jobs', type=int, default=1, help='bags evaluated in parallel processes (default 1)')
+    o.add_argument('--samples', type=int, default=8, help='overlay samples in samples.png (default 8)')
+    o.add_argument('--no-progress', action='store_true', help='no progress line on stderr')
+    lv = p.add_argument_group('live (play the bag into a running node over DDS)')
+    lv.add_argument('--live', action='store_true', help='play into the node and score what it publishes')
+    lv.add_argument('--rate', type=float, default=1.0, help='playback speed factor for --live (default 1.0)')
+    lv.add_argument('--start-node', action='store_true', help='with --live: start the node as a subprocess')
+    lv.add_argument('--node-timeout', type=float, default=60.0,
+                    help='with --live: seconds to wait for the node to subscribe (default 60)')
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    o: dict[str, Any] = {'outputs.mask_resolution': 'camera'}   # labels are at camera resolution
+    for key, val in (('model.name', args.model), ('model.checkpoint', args.checkpoint),
+                     ('backend.type', args.backend), ('backend.onnx_path', args.onnx),
+                     ('backend.engine_path', args.engine), ('input.height', args.height),
+                     ('input.width', args.width)):
+        if val:
+            o[key] = val
+    return o
+
+
+def run(args: argparse.Namespace) -> int:
+    from evit_ros.config import load_config
+    from evit_ros.datasets import dataset_for_model
+    from evit_ros.eval.report import write_report
+    from evit_ros.eval.runner import EvalSpec, PipelineFactory, evaluate_bags, group_class_ids, run_events
+
+    if not args.bag and not args.cityscapes:
+        raise ConfigError('nothing to evaluate: pass --bag PATH (with --image-topic) or --cityscapes DIR')
+    if args.jobs < 1 or args.max_frames < 0:
+        raise ConfigError(f'--jobs {args.jobs} must be >= 1 and --max-frames {args.max_frames} >= 0')
+    cfg = load_config(args.params_file or None, overrides=_overrides(args))
+    dataset = dataset_for_model(cfg.model.name)
+    groups = group_class_ids(cfg, dataset.class_names)
+    meta = {'model': cfg.model.name, 'backend': cfg.backend.type, 'input': f'{cfg.input.width}x{cfg.input.height}',
+            'params_file': args.params_file or '(defaults)', 'mode': 'live' if args.live else 'offline'}
+
+    if args.live:
+        from evit_ros.ros.bag_player import run_live
+        if len(args.bag) != 1:
+            raise ConfigError('--live plays exactly one --bag')
+        state = run_live(args.bag[0], image_topics=tuple(args.image_topic), label_topics=tuple(args.label_topic),
+                         config=cfg, label_format=args.label_format, rate=args.rate, start_node=args.start_node,
+                         params_file=args.params_file, node_timeout_s=args.node_timeout,
+                         max_frames=args.max_frames, progress=not args.no_progress,
+                         node_params=_overrides(args) if args.start_node else None,
+                         num_classes=dataset.num_classes)
+        meta['rate'] = args.rate
+    elif args.cityscapes:
+        from evit_ros.eval.cityscapes import TOPIC, iter_cityscapes
+        spec = EvalSpec((TOPIC,), max_frames=args.max_frames, out_bag=args.out_bag, samples=args.samples,
+                        progress=not args.no_progress)
+        from evit_ros.eval.runner import EvalState
+        seg = PipelineFactory(cfg)()
+        state = run_events(iter_cityscapes(args.cityscapes, args.split), EvalState(dataset.num_classes), spec, seg,
+                           source=f'{args.cityscapes}:{args.split}', out_bag=args.out_bag, label_format='trainid')
+        meta['dataset'] = f'cityscapes/{args.split}'
+    else:
+        spec = EvalSpec(tuple(args.image_topic), tuple(args.label_topic), args.labels_dir, args.label_format,
+                        args.max_frames, args.out_bag, samples=args.samples, progress=not args.no_progress)
+        state = evaluate_bags(args.bag, spec, PipelineFactory(cfg), dataset.num_classes, jobs=args.jobs)
+    report = write_report(args.report, state, dataset.class_names, groups, meta)
+    m = report['metrics']
+    pct = (lambda v: 'n/a' if v is None else f'{100 * v:.2f}%')  # noqa: E731
+    print(f'frames {report["frames"]} scored {report["frames_scored"]} | mIoU(present) {pct(m["miou_present"])} '
+          f'mIoU(19) {pct(m["miou_19"])} pixel acc {pct(m["pixel_accuracy"])} | report: {Path(args.report)}/report.md')
+    return 130 if report['interrupted'] else 0

@@ -1,0 +1,208 @@
+"""ROS 2 bag reading and writing with ``rosbags`` (sqlite3 ``.db3`` and MCAP; no ROS installation needed).
+
+Messages are streamed one at a time (constant memory). Every message is turned into an event; a message
+that cannot be deserialized or decoded becomes an event carrying the error ``reason`` instead of a frame,
+so the evaluator counts it and moves on.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evit_ros.errors import DataError, FrameError
+
+IMAGE = 'sensor_msgs/msg/Image'
+COMPRESSED = 'sensor_msgs/msg/CompressedImage'
+IMAGE_TYPES = (IMAGE, COMPRESSED)
+
+
+def typestore() -> Any:
+    """The ROS 2 Jazzy typestore (sensor_msgs Image/CompressedImage are identical in Humble)."""
+    from rosbags.typesys import Stores, get_typestore
+    return get_typestore(Stores.ROS2_JAZZY)
+
+
+def stamp_ns(msg: Any) -> int:
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+
+def camera_name(topic: str) -> str:
+    """``/front/image_raw`` -> ``front`` (first topic component; ``image`` for a bare ``/image_raw``)."""
+    parts = [p for p in topic.split('/') if p]
+    name = parts[0] if len(parts) > 1 else 'image'
+    return ''.join(c if c.isalnum() or c == '_' else '_' for c in name)
+
+
+@dataclass
+class BagEvent:
+    """One message of a wanted topic: a decoded image/label, or ``error`` (a FrameError reason) and ``detail``."""
+
+    topic: str
+    msgtype: str
+    stamp_ns: int
+    data: np.ndarray | None = None
+    error: str = ''
+    detail: str = ''
+    frame_id: str = ''
+    log_ns: int = 0
+    decode_ms: float = 0.0
+    label: np.ndarray | None = None   # ground truth travelling with the image (Cityscapes source)
+
+
+def _decode_image_msg(msg: Any, msgtype: str) -> np.ndarray:
+    """RGB uint8 frame from an Image/CompressedImage with the node's own decoder (same errors, same reasons)."""
+    from evit_ros.pipeline.decode import decode_compressed, decode_image
+    data = np.asarray(msg.data, dtype=np.uint8)
+    if msgtype == COMPRESSED:
+        return decode_compressed(data, msg.format)
+    return decode_image(data, msg.encoding, int(msg.height), int(msg.width), int(msg.step),
+                        is_bigendian=bool(msg.is_bigendian))
+
+
+def decode_label_msg(msg: Any) -> np.ndarray:
+    """(H, W) uint8 label image from a mono8 (or 8UC1) Image message."""
+    if msg.encoding not in ('mono8', '8UC1'):
+        raise FrameError(f'label encoding {msg.encoding!r} is not supported; publish labels as mono8', 'label_encoding')
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    data = np.asarray(msg.data, dtype=np.uint8)
+    if h <= 0 or w <= 0 or step < w or data.size < step * h:
+        raise FrameError(f'label {w}x{h} step {step} with {data.size} bytes is truncated or inconsistent',
+                         'label_size')
+    return data[:step * h].reshape(h, step)[:, :w]
+
+
+def open_reader(path: str | Path) -> Any:
+    from rosbags.rosbag2 import Reader
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f'bag {p} does not exist; pass a ROS 2 bag directory (with metadata.yaml) or a .mcap/.db3 file')
+    try:
+        return Reader(p)
+    except Exception as exc:  # rosbags raises several unrelated types for unreadable bags
+        raise DataError(f'bag {p} cannot be opened ({exc}); pass a ROS 2 bag directory or file') from exc
+
+
+def bag_topics(path: str | Path) -> dict[str, tuple[str, int]]:
+    """topic -> (msgtype, message count) of a bag, for error messages and progress totals."""
+    with open_reader(path) as reader:
+        out: dict[str, tuple[str, int]] = {}
+        for c in reader.connections:
+            old = out.get(c.topic, (c.msgtype, 0))
+            out[c.topic] = (c.msgtype, old[1] + int(c.msgcount))
+        return out
+
+
+def iter_events(path: str | Path, image_topics: Sequence[str], label_topics: Sequence[str] = ()) -> Iterator[BagEvent]:
+    """Yield decoded image and label events of the wanted topics in log order; bad messages as error events."""
+    ts = typestore()
+    wanted = set(image_topics) | set(label_topics)
+    with open_reader(path) as reader:
+        conns = [c for c in reader.connections if c.topic in wanted]
+        found = {c.topic for c in conns}
+        missing = [t for t in image_topics if t not in found]
+        if missing:
+            have = ', '.join(sorted({c.topic for c in reader.connections})) or 'none'
+            raise DataError(f'bag {path} has no topic {missing[0]!r}; its topics are: {have}')
+        for c in conns:
+            if c.msgtype not in IMAGE_TYPES:
+                raise DataError(f'topic {c.topic} in {path} has type {c.msgtype}; use a sensor_msgs/Image or '
+                                'CompressedImage topic')
+        for conn, log_ns, raw in reader.messages(connections=conns):
+            is_label = conn.topic in label_topics and conn.topic not in image_topics
+            try:
+                msg = ts.deserialize_cdr(raw, conn.msgtype)
+            except Exception as exc:  # truncated CDR raises assorted errors inside rosbags
+                yield BagEvent(conn.topic, conn.msgtype, int(log_ns), error='deserialize', detail=str(exc)[:200])
+                continue
+            st = stamp_ns(msg)
+            frame_id = str(msg.header.frame_id)
+            t0 = time.perf_counter()
+            try:
+                data = decode_label_msg(msg) if is_label else _decode_image_msg(msg, conn.msgtype)
+            except FrameError as exc:
+                yield BagEvent(conn.topic, conn.msgtype, st, error=exc.reason, detail=str(exc)[:200],
+                               frame_id=frame_id, log_ns=int(log_ns))
+                continue
+            yield BagEvent(conn.topic, conn.msgtype, st, data=data, frame_id=frame_id, log_ns=int(log_ns),
+                           decode_ms=(time.perf_counter() - t0) * 1000.0)
+
+
+# -- writing -----------------------------------------------------------------------------------------------
+
+class MessageFactory:
+    """Builds Image/CompressedImage messages with the typestore (for --out-bag, tests and the live player)."""
+
+    def __init__(self, ts: Any | None = None) -> None:
+        self.ts = ts or typestore()
+        t = self.ts.types
+        self._Image = t[IMAGE]
+        self._Compressed = t[COMPRESSED]
+        self._Header = t['std_msgs/msg/Header']
+        self._Time = t['builtin_interfaces/msg/Time']
+
+    def header(self, stamp: int, frame_id: str = '') -> Any:
+        return self._Header(stamp=self._Time(sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000),
+                            frame_id=frame_id)
+
+    def image(self, array: np.ndarray, stamp: int, encoding: str = '', frame_id: str = '') -> Any:
+        a = np.ascontiguousarray(array, dtype=np.uint8)
+        ch = 1 if a.ndim == 2 else a.shape[2]
+        enc = encoding or {1: 'mono8', 3: 'rgb8', 4: 'rgba8'}[ch]
+        return self._Image(header=self.header(stamp, frame_id), height=a.shape[0], width=a.shape[1], encoding=enc,
+                           is_bigendian=0, step=a.shape[1] * ch, data=a.reshape(-1))
+
+    def compressed(self, rgb: np.ndarray, stamp: int, fmt: str = 'jpeg', quality: int = 95, frame_id: str = '') -> Any:
+        import cv2
+        ext = '.png' if fmt == 'png' else '.jpg'
+        params = [cv2.IMWRITE_JPEG_QUALITY, quality] if ext == '.jpg' else []
+        ok, buf = cv2.imencode(ext, np.ascontiguousarray(rgb[..., ::-1]), params)
+        if not ok:
+            raise DataError(f'could not encode a {rgb.shape} image as {fmt}')
+        return self._Compressed(header=self.header(stamp, frame_id), format=fmt, data=buf.reshape(-1))
+
+    def serialize(self, msg: Any, msgtype: str) -> bytes:
+        return bytes(self.ts.serialize_cdr(msg, msgtype))
+
+
+class BagWriter:
+    """A rosbags Writer (MCAP by default) with one connection per topic, created on first use."""
+
+    def __init__(self, path: str | Path, storage: str = 'mcap') -> None:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+        self.path = Path(path)
+        if self.path.exists():
+            raise DataError(f'output bag {self.path} already exists; remove it or choose another path')
+        plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
+        self.factory = MessageFactory()
+        self._writer: Any = Writer(self.path, version=9, storage_plugin=plugin)
+        self._writer.open()
+        self._conns: dict[str, Any] = {}
+
+    def write(self, topic: str, msgtype: str, msg: Any, log_ns: int) -> None:
+        conn = self._conns.get(topic)
+        if conn is None:
+            conn = self._conns[topic] = self._writer.add_connection(topic, msgtype, typestore=self.factory.ts)
+        self._writer.write(conn, int(log_ns), self.factory.serialize(msg, msgtype))
+
+    def write_raw(self, topic: str, msgtype: str, raw: bytes, log_ns: int) -> None:
+        """Write already-serialized bytes (tests use this to store deliberately corrupt messages)."""
+        conn = self._conns.get(topic)
+        if conn is None:
+            conn = self._conns[topic] = self._writer.add_connection(topic, msgtype, typestore=self.factory.ts)
+        self._writer.write(conn, int(log_ns), raw)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> BagWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

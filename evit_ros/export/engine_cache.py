@@ -1,0 +1,215 @@
+"""Engine cache: a JSON sidecar per engine, a key that pins what the engine was built for, safe writes.
+
+An engine is only valid for the ONNX bytes, TensorRT version, GPU (name and compute capability),
+precision, shapes/profiles and builder flags it was built with. :func:`cache_key` hashes exactly those;
+the sidecar ``<engine>.json`` stores the key, its fields, the ONNX model metadata, the FP32-pinned layers
+and the command that rebuilds the engine. :func:`check_engine` compares a sidecar with the current
+machine and raises :class:`~evit_ros.errors.EngineCacheMismatch` naming the differing fields and the
+exact rebuild command.
+
+Writes go to a temporary file in the same directory, are fsynced, then ``os.replace``d, under an
+exclusive ``fcntl.flock`` on ``<file>.lock``, so concurrent builders never leave a torn file.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shlex
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from evit_ros.errors import EngineCacheMismatch, EngineError
+
+SIDECAR_VERSION = 1
+KEY_FIELDS: tuple[str, ...] = ('onnx_sha256', 'trt_version', 'gpu_name', 'compute_capability', 'precision',
+                               'shapes', 'builder_flags')
+
+
+def key_fields(onnx_sha256: str, trt_version: str, gpu_name: str, compute_capability: str, precision: str,
+               shapes: Mapping[str, Any] | Sequence[Any], builder_flags: Sequence[str]) -> dict[str, Any]:
+    """The normalized fields :func:`cache_key` hashes (JSON-serializable, order-independent flags)."""
+    return {
+        'onnx_sha256': str(onnx_sha256),
+        'trt_version': str(trt_version),
+        'gpu_name': str(gpu_name),
+        'compute_capability': str(compute_capability),
+        'precision': str(precision),
+        'shapes': json.loads(json.dumps(shapes, sort_keys=True)),
+        'builder_flags': sorted(str(f) for f in builder_flags),
+    }
+
+
+def cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, compute_capability: str, precision: str,
+              shapes: Mapping[str, Any] | Sequence[Any], builder_flags: Sequence[str]) -> str:
+    """sha256 over the canonical JSON of everything an engine depends on."""
+    fields = key_fields(onnx_sha256, trt_version, gpu_name, compute_capability, precision, shapes, builder_flags)
+    return key_from_fields(fields)
+
+
+def key_from_fields(fields: Mapping[str, Any]) -> str:
+    missing = [k for k in KEY_FIELDS if k not in fields]
+    if missing:
+        raise EngineError(f'cache key fields missing: {missing}; rebuild the engine with `evit-ros build-engine`')
+    canon = json.dumps({k: fields[k] for k in KEY_FIELDS}, sort_keys=True, separators=(',', ':'))
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def sidecar_path(engine_path: str | Path) -> Path:
+    """``engines/x.engine`` -> ``engines/x.engine.json``."""
+    p = Path(engine_path)
+    return p.with_name(p.name + '.json')
+
+
+def default_engine_path(model: str, height: int, width: int, head: str, batch: int | str, precision: str,
+                        directory: str | Path = 'engines') -> Path:
+    """``engines/<model>_<H>x<W>_<head>_b<N>_<precision>.engine`` (``+`` in head names becomes ``-``).
+
+    H x W is the graph input size; ``batch`` is the static batch or ``'1-N'`` for a dynamic batch.
+    """
+    safe_head = head.replace('+', '-')
+    return Path(directory) / f'{model}_{height}x{width}_{safe_head}_b{batch}_{precision}.engine'
+
+
+def build_command(onnx_path: str | Path, engine_path: str | Path, precision: str, **options: Any) -> str:
+    """The ``evit-ros build-engine`` command line that (re)builds an engine with these options."""
+    args = ['evit-ros', 'build-engine', '--onnx', str(onnx_path), '--precision', precision]
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        args.append('--' + name.replace('_', '-'))
+        if value is not True:
+            args.append(str(value))
+    args += ['-o', str(engine_path)]
+    return shlex.join(args)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Exclusive advisory lock on ``<path>.lock`` (blocks until free)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    lock = p.with_name(p.name + '.lock')
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _replace_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=str(path.parent))
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``) under the file's lock."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(p):
+        _replace_atomically(p, data)
+
+
+def write_engine(engine_path: str | Path, engine: bytes, sidecar: Mapping[str, Any]) -> Path:
+    """Write an engine and its sidecar atomically under one lock (engine first, then the sidecar)."""
+    p = Path(engine_path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    doc = dict(sidecar)
+    doc['engine_sha256'] = hashlib.sha256(engine).hexdigest()
+    doc['engine_bytes'] = len(engine)
+    with file_lock(p):
+        _replace_atomically(p, engine)
+        _replace_atomically(sidecar_path(p), (json.dumps(doc, indent=2, sort_keys=True) + '\n').encode())
+    return sidecar_path(p)
+
+
+def make_sidecar(fields: Mapping[str, Any], *, model_metadata: Mapping[str, str], fp32_layers: Sequence[str],
+                 rebuild_command: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Sidecar document (before the engine hash is added by :func:`write_engine`)."""
+    doc: dict[str, Any] = {
+        'version': SIDECAR_VERSION,
+        'key': key_from_fields(fields),
+        'fields': {k: fields[k] for k in KEY_FIELDS},
+        'model_metadata': dict(model_metadata),
+        'fp32_layers': list(fp32_layers),
+        'build_command': rebuild_command,
+    }
+    doc.update(extra or {})
+    return doc
+
+
+def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
+    """The sidecar of an engine; EngineCacheMismatch if missing or unreadable (with the fix)."""
+    sp = sidecar_path(engine_path)
+    try:
+        doc = json.loads(sp.read_text())
+    except FileNotFoundError as exc:
+        raise EngineCacheMismatch(f'engine {engine_path} has no sidecar {sp}; rebuild it with '
+                                  '`evit-ros build-engine --onnx MODEL.onnx -o ' f'{engine_path}`') from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EngineCacheMismatch(f'sidecar {sp} is unreadable ({exc}); rebuild the engine with '
+                                  '`evit-ros build-engine`') from exc
+    if not isinstance(doc, dict) or 'fields' not in doc or 'key' not in doc:
+        raise EngineCacheMismatch(f'sidecar {sp} lacks key/fields; rebuild the engine with `evit-ros build-engine`')
+    return doc
+
+
+def check_engine(engine_path: str | Path, onnx_path: str | Path | None = None, *, trt_version: str | None = None,
+                 gpu_name: str | None = None, compute_capability: str | None = None,
+                 precision: str | None = None, verify_engine_hash: bool = True) -> dict[str, Any]:
+    """Raise EngineCacheMismatch unless the engine matches the given ONNX/TensorRT/GPU/precision.
+
+    Fields passed as ``None`` are not checked. Returns the sidecar document when the engine is valid.
+    """
+    ep = Path(engine_path)
+    if not ep.is_file():
+        raise EngineCacheMismatch(f'engine {ep} does not exist; build it with '
+                                  f'`evit-ros build-engine --onnx {onnx_path or "MODEL.onnx"} -o {ep}`')
+    doc = read_sidecar(ep)
+    fields = doc['fields']
+    command = doc.get('build_command') or build_command(onnx_path or 'MODEL.onnx', ep, fields.get('precision', 'fp16'))
+    problems: list[str] = []
+    try:
+        if key_from_fields(fields) != doc['key']:
+            problems.append('the sidecar key does not match its fields (edited or corrupt sidecar)')
+    except EngineError as exc:
+        problems.append(str(exc))
+    if onnx_path is not None:
+        from evit_ros.export.onnx_export import file_sha256
+        if not Path(onnx_path).is_file():
+            raise EngineCacheMismatch(f'ONNX {onnx_path} does not exist; export it first with `evit-ros export`')
+        sha = file_sha256(onnx_path)
+        if sha != fields.get('onnx_sha256'):
+            built = str(fields.get('onnx_sha256'))[:12]
+            problems.append(f'ONNX changed: {onnx_path} sha256 {sha[:12]} != built from {built}')
+    expected = {'trt_version': trt_version, 'gpu_name': gpu_name, 'compute_capability': compute_capability,
+                'precision': precision}
+    for name, value in expected.items():
+        if value is not None and str(value) != str(fields.get(name)):
+            problems.append(f'{name}: engine built for {fields.get(name)!r}, this machine has {value!r}')
+    if verify_engine_hash and 'engine_sha256' in doc:
+        h = hashlib.sha256()
+        with open(ep, 'rb') as f:
+            for chunk in iter(lambda: f.read(1 << 20), b''):
+                h.update(chunk)
+        if h.hexdigest() != doc['engine_sha256']:
+            problems.append('engine file does not match the hash in its sidecar (partial or replaced file)')
+    if problems:
+        raise EngineCacheMismatch(f'engine {ep} cannot be used: ' + '; '.join(problems)
+                                  + f'. Rebuild it with: {command}')
+    return doc

@@ -1,0 +1,233 @@
+"""The one perception pipeline the ROS node and the evaluator both run: frames -> batch -> backend -> results.
+
+Heads (see :mod:`evit_ros.contract`): ``labels``/``labels+confidence`` come back at the graph input size;
+``labels-lowres`` at 1/8 of it and ``logits`` as float ``[N, C, h/8, w/8]``. For the last two, class ids
+(argmax over the logits, and max-softmax confidence when asked) are computed host-side at 1/8 and upsampled
+with nearest neighbour: the cheap path (no full-resolution logits ever exist on the host).
+
+Results hold buffers reused per camera slot (position in ``frames``): a :class:`FrameResult` is valid until the
+next :meth:`Segmenter.process` call; copy what you keep longer.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from evit_ros.backends.base import InferenceBackend, InferenceResult
+from evit_ros.config import DrivableConfig, InputConfig, OutputConfig
+from evit_ros.contract import IMAGENET_MEAN, IMAGENET_STD
+from evit_ros.datasets import IGNORE_ID, DatasetInfo
+from evit_ros.errors import BackendError, FrameError
+from evit_ros.pipeline.drivable import ClassGroups, RoiMask, class_fractions, freespace_boundary, group_fraction
+from evit_ros.pipeline.postprocess import Palette, labels_to_source, mask_padding, overlay, upsample_nearest
+from evit_ros.pipeline.preprocess import Preprocessor, ResizePlan, normalize_nchw
+
+
+@dataclass
+class GroupResult:
+    """One class group: 0/255 mask, share of the image, share of the ROI, free-space boundary row per column."""
+
+    mask: np.ndarray
+    fraction: float
+    roi_fraction: float
+    boundary_rows: np.ndarray
+
+
+@dataclass
+class FrameResult:
+    """Everything derived from one camera frame, at the output resolution (camera, or model size)."""
+
+    labels: np.ndarray
+    confidence: np.ndarray | None
+    color: np.ndarray | None
+    overlay: np.ndarray | None
+    groups: dict[str, GroupResult]
+    class_fractions: np.ndarray
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    plan: ResizePlan | None = None
+
+
+class _Slot:
+    """Reused output buffers of one camera position, reallocated only when the output size changes."""
+
+    def __init__(self) -> None:
+        self.hw: tuple[int, int] | None = None
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: type = np.uint8) -> np.ndarray:
+        buf = self.buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self.buffers[name] = np.empty(shape, dtype)
+        return buf
+
+
+def logits_to_labels(logits: np.ndarray, want_confidence: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """float ``[N, C, h, w]`` -> uint8 argmax ``[N, h, w]`` and optionally max-softmax * 255 (uint8)."""
+    labels = np.argmax(logits, axis=1).astype(np.uint8)
+    if not want_confidence:
+        return labels, None
+    mx = logits.max(axis=1, keepdims=True)
+    denom = np.exp(logits - mx).sum(axis=1)
+    conf = np.clip(np.rint(255.0 / denom), 0, 255).astype(np.uint8)
+    return labels, conf
+
+
+class Segmenter:
+    """Decoded RGB frames of any sizes -> per-frame labels, confidence, color, overlay, groups and fractions."""
+
+    def __init__(self, backend: InferenceBackend, *, input_cfg: InputConfig, outputs: OutputConfig,
+                 drivable: DrivableConfig, dataset: DatasetInfo) -> None:
+        self.backend = backend
+        self.io = backend.io
+        self.dataset = dataset
+        self.input_cfg = input_cfg
+        self.preprocessor = Preprocessor(self.io.input_hw, input_cfg.resize_mode, input_cfg.interpolation)
+        self._float_input = self.io.input_format == 'float-nchw'
+        self._nchw: np.ndarray | None = None
+        self._slots: list[_Slot] = []
+        self.update(outputs=outputs, drivable=drivable)
+
+    # -- configuration -------------------------------------------------------------------------------
+    def update(self, *, outputs: OutputConfig | None = None, drivable: DrivableConfig | None = None) -> None:
+        """Apply live parameter changes (palette, alpha, mask resolution, groups, ROI). Validates first."""
+        if drivable is not None:
+            groups = ClassGroups.from_names(drivable.groups, self.dataset)  # raises before anything changes
+            self.drivable = drivable
+            self.groups = groups
+            self.roi = RoiMask(drivable.roi)
+        if outputs is not None:
+            self.palette = Palette(self.dataset.colors, outputs.palette_overrides)
+            self.outputs = outputs
+
+    @property
+    def max_batch(self) -> int:
+        return max(1, int(self.io.max_batch))
+
+    # -- processing -------------------------------------------------------------------------------------
+    def process(self, frames: Sequence[np.ndarray], *, want_color: bool = True, want_overlay: bool = False,
+                want_confidence: bool = False) -> list[FrameResult]:
+        """Run all frames (one per camera) through the backend as one batch (chunks of ``io.max_batch``).
+
+        ``timings_ms`` per frame: ``preprocess`` and ``infer`` of the whole chunk the frame was in,
+        ``postprocess`` of the frame itself.
+        """
+        n = len(frames)
+        if n == 0:
+            return []
+        while len(self._slots) < n:
+            self._slots.append(_Slot())
+        static_batch = int(self.io.input.shape[0]) if self.io.input.shape and self.io.input.shape[0] > 0 else 0
+        chunk = min(self.max_batch, static_batch) if static_batch else self.max_batch
+        results: list[FrameResult] = []
+        for start in range(0, n, chunk):
+            part = frames[start:start + chunk]
+            t0 = time.perf_counter()
+            rows = static_batch or len(part)
+            batch = self.preprocessor.batch_buffer(rows)
+            plans = []
+            for i, frame in enumerate(part):
+                self._check_frame(frame, start + i)
+                plans.append(self.preprocessor.run_one(frame, batch[i]))
+            if rows > len(part):
+                batch[len(part):] = 0
+            feed = self._normalized(batch) if self._float_input else batch
+            t1 = time.perf_counter()
+            res = self.backend.infer(feed)
+            t2 = time.perf_counter()
+            labels_b, conf_b = self._labels_from(res, len(part), want_confidence)
+            pre_ms, inf_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
+            for i, frame in enumerate(part):
+                tp = time.perf_counter()
+                fr = self._postprocess(self._slots[start + i], frame, batch[i], plans[i], labels_b[i],
+                                       None if conf_b is None else conf_b[i], want_color, want_overlay)
+                fr.timings_ms = {'preprocess': pre_ms, 'infer': inf_ms,
+                                 'postprocess': (time.perf_counter() - tp) * 1e3}
+                results.append(fr)
+        return results
+
+    @staticmethod
+    def _check_frame(frame: np.ndarray, index: int) -> None:
+        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3 \
+                or frame.shape[0] == 0 or frame.shape[1] == 0:
+            desc = f'{frame.dtype} {frame.shape}' if isinstance(frame, np.ndarray) else type(frame).__name__
+            raise FrameError(f'frame {index} is {desc}; expected decoded RGB uint8 [H, W, 3] '
+                             '(use evit_ros.pipeline.decode_image)', 'encoding')
+
+    def _normalized(self, batch: np.ndarray) -> np.ndarray:
+        shape = (batch.shape[0], 3, batch.shape[1], batch.shape[2])
+        if self._nchw is None or self._nchw.shape != shape:
+            self._nchw = np.empty(shape, np.float32)
+        return normalize_nchw(batch, IMAGENET_MEAN, IMAGENET_STD, out=self._nchw)
+
+    def _labels_from(self, res: InferenceResult, n: int,
+                     want_confidence: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        if res.labels is not None:
+            labels, conf = res.labels, res.confidence
+        elif res.logits is not None:
+            labels, conf = logits_to_labels(res.logits[:n], want_confidence)
+        else:
+            raise BackendError(f'{self.backend.name} backend returned neither labels nor logits for head '
+                               f'{self.io.head!r}; check the exported graph outputs')
+        if labels.ndim != 3 or labels.shape[0] < n:
+            raise BackendError(f'{self.backend.name} backend returned labels {labels.shape}; expected [N>={n}, h, w]')
+        return labels, conf if want_confidence else None
+
+    def _postprocess(self, slot: _Slot, frame: np.ndarray, model_rgb: np.ndarray, plan: ResizePlan,
+                     labels_raw: np.ndarray, conf_raw: np.ndarray | None, want_color: bool,
+                     want_overlay: bool) -> FrameResult:
+        model_hw = self.preprocessor.out_hw
+        at_model = self.outputs.mask_resolution == 'model'
+        # class ids at the model (graph input) size; low-resolution heads are upsampled by nearest neighbour
+        if labels_raw.shape != model_hw or labels_raw.dtype != np.uint8:
+            labels_model = upsample_nearest(labels_raw, model_hw, out=slot.get('labels_model', model_hw))
+        else:
+            labels_model = labels_raw
+        conf_model = None
+        if conf_raw is not None:
+            conf_model = conf_raw if conf_raw.shape == model_hw else upsample_nearest(
+                conf_raw, model_hw, out=slot.get('conf_model', model_hw))
+        if at_model:
+            out_hw = model_hw
+            labels = slot.get('labels', out_hw)
+            np.copyto(labels, labels_model)
+            mask_padding(labels, plan)
+            conf = None
+            if conf_model is not None:
+                conf = slot.get('confidence', out_hw)
+                np.copyto(conf, conf_model)
+                mask_padding(conf, plan, fill=0)
+            rgb = model_rgb
+        else:
+            out_hw = plan.src_hw
+            labels = labels_to_source(labels_model, plan, out_hw, out=slot.get('labels', out_hw))
+            conf = None if conf_model is None else labels_to_source(
+                conf_model, plan, out_hw, out=slot.get('confidence', out_hw), fill=0)
+            rgb = frame
+        color: np.ndarray | None = None
+        ovl: np.ndarray | None = None
+        if (want_color or want_overlay) and at_model:
+            color = self.palette.colorize(labels, out=slot.get('color', (*out_hw, 3)))
+        elif want_color or want_overlay:
+            # color at the model size, then map: identical result, a quarter of the lookups
+            color_model = self.palette.colorize(labels_model, out=slot.get('color_model', (*model_hw, 3)))
+            color = labels_to_source(color_model, plan, out_hw, out=slot.get('color', (*out_hw, 3)), fill=0)
+        if want_overlay and color is not None:
+            ovl = overlay(rgb, color, self.outputs.overlay_alpha, out=slot.get('overlay', (*out_hw, 3)))
+            if not want_color:
+                color = None
+        groups = {}
+        scratch = (slot.get('b_bool', out_hw, np.bool_), slot.get('b_u16', out_hw, np.uint16))
+        for g in self.groups:
+            mask = g.mask(labels, out=slot.get(f'group_{g.name}', out_hw))
+            groups[g.name] = GroupResult(mask=mask, fraction=group_fraction(mask),
+                                         roi_fraction=self.roi.fraction(mask, scratch=slot.get('roi', out_hw)),
+                                         boundary_rows=freespace_boundary(mask, scratch=scratch))
+        fractions = class_fractions(labels, self.dataset.num_classes)
+        return FrameResult(labels=labels, confidence=conf, color=color, overlay=ovl, groups=groups,
+                           class_fractions=fractions, plan=plan)
+
+
+__all__ = ['FrameResult', 'GroupResult', 'Segmenter', 'logits_to_labels', 'IGNORE_ID']

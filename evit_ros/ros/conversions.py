@@ -1,0 +1,133 @@
+"""sensor_msgs / nav_msgs / geometry_msgs <-> numpy without cv_bridge.
+
+Decoding goes through :mod:`evit_ros.pipeline.decode` (the same code the evaluator uses), so a frame the
+node refuses is refused for the same reason everywhere. Message payloads are filled with one buffer copy
+(``array.array.frombytes`` of the numpy memory): assigning ``bytes`` to a ``uint8[]`` field makes rosidl
+check every element in Python, which costs tens of milliseconds per camera frame.
+"""
+from __future__ import annotations
+
+import array
+from typing import Any
+
+import numpy as np
+
+from evit_ros.errors import FrameError
+from evit_ros.pipeline.decode import decode_compressed, decode_image
+
+_CHANNELS = {'mono8': 1, 'rgb8': 3, 'bgr8': 3, '8UC1': 1, '8UC3': 3}
+
+
+def _payload(arr: np.ndarray) -> array.array:
+    buf = array.array('B')
+    buf.frombytes(memoryview(np.ascontiguousarray(arr)).cast('B'))
+    return buf
+
+
+def image_to_rgb(msg: Any) -> np.ndarray:
+    """sensor_msgs/Image -> RGB uint8 ``[H, W, 3]`` (raises FrameError with a reason key on bad frames)."""
+    return decode_image(np.frombuffer(msg.data, np.uint8) if len(msg.data) else b'', msg.encoding,
+                        int(msg.height), int(msg.width), int(msg.step), bool(msg.is_bigendian))
+
+
+def compressed_to_rgb(msg: Any) -> np.ndarray:
+    """sensor_msgs/CompressedImage (JPEG/PNG) -> RGB uint8 ``[H, W, 3]`` (FrameError on bad frames)."""
+    return decode_compressed(np.frombuffer(msg.data, np.uint8) if len(msg.data) else b'', str(msg.format))
+
+
+def to_rgb(msg: Any) -> np.ndarray:
+    """Either image message type -> RGB uint8."""
+    if hasattr(msg, 'encoding'):
+        return image_to_rgb(msg)
+    return compressed_to_rgb(msg)
+
+
+def numpy_to_image(arr: np.ndarray, encoding: str, header: Any = None) -> Any:
+    """uint8 ``[H, W]`` (mono8) or ``[H, W, 3]`` (rgb8/bgr8) -> sensor_msgs/Image with ``header`` copied."""
+    from sensor_msgs.msg import Image
+    ch = _CHANNELS.get(encoding)
+    if ch is None:
+        raise FrameError(f'cannot build an Image of encoding {encoding!r}; use one of {", ".join(_CHANNELS)}',
+                         'encoding')
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.shape[2] if arr.ndim == 3 else 1) != ch:
+        raise FrameError(f'array {arr.dtype} {arr.shape} does not fit encoding {encoding} ({ch} uint8 channels)',
+                         'size')
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = int(arr.shape[1]) * ch
+    msg.data = _payload(arr)
+    return msg
+
+
+def image_to_numpy(msg: Any) -> np.ndarray:
+    """mono8 -> ``[H, W]``, rgb8/bgr8 -> ``[H, W, 3]`` (bytes as stored, step-aware); for outputs and tests."""
+    ch = _CHANNELS.get(msg.encoding)
+    if ch is None:
+        raise FrameError(f'image_to_numpy handles {", ".join(_CHANNELS)}, not {msg.encoding!r}', 'encoding')
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    buf = np.frombuffer(msg.data, np.uint8)
+    if step < w * ch or buf.size < step * h:
+        raise FrameError(f'{msg.encoding} {w}x{h} step {step} with {buf.size} bytes is inconsistent', 'size')
+    rows = buf[:step * h].reshape(h, step)[:, :w * ch]
+    return rows.reshape(h, w) if ch == 1 else rows.reshape(h, w, ch)
+
+
+def numpy_to_compressed(rgb: np.ndarray, header: Any = None, fmt: str = 'jpeg', quality: int = 90) -> Any:
+    """RGB uint8 -> sensor_msgs/CompressedImage (jpeg or png), as image_transport's compressed plugin names it."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+    ext = '.jpg' if fmt == 'jpeg' else '.png'
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if fmt == 'jpeg' else []
+    ok, enc = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise FrameError(f'could not encode {rgb.shape} as {fmt}', 'encoding')
+    msg = CompressedImage()
+    if header is not None:
+        msg.header = header
+    msg.format = f'rgb8; {fmt} compressed bgr8'
+    msg.data = _payload(enc.reshape(-1))
+    return msg
+
+
+def occupancy_grid(cells: np.ndarray, *, resolution: float, origin_xy: tuple[float, float], frame_id: str,
+                   stamp: Any) -> Any:
+    """int8 ``[rows, cols]`` (0 free, 100 occupied, -1 unknown) -> nav_msgs/OccupancyGrid (row-major, identity
+    orientation; ``info.width`` = cols along x, ``info.height`` = rows along y)."""
+    from nav_msgs.msg import OccupancyGrid
+    msg = OccupancyGrid()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.info.map_load_time = stamp
+    msg.info.resolution = float(resolution)
+    msg.info.height, msg.info.width = int(cells.shape[0]), int(cells.shape[1])
+    msg.info.origin.position.x = float(origin_xy[0])
+    msg.info.origin.position.y = float(origin_xy[1])
+    msg.info.origin.orientation.w = 1.0
+    data = array.array('b')
+    data.frombytes(memoryview(np.ascontiguousarray(cells, dtype=np.int8)).cast('B'))
+    msg.data = data
+    return msg
+
+
+def grid_to_numpy(msg: Any) -> np.ndarray:
+    """nav_msgs/OccupancyGrid -> int8 ``[height, width]``."""
+    return np.asarray(msg.data, dtype=np.int8).reshape(int(msg.info.height), int(msg.info.width))
+
+
+def polygon_stamped(points_xy: np.ndarray, *, frame_id: str, stamp: Any) -> Any:
+    """``(N, 2)`` ground points -> geometry_msgs/PolygonStamped (z = 0)."""
+    from geometry_msgs.msg import Point32, PolygonStamped
+    msg = PolygonStamped()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.polygon.points = [Point32(x=float(x), y=float(y), z=0.0) for x, y in np.asarray(points_xy).reshape(-1, 2)]
+    return msg
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """builtin_interfaces/Time -> integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)

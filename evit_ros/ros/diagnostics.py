@@ -1,0 +1,213 @@
+"""Per-camera and engine statistics, and the ``/diagnostics`` DiagnosticArray built from them about once a second.
+
+Counters are updated by the subscription callbacks and the worker thread under one lock per camera;
+the diagnostics timer reads them, computes rates over the time since the previous report and latency
+percentiles over the last :data:`WINDOW` samples per stage. End-to-end latency is measured on the node
+clock (header stamp to publish), so it is right under ``use_sim_time`` replays.
+
+Key names: ``latency.<stage>.{p50,p95,max}_ms`` for stages decode, preprocess, infer, postprocess,
+publish and end_to_end; plus greenwave-monitor compatible ``frame_rate_node``, ``frame_rate_msg``,
+``current_delay_from_realtime_ms``, ``total_dropped_frames`` and ``expected_frequency``.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+STAGES: tuple[str, ...] = ('decode', 'preprocess', 'infer', 'postprocess', 'publish', 'end_to_end')
+WINDOW = 256
+OK, WARN, ERROR = 0, 1, 2
+_LEVEL_BYTES = {OK: b'\x00', WARN: b'\x01', ERROR: b'\x02'}
+
+
+class StageStats:
+    """The last WINDOW samples (ms) of one stage."""
+
+    def __init__(self) -> None:
+        self.samples: deque[float] = deque(maxlen=WINDOW)
+
+    def add(self, ms: float) -> None:
+        self.samples.append(float(ms))
+
+    def summary(self) -> dict[str, float] | None:
+        if not self.samples:
+            return None
+        a = np.fromiter(self.samples, float, len(self.samples))
+        return {'p50': float(np.percentile(a, 50)), 'p95': float(np.percentile(a, 95)), 'max': float(a.max()),
+                'count': float(a.size)}
+
+
+class CameraStats:
+    """Counters, latency windows and the latest content statistics of one camera."""
+
+    def __init__(self, name: str, topic: str, class_names: Sequence[str]) -> None:
+        self.name = name
+        self.topic = topic
+        self.class_names = tuple(class_names)
+        self.lock = threading.Lock()
+        self.received = 0
+        self.processed = 0
+        self.dropped = 0
+        self.bad: Counter[str] = Counter()
+        self.stages = {s: StageStats() for s in STAGES}
+        self.last_rx: float | None = None          # monotonic seconds
+        self.created = time.monotonic()
+        self.class_fractions: np.ndarray | None = None
+        self.groups: dict[str, tuple[float, float]] = {}
+        self.grid_status = 'no camera_info_topic configured: no ground grid/boundary'
+        self.last_delay_ms: float | None = None
+        self._rx_mark = 0
+        self._out_mark = 0
+        self._bad_mark = 0
+        self._t_mark = time.monotonic()
+
+    def on_receive(self) -> None:
+        with self.lock:
+            self.received += 1
+            self.last_rx = time.monotonic()
+
+    def on_drop(self, n: int = 1) -> None:
+        with self.lock:
+            self.dropped += n
+
+    def on_bad(self, reason: str) -> None:
+        with self.lock:
+            self.bad[reason] += 1
+
+    def on_result(self, timings_ms: dict[str, float], class_fractions: np.ndarray | None,
+                  groups: dict[str, tuple[float, float]]) -> None:
+        with self.lock:
+            self.processed += 1
+            for k, v in timings_ms.items():
+                if k in self.stages:
+                    self.stages[k].add(v)
+            if 'end_to_end' in timings_ms:
+                self.last_delay_ms = timings_ms['end_to_end']
+            if class_fractions is not None:
+                self.class_fractions = np.array(class_fractions, dtype=float)
+            self.groups = dict(groups)
+
+    def status(self, node_name: str, cfg: Any, now: float | None = None) -> Any:
+        """DiagnosticStatus of this camera; resets the rate window. ``cfg`` is DiagnosticsConfig."""
+        from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            dt = max(1e-6, now - self._t_mark)
+            in_rate = (self.received - self._rx_mark) / dt
+            out_rate = (self.processed - self._out_mark) / dt
+            new_bad = sum(self.bad.values()) - self._bad_mark
+            self._rx_mark, self._out_mark, self._bad_mark, self._t_mark = (
+                self.received, self.processed, sum(self.bad.values()), now)
+            lat = {s: st.summary() for s, st in self.stages.items()}
+            values: list[tuple[str, str]] = [
+                ('topic', self.topic), ('input_rate_hz', f'{in_rate:.2f}'), ('output_rate_hz', f'{out_rate:.2f}'),
+                ('frames_received', str(self.received)), ('frames_processed', str(self.processed)),
+                ('dropped_frames', str(self.dropped)), ('bad_frames', str(sum(self.bad.values())))]
+            values += [(f'bad_frames.{r}', str(n)) for r, n in sorted(self.bad.items())]
+            for s in STAGES:
+                sm = lat[s]
+                for q in ('p50', 'p95', 'max'):
+                    values.append((f'latency.{s}.{q}_ms', 'nan' if sm is None else f'{sm[q]:.2f}'))
+            for g, (frac, roi_frac) in sorted(self.groups.items()):
+                values += [(f'drivable.{g}.fraction', f'{frac:.4f}'), (f'drivable.{g}.roi_fraction', f'{roi_frac:.4f}')]
+            if self.class_fractions is not None:
+                for i, f in enumerate(self.class_fractions):
+                    name = self.class_names[i] if i < len(self.class_names) else str(i)
+                    values.append((f'class_fraction.{name.replace(" ", "_")}', f'{f:.4f}'))
+            values.append(('grid', self.grid_status))
+            values += [('frame_rate_node', f'{in_rate:.2f}'), ('frame_rate_msg', f'{out_rate:.2f}'),
+                       ('current_delay_from_realtime_ms',
+                        'nan' if self.last_delay_ms is None else f'{self.last_delay_ms:.2f}'),
+                       ('total_dropped_frames', str(self.dropped)),
+                       ('expected_frequency', f'{cfg.expected_rate_hz:.2f}')]
+            last_rx, received = self.last_rx, self.received
+        level, msgs = OK, []
+        silent_for = now - (last_rx if last_rx is not None else self.created)
+        if silent_for > cfg.silence_timeout_s:
+            if last_rx is None:
+                level, msgs = max(level, WARN), msgs + [f'no frames received yet on {self.topic}']
+            else:
+                level, msgs = ERROR, msgs + [f'camera silent for {silent_for:.1f} s on {self.topic}']
+        e2e = lat['end_to_end']
+        if e2e is not None and received:
+            if e2e['p50'] > cfg.latency_budget_ms:
+                level = ERROR
+                msgs.append(f'end-to-end latency p50 {e2e["p50"]:.0f} ms over budget {cfg.latency_budget_ms:.0f} ms')
+            elif e2e['p95'] > cfg.latency_budget_ms:
+                level = max(level, WARN)
+                msgs.append(f'end-to-end latency p95 {e2e["p95"]:.0f} ms over budget {cfg.latency_budget_ms:.0f} ms')
+        if last_rx is not None and silent_for <= cfg.silence_timeout_s and in_rate < 0.5 * cfg.expected_rate_hz:
+            level = max(level, WARN)
+            msgs.append(f'input rate {in_rate:.1f} Hz below half the expected {cfg.expected_rate_hz:.1f} Hz')
+        if new_bad:
+            level = max(level, WARN)
+            msgs.append(f'{new_bad} bad frame(s) since the last report')
+        st = DiagnosticStatus(level=_LEVEL_BYTES[level], name=f'{node_name}: camera {self.name}',
+                              message='; '.join(msgs) or 'ok', hardware_id=self.name)
+        st.values = [KeyValue(key=k, value=v) for k, v in values]
+        return st
+
+
+class EngineStats:
+    """Batches through the backend: sizes, preprocess/infer latency, failures."""
+
+    def __init__(self, describe: dict[str, str]) -> None:
+        self.describe = dict(describe)
+        self.lock = threading.Lock()
+        self.batches = 0
+        self.frames = 0
+        self.errors = 0
+        self.last_error = ''
+        self.batch_sizes: deque[int] = deque(maxlen=WINDOW)
+        self.stages = {s: StageStats() for s in ('preprocess', 'infer', 'postprocess')}
+
+    def on_batch(self, n: int, timings_ms: dict[str, float]) -> None:
+        with self.lock:
+            self.batches += 1
+            self.frames += n
+            self.batch_sizes.append(n)
+            for k, v in timings_ms.items():
+                if k in self.stages:
+                    self.stages[k].add(v)
+
+    def on_error(self, message: str) -> None:
+        with self.lock:
+            self.errors += 1
+            self.last_error = message
+
+    def status(self, node_name: str, cfg: Any) -> Any:
+        from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+        with self.lock:
+            values = [(k, v) for k, v in sorted(self.describe.items())]
+            values += [('batches', str(self.batches)), ('frames', str(self.frames)),
+                       ('mean_batch_size', f'{(np.mean(self.batch_sizes) if self.batch_sizes else 0.0):.2f}'),
+                       ('errors', str(self.errors))]
+            for s, stats in self.stages.items():
+                sm = stats.summary()
+                for q in ('p50', 'p95', 'max'):
+                    values.append((f'latency.{s}.{q}_ms', 'nan' if sm is None else f'{sm[q]:.2f}'))
+            errors, last_error = self.errors, self.last_error
+            infer = self.stages['infer'].summary()
+        level, msg = OK, 'ok'
+        if infer is not None and infer['p50'] > cfg.latency_budget_ms:
+            level, msg = WARN, f'inference p50 {infer["p50"]:.0f} ms alone exceeds the latency budget'
+        if errors:
+            level, msg = ERROR, f'{errors} inference failure(s); last: {last_error}'
+        st = DiagnosticStatus(level=_LEVEL_BYTES[level], name=f'{node_name}: inference engine', message=msg,
+                              hardware_id=self.describe.get('backend', 'engine'))
+        st.values = [KeyValue(key=k, value=str(v)) for k, v in values]
+        return st
+
+
+def diagnostic_array(statuses: list[Any], stamp: Any) -> Any:
+    """DiagnosticArray of ``statuses`` stamped ``stamp`` (node clock)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    arr = DiagnosticArray()
+    arr.header.stamp = stamp
+    arr.status = statuses
+    return arr

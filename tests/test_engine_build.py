@@ -1,0 +1,125 @@
+"""TensorRT engines from our ONNX graphs, built for real with TensorRT-RTX on CPU (no GPU needed).
+
+TensorRT-RTX is strongly typed (no FP16 builder flag), so fp32 graphs build as fp32 and fp16 needs the
+mixed-precision export; the weakly typed TensorRT 8.6/10 path is covered by mypy against the stubs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnx
+import pytest
+import torch
+
+from evit_ros import contract
+from evit_ros.errors import EngineBuildError, EngineError
+from evit_ros.export import engine_cache
+from evit_ros.export.onnx_export import export_onnx
+
+trt: Any = pytest.importorskip('tensorrt_rtx_bindings', reason='TensorRT-RTX bindings (tensorrt-rtx-cu12-bindings) '
+                               'are not installed; engine builds cannot be tested here')
+
+from evit_ros.export.tensorrt_build import build_engine, import_tensorrt, parse_onnx  # noqa: E402
+
+MODEL = 'efficientvit-seg-b0-cityscapes'
+H, W = 64, 128
+GPU = ('cpu-test', 'none')
+
+
+@pytest.fixture(scope='module')
+def onnx_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from evit_ros.model import create_model
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = create_model(MODEL, pretrained=False).eval()
+    d = tmp_path_factory.mktemp('engine_onnx')
+    files = {head: export_onnx(MODEL, d / f'{head.replace("+", "-")}.onnx', height=H, width=W, model=model,
+                               head=head).path for head in contract.HEADS}
+    files['mixed'] = export_onnx(MODEL, d / 'mixed.onnx', height=H, width=W, model=model, head='labels',
+                                 mixed_precision_fp16=True, max_batch=2).path
+    return files
+
+
+def test_import_prefers_a_real_runtime() -> None:
+    mod = import_tensorrt()
+    assert hasattr(mod, 'Builder')  # the stub-only `tensorrt` directory must not be taken for a runtime
+
+
+@pytest.mark.parametrize('head', contract.HEADS)
+def test_rtx_parses_and_builds_every_head(onnx_files: dict[str, Path], tmp_path: Path, head: str) -> None:
+    res = build_engine(onnx_files[head], tmp_path / 'e.engine', precision='fp32', gpu=GPU,
+                       timing_cache=tmp_path / 'timing.cache')
+    assert res.engine_path.stat().st_size == res.engine_bytes > 10_000
+    assert res.num_layers > 300 and res.strongly_typed
+    side = engine_cache.check_engine(res.engine_path, onnx_files[head], trt_version=trt.__version__,
+                                     gpu_name=GPU[0], compute_capability=GPU[1], precision='fp32')
+    assert side['model_metadata'][contract.META_HEAD] == head
+    assert side['fields']['shapes']['shape'] == [1, H, W, 3]
+    assert side['fp32_layers'] == list(res.fp32_layers) and res.fp32_layers
+    assert (tmp_path / 'timing.cache').is_file()
+
+
+def _network(path: Path) -> Any:
+    builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+    network, parser = parse_onnx(trt, builder, path, strongly_typed=True)
+    return builder, network, parser
+
+
+def test_mixed_precision_fp16_build_covers_attention_layers(onnx_files: dict[str, Path], tmp_path: Path) -> None:
+    res = build_engine(onnx_files['mixed'], precision='fp16', gpu=GPU, engines_dir=tmp_path)
+    assert res.engine_path == tmp_path / f'{MODEL}_{H}x{W}_labels_b1-2_fp16.engine'
+    assert res.shapes['profile'] == {'min': [1, H, W, 3], 'opt': [2, H, W, 3], 'max': [2, H, W, 3]}
+    _b, network, _p = _network(onnx_files['mixed'])
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    matmuls = {la.name for la in layers if la.type == trt.LayerType.MATRIX_MULTIPLY}
+    divs = {la.name for la in layers if la.type == trt.LayerType.ELEMENTWISE and la.name.endswith(('/Div',))
+            and la.name.startswith('/model/')}
+    assert matmuls and divs
+    pinned = set(res.fp32_layers)
+    assert matmuls <= pinned and divs <= pinned
+    # the pinned layers really compute in fp32 in this strongly typed network
+    by_name = {la.name: la for la in layers}
+    for name in matmuls | divs:
+        assert by_name[name].get_output(0).dtype == trt.DataType.FLOAT
+    convs = [la for la in layers if la.type == trt.LayerType.CONVOLUTION]
+    assert convs and all(la.get_output(0).dtype == trt.DataType.HALF for la in convs)
+
+
+def test_policy_errors_name_the_fix(onnx_files: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match='--mixed-precision-fp16'):
+        build_engine(onnx_files['labels'], tmp_path / 'x.engine', precision='fp16', gpu=GPU)
+    with pytest.raises(EngineError, match='--calib-images'):
+        build_engine(onnx_files['labels'], tmp_path / 'x.engine', precision='int8', gpu=GPU)
+    with pytest.raises(EngineError, match='precision'):
+        build_engine(onnx_files['labels'], tmp_path / 'x.engine', precision='bf16', gpu=GPU)
+    assert not (tmp_path / 'x.engine').exists()
+
+
+def test_parser_errors_are_collected(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info('images', TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info('logits', TensorProto.FLOAT, [1, 3, 8, 8])
+    node = helper.make_node('NoSuchOp', ['images'], ['logits'], domain='com.example', name='/model/bad')
+    graph = helper.make_graph([node], 'bad', [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17), helper.make_opsetid('com.example', 1)])
+    bad = tmp_path / 'bad.onnx'
+    onnx.save(model, str(bad))
+    with pytest.raises(EngineBuildError, match='parser rejected') as ei:
+        build_engine(bad, tmp_path / 'bad.engine', precision='fp32', gpu=GPU)
+    assert 'NoSuchOp' in str(ei.value)
+    assert not (tmp_path / 'bad.engine').exists()
+
+
+def test_build_engine_cli(onnx_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from evit_ros.cli.main import main
+    out = tmp_path / 'cli.engine'
+    assert main(['build-engine', '--onnx', str(onnx_files['labels-lowres']), '--precision', 'fp32',
+                 '-o', str(out)]) == 0
+    text = capsys.readouterr().out
+    assert 'built' in text and 'layers' in text and out.is_file()
+    side = engine_cache.read_sidecar(out)
+    assert side['build_command'].startswith('evit-ros build-engine --onnx ')
+    assert (tmp_path / 'timing.cache').is_file()
+    assert main(['build-engine', '--onnx', str(onnx_files['labels']), '--precision', 'int8', '-o', str(out)]) == 1
+    assert 'calib' in capsys.readouterr().err

@@ -1,0 +1,144 @@
+"""Engine cache: key invalidation per field, sidecar round trip, rebuild command, atomic locked writes."""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+
+from evit_ros.errors import EngineCacheMismatch
+from evit_ros.export import engine_cache as ec
+
+BASE = dict(onnx_sha256='a' * 64, trt_version='10.3.0', gpu_name='Orin', compute_capability='8.7',
+            precision='fp16', shapes={'input': 'images', 'shape': [1, 512, 1024, 3]},
+            builder_flags=['FP16', 'OBEY_PRECISION_CONSTRAINTS'])
+CHANGES = {
+    'onnx_sha256': 'b' * 64,
+    'trt_version': '8.6.2',
+    'gpu_name': 'Xavier',
+    'compute_capability': '7.2',
+    'precision': 'int8',
+    'shapes': {'input': 'images', 'shape': [2, 512, 1024, 3]},
+    'builder_flags': ['FP16'],
+}
+
+
+def test_cache_key_changes_with_every_field() -> None:
+    base = ec.cache_key(**BASE)
+    assert len(base) == 64 and base == ec.cache_key(**BASE)
+    assert set(CHANGES) == set(ec.KEY_FIELDS)
+    keys = {base}
+    for name, value in CHANGES.items():
+        k = ec.cache_key(**{**BASE, name: value})
+        assert k != base, name
+        keys.add(k)
+    assert len(keys) == len(CHANGES) + 1
+    # builder flag order does not matter; profiles do
+    assert ec.cache_key(**{**BASE, 'builder_flags': ['OBEY_PRECISION_CONSTRAINTS', 'FP16']}) == base
+    prof = {**BASE['shapes'], 'profile': {'min': [1], 'opt': [4], 'max': [4]}}
+    assert ec.cache_key(**{**BASE, 'shapes': prof}) != base
+
+
+def test_default_engine_path_naming() -> None:
+    p = ec.default_engine_path('efficientvit-seg-b0-cityscapes', 512, 1024, 'labels+confidence', 1, 'fp16')
+    assert p == Path('engines/efficientvit-seg-b0-cityscapes_512x1024_labels-confidence_b1_fp16.engine')
+    assert ec.default_engine_path('m', 64, 128, 'logits', '1-4', 'int8', 'x').name == 'm_64x128_logits_b1-4_int8.engine'
+    assert ec.sidecar_path(p).name == p.name + '.json'
+
+
+def _write(tmp_path: Path, onnx_bytes: bytes = b'onnx-v1') -> tuple[Path, Path, dict]:
+    onnx = tmp_path / 'm.onnx'
+    onnx.write_bytes(onnx_bytes)
+    fields = ec.key_fields(**{**BASE, 'onnx_sha256': hashlib.sha256(onnx_bytes).hexdigest()})
+    engine = tmp_path / 'engines' / 'm.engine'
+    cmd = ec.build_command(onnx, engine, 'fp16', workspace_mb=1024, dla_core=None)
+    doc = ec.make_sidecar(fields, model_metadata={'evit.model': 'm'}, fp32_layers=['/a/MatMul', '/a/Div'],
+                          rebuild_command=cmd)
+    ec.write_engine(engine, b'ENGINE' * 100, doc)
+    return onnx, engine, doc
+
+
+def test_sidecar_round_trip_and_check(tmp_path: Path) -> None:
+    onnx, engine, doc = _write(tmp_path)
+    side = ec.read_sidecar(engine)
+    assert side['key'] == doc['key'] == ec.key_from_fields(side['fields'])
+    assert side['fp32_layers'] == ['/a/MatMul', '/a/Div'] and side['model_metadata'] == {'evit.model': 'm'}
+    assert side['engine_bytes'] == 600
+    ok = ec.check_engine(engine, onnx, trt_version='10.3.0', gpu_name='Orin', compute_capability='8.7',
+                         precision='fp16')
+    assert ok['key'] == doc['key']
+    assert not list(engine.parent.glob('*.tmp'))
+
+
+@pytest.mark.parametrize('field,value,needle', [
+    ('trt_version', '10.7.0', 'trt_version'),
+    ('gpu_name', 'RTX 4090', 'gpu_name'),
+    ('compute_capability', '8.9', 'compute_capability'),
+    ('precision', 'fp32', 'precision'),
+])
+def test_mismatch_names_field_and_rebuild_command(tmp_path: Path, field: str, value: str, needle: str) -> None:
+    onnx, engine, doc = _write(tmp_path)
+    with pytest.raises(EngineCacheMismatch) as ei:
+        ec.check_engine(engine, onnx, **{field: value})
+    msg = str(ei.value)
+    assert needle in msg and value in msg
+    assert f'evit-ros build-engine --onnx {onnx} --precision fp16 --workspace-mb 1024 -o {engine}' in msg
+
+
+def test_changed_onnx_and_tampered_files_are_mismatches(tmp_path: Path) -> None:
+    onnx, engine, doc = _write(tmp_path)
+    onnx.write_bytes(b'onnx-v2')
+    with pytest.raises(EngineCacheMismatch, match='ONNX changed.*evit-ros build-engine'):
+        ec.check_engine(engine, onnx)
+    onnx.write_bytes(b'onnx-v1')
+    ec.check_engine(engine, onnx)
+    engine.write_bytes(b'ENGINE' * 50)
+    with pytest.raises(EngineCacheMismatch, match='does not match the hash'):
+        ec.check_engine(engine, onnx)
+    _write(tmp_path)
+    side = ec.sidecar_path(engine)
+    d = json.loads(side.read_text())
+    d['fields']['precision'] = 'fp32'
+    side.write_text(json.dumps(d))
+    with pytest.raises(EngineCacheMismatch, match='sidecar key does not match'):
+        ec.check_engine(engine, onnx)
+    side.unlink()
+    with pytest.raises(EngineCacheMismatch, match='no sidecar'):
+        ec.check_engine(engine, onnx)
+    with pytest.raises(EngineCacheMismatch, match='does not exist'):
+        ec.check_engine(tmp_path / 'missing.engine', onnx)
+
+
+def _writer(path: str, tag: int, rounds: int) -> None:
+    payload = bytes([tag]) * (1 << 20)
+    for i in range(rounds):
+        doc = {'fields': {}, 'key': f'{tag}-{i}', 'writer': tag}
+        ec.write_engine(path, payload, doc)
+
+
+def test_two_processes_writing_leave_a_valid_engine_and_sidecar(tmp_path: Path) -> None:
+    engine = tmp_path / 'e.engine'
+    ctx = mp.get_context('spawn')
+    procs = [ctx.Process(target=_writer, args=(str(engine), tag, 15)) for tag in (1, 2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    data = engine.read_bytes()
+    side = json.loads(ec.sidecar_path(engine).read_text())
+    assert len(data) == 1 << 20 and data == bytes([data[0]]) * len(data)
+    # engine and sidecar are written under one lock, so they belong to the same writer
+    assert side['writer'] == data[0]
+    assert side['engine_sha256'] == hashlib.sha256(data).hexdigest()
+    assert not list(tmp_path.glob('.*.tmp'))
+
+
+def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:
+    p = tmp_path / 'sub' / 'timing.cache'
+    ec.atomic_write(p, b'x' * 10)
+    ec.atomic_write(p, b'y' * 3)
+    assert p.read_bytes() == b'yyy'
+    assert (tmp_path / 'sub' / 'timing.cache.lock').exists()
