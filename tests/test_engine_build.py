@@ -58,6 +58,11 @@ def test_rtx_parses_and_builds_every_head(onnx_files: dict[str, Path], tmp_path:
     assert side['fields']['shapes']['shape'] == [1, H, W, 3]
     assert side['fp32_layers'] == list(res.fp32_layers) and res.fp32_layers
     assert (tmp_path / 'timing.cache').is_file()
+    # the pinned set, selected from the ONNX name scopes, holds a layer for every attention MatMul and Div
+    graph = onnx.load(str(onnx_files[head])).graph
+    attention = {n.name for n in graph.node if n.op_type == 'MatMul'
+                 or (n.op_type == 'Div' and n.name.startswith('/model/'))}
+    assert attention and attention <= set(res.fp32_layers)
 
 
 def _network(path: Path) -> Any:
@@ -84,6 +89,41 @@ def test_mixed_precision_fp16_build_covers_attention_layers(onnx_files: dict[str
         assert by_name[name].get_output(0).dtype == trt.DataType.FLOAT
     convs = [la for la in layers if la.type == trt.LayerType.CONVOLUTION]
     assert convs and all(la.get_output(0).dtype == trt.DataType.HALF for la in convs)
+
+
+class _LayerPrecisionStandIn:
+    """TensorRT 8.6/10 layer precision API (TensorRT-RTX has none): records what pin_fp32 sets."""
+
+    def __init__(self, layer: Any) -> None:
+        self.name, self.num_outputs = layer.name, layer.num_outputs
+        self._outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        self.precision: Any = None
+        self.output_types: dict[int, Any] = {}
+
+    def get_output(self, j: int) -> Any:
+        return self._outputs[j]
+
+    def set_output_type(self, j: int, dtype: Any) -> None:
+        self.output_types[j] = dtype
+
+
+def test_weakly_typed_selection_and_pinning(onnx_files: dict[str, Path]) -> None:
+    """The FP16 builder-flag path: ONNX attention nodes -> network layers (real parse) -> FP32 constraints."""
+    from evit_ros.export.onnx_export import fp32_nodes, read_metadata, scopes_from_metadata
+    from evit_ros.export.tensorrt_build import pin_fp32, select_fp32_layers
+    path = onnx_files['labels']
+    builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+    network, _parser = parse_onnx(trt, builder, path, strongly_typed=False)
+    nodes = fp32_nodes(onnx.load(str(path)).graph, scopes_from_metadata(read_metadata(path)))
+    layers = select_fp32_layers(network, nodes)
+    names = [la.name for la in layers]
+    assert set(nodes) <= set(names) and len(names) == len(set(names))
+    kinds = {la.type for la in layers}
+    assert trt.LayerType.MATRIX_MULTIPLY in kinds and trt.LayerType.CONVOLUTION not in kinds
+    stand_ins = [_LayerPrecisionStandIn(la) for la in layers]
+    assert pin_fp32(trt, stand_ins) == len(layers)
+    assert all(s.precision == trt.float32 and s.output_types == {0: trt.float32} for s in stand_ins)
+    assert pin_fp32(trt, layers) == 0    # TensorRT-RTX layers have no precision attribute: nothing to pin
 
 
 def test_policy_errors_name_the_fix(onnx_files: dict[str, Path], tmp_path: Path) -> None:
@@ -123,3 +163,8 @@ def test_build_engine_cli(onnx_files: dict[str, Path], tmp_path: Path, capsys: p
     assert (tmp_path / 'timing.cache').is_file()
     assert main(['build-engine', '--onnx', str(onnx_files['labels']), '--precision', 'int8', '-o', str(out)]) == 1
     assert 'calib' in capsys.readouterr().err
+    # with calibration frames, a strongly typed TensorRT (RTX, 11.x) still refuses implicit INT8, naming the fix
+    assert main(['build-engine', '--onnx', str(onnx_files['labels']), '--precision', 'int8', '--calib-images',
+                 str(tmp_path), '-o', str(tmp_path / 'i8.engine')]) == 1
+    assert 'no implicit INT8 calibration; build fp16 or fp32' in capsys.readouterr().err
+    assert not (tmp_path / 'i8.engine').exists()

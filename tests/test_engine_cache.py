@@ -104,6 +104,12 @@ def test_changed_onnx_and_tampered_files_are_mismatches(tmp_path: Path) -> None:
     side.write_text(json.dumps(d))
     with pytest.raises(EngineCacheMismatch, match='sidecar key does not match'):
         ec.check_engine(engine, onnx)
+    side.write_text('{"key": "abc", "fields": {')   # truncated JSON
+    with pytest.raises(EngineCacheMismatch, match='unreadable.*evit-ros build-engine'):
+        ec.check_engine(engine, onnx)
+    side.write_text('[1, 2]')
+    with pytest.raises(EngineCacheMismatch, match='lacks key'):
+        ec.check_engine(engine, onnx)
     side.unlink()
     with pytest.raises(EngineCacheMismatch, match='no sidecar'):
         ec.check_engine(engine, onnx)

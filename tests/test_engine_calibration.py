@@ -135,3 +135,14 @@ def test_bag_frames_raw_and_compressed(tmp_path: Path) -> None:
         assert np.array_equal(a, b)
     with pytest.raises(DataError, match='no topic'):
         list(cal.iter_bag_frames(bag, '/other', HW))
+
+
+def test_bag_topic_batches_feed_the_calibrator(tmp_path: Path) -> None:
+    bag = tmp_path / 'calib_bag'
+    _write_bag(bag, 5)
+    frames = cal.iter_bag_frames(bag, '/cam/image_raw/compressed', HW, every=2)   # messages 0, 2, 4
+    c = cal.make_entropy_calibrator(cal.iter_batches(frames, 2), 2, None, base=FakeTrtCalibratorBase,
+                                    to_device=lambda b: int(b[0, 0, 0, 0]) * 1000 + int(b[1, 0, 0, 0]))
+    assert c.get_batch(['images']) == [0 * 1000 + 20]
+    assert c.get_batch(['images']) == [40 * 1000 + 40]   # partial last batch completed with its own frame
+    assert c.get_batch(['images']) is None and c.batches_served == 2

@@ -277,7 +277,8 @@ class TensorRTBackend(InferenceBackend):
         want = io.input.shape[1:]
         if not isinstance(batch, np.ndarray) or batch.ndim != len(io.input.shape) or batch.shape[1:] != want:
             got = getattr(batch, 'shape', type(batch).__name__)
-            raise BackendError(f'tensorrt: batch shape {got} does not match the engine input [N, {", ".join(map(str, want))}]')
+            raise BackendError(f'tensorrt: batch shape {got} does not match the engine input '
+                               f'[N, {", ".join(map(str, want))}]')
         if batch.dtype != np.dtype(io.input.dtype):
             raise BackendError(f'tensorrt: batch dtype {batch.dtype} != engine input {io.input.dtype}')
         n = int(batch.shape[0])

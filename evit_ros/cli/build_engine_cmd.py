@@ -68,9 +68,12 @@ def run(args: argparse.Namespace) -> int:
                           'TOPIC, or use --precision fp16')
     timing_cache = args.timing_cache or str(Path(output).parent / 'timing.cache' if output else 'engines/timing.cache')
     t0 = time.perf_counter()
+    calib_options = {'calib_images': args.calib_images, 'calib_bag': args.calib_bag, 'calib_topic': args.calib_topic,
+                     'calib_batches': args.calib_batches, 'calib_cache': args.calib_cache} if factory else {}
     result = build_engine(onnx_path, output, precision=precision, calib_factory=factory,
                           workspace_mb=args.workspace_mb, dla_core=args.dla_core, timing_cache=timing_cache,
-                          max_batch=args.max_batch)
+                          max_batch=args.max_batch,
+                          command_options={'max_batch': args.max_batch, **calib_options})
     print(f'built {result.engine_path} from {onnx_path}: {result.precision}'
           f'{" (strongly typed)" if result.strongly_typed else ""}, TensorRT {result.trt_version}, '
           f'{result.num_layers} layers, {len(result.fp32_layers)} attention layers FP32')

@@ -22,8 +22,18 @@ from torch import nn
 
 from evit_ros.contract import HEADS, IMAGENET_MEAN, IMAGENET_STD, INPUT_FORMATS
 from evit_ros.errors import ExportError
+from evit_ros.model.upsample import BicubicUpsample
 
 LABELS_DTYPES = ('uint8', 'int32')
+
+
+def _num_classes(model: nn.Module) -> int | None:
+    """Output channels of the classifier (the last Conv2d registered), or None if there is none."""
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            last = m
+    return None if last is None else int(last.out_channels)
 
 
 def _hw(name: str, value: Sequence[int]) -> tuple[int, int]:
@@ -66,6 +76,14 @@ class DeployGraph(nn.Module):
         bias = bias.view(1, 3, 1, 1)
         self.register_buffer('scale', scale, persistent=False)
         self.register_buffer('bias', bias, persistent=False)
+        # integer-factor bicubic as transposed convolutions (same function, ~10x faster than Resize(cubic) in ORT)
+        self.upsample: nn.Module | None = None
+        classes = _num_classes(model)
+        lh, lw = self.model_hw[0] // 8, self.model_hw[1] // 8
+        ih, iw = self.input_hw
+        self.register_buffer('class_ones', torch.ones((1, classes or 1, 1, 1)), persistent=False)
+        if classes is not None and ih % lh == 0 and iw % lw == 0 and ih // lh == iw // lw and ih // lh > 1:
+            self.upsample = BicubicUpsample(ih // lh, classes)
 
     def extra_repr(self) -> str:
         return (f'head={self.head}, input_format={self.input_format}, input_hw={self.input_hw}, '
@@ -94,6 +112,8 @@ class DeployGraph(nn.Module):
     def _upsample(self, logits: torch.Tensor) -> torch.Tensor:
         if self.input_hw == (self.model_hw[0] // 8, self.model_hw[1] // 8):
             return logits
+        if self.upsample is not None and logits.shape[1] == self.upsample.channels:
+            return self.upsample(logits)
         return F.interpolate(logits, size=self.input_hw, mode='bicubic', align_corners=False)
 
     def apply_head(self, logits: torch.Tensor) -> Any:
@@ -106,7 +126,14 @@ class DeployGraph(nn.Module):
         labels = self._labels(up)
         if self.head == 'labels':
             return labels
-        conf = torch.softmax(up, dim=1).amax(dim=1)
+        # max softmax = 1 / sum(exp(l - max l)); the channel sum as a 1x1 conv is far cheaper than Softmax on
+        # axis 1 (runtimes transpose for it) or ReduceSum in ONNX Runtime
+        peak = up.amax(dim=1, keepdim=True)
+        if self.class_ones.shape[1] == up.shape[1]:
+            ones = self.class_ones if self.class_ones.dtype == up.dtype else self.class_ones.to(up.dtype)
+            conf = 1.0 / F.conv2d(torch.exp(up - peak), ones)[:, 0]
+        else:
+            conf = 1.0 / torch.exp(up - peak).sum(dim=1)
         conf = torch.round(conf * 255.0).to(torch.uint8)
         return labels, conf
 

@@ -282,7 +282,7 @@ def _logits_tensor(graph: onnx.GraphProto) -> str:
     """The tensor that crosses from the network (``/model/`` scope) into the head."""
     def in_network(n: onnx.NodeProto) -> bool:
         return n.name.startswith((MODEL_SCOPE, CAST_SCOPE))
-    inside = {t for n in graph.node if in_network(n) for t in n.output}
+    inside = {t for n in graph.node if in_network(n) and n.op_type != 'Constant' for t in n.output}
     crossing: list[str] = []
     for n in graph.node:
         if not in_network(n):
@@ -352,6 +352,23 @@ def _verify(model_bytes: bytes, deploy: torch.nn.Module, head: str, x: np.ndarra
     if conf_diff is not None and conf_diff > 2:
         raise ExportError(f'ONNX Runtime confidence differs from PyTorch by {conf_diff}/255 (limit 2)')
     return rel, agreement, conf_diff
+
+
+def _declare_output_shapes(model: onnx.ModelProto, head: str, logits_chw: tuple[int, ...],
+                           input_hw: tuple[int, int]) -> None:
+    """Write the static non-batch output dims into the graph outputs.
+
+    With a dynamic batch the TorchScript exporter leaves the upsampled outputs' H and W symbolic
+    (``Castlabels_dim_1``); runtimes that size buffers from the declared shapes need the numbers.
+    """
+    spatial = {'logits': logits_chw, 'labels-lowres': logits_chw[1:]}.get(head, input_hw)
+    for out in model.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        if len(dims) != 1 + len(spatial):
+            raise ExportError(f'output {out.name} has rank {len(dims)}, expected {1 + len(spatial)} (internal error)')
+        for d, v in zip(list(dims)[1:], spatial, strict=True):
+            d.ClearField('dim_param')
+            d.dim_value = int(v)
 
 
 def _class_metadata(model_name: str, num_classes: int) -> tuple[list[str], list[list[int]], str]:
@@ -456,6 +473,7 @@ def export_onnx(model_name: str, output: str | Path, *, height: int, width: int,
     except Exception as exc:  # the TorchScript exporter raises many error types
         raise ExportError(f'torch.onnx.export failed for {model_name} ({head}, opset {opset}): {exc}') from exc
     onnx_model = onnx.load_from_string(buf.getvalue())
+    _declare_output_shapes(onnx_model, head, tuple(int(d) for d in probe.shape[1:]), (in_h, in_w))
     t_export = time.perf_counter() - t0
 
     scopes = attention_scopes(onnx_model.graph, attention_qualnames(deploy))

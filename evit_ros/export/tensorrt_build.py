@@ -264,11 +264,13 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path | None = None, *
                  timing_cache: str | Path | None = None, max_batch: int | None = None, trt_module: Any = None,
                  gpu: tuple[str, str] | None = None, engines_dir: str | Path = 'engines',
                  calib_factory: Callable[[tuple[int, ...], str], Any] | None = None,
-                 rebuild_command: str | None = None) -> BuildResult:
+                 rebuild_command: str | None = None, command_options: dict[str, Any] | None = None) -> BuildResult:
     """Parse ``onnx_path``, build an engine with the FP32 attention policy, write it and its sidecar.
 
     ``calib``: a TensorRT INT8 calibrator, or ``calib_factory(input_shape, input_format)`` building one
     once the engine's input shape is known (INT8 only; INT8 without either raises EngineError).
+    ``command_options``: extra ``evit-ros build-engine`` options (e.g. ``calib_images``) recorded in the
+    sidecar's rebuild command, for settings that live outside this function (calibration data).
     """
     onnx_p = Path(onnx_path)
     if precision not in PRECISIONS:
@@ -402,7 +404,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path | None = None, *
         engine_cache.atomic_write(timing_cache, bytes(memoryview(tc_data)))
 
     fields = engine_cache.key_fields(file_sha256(onnx_p), version, gpu_name, cc, precision, shapes, flags)
-    options: dict[str, Any] = {'workspace_mb': workspace_mb, 'dla_core': dla_core, 'timing_cache': timing_cache}
+    options: dict[str, Any] = {'workspace_mb': workspace_mb, 'dla_core': dla_core, 'timing_cache': timing_cache,
+                               **(command_options or {})}
     command = rebuild_command or engine_cache.build_command(onnx_p, ep, precision, **options)
     sidecar = engine_cache.make_sidecar(
         fields, model_metadata=meta, fp32_layers=layer_names, rebuild_command=command,

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evit_ros.model.upsample import BicubicUpsample
+
 __all__ = [
     'ConvLayer', 'UpSampleLayer', 'IdentityLayer', 'DSConv', 'MBConv', 'FusedMBConv', 'ResBlock', 'LiteMLA',
     'EfficientViTBlock', 'ResidualBlock', 'DAGBlock', 'OpSequential', 'build_act', 'build_norm', 'set_norm_eps',
@@ -109,12 +111,16 @@ class UpSampleLayer(nn.Module):
     """
 
     def __init__(self, mode: str = 'bicubic', size: int | Sequence[int] | None = None, factor: int = 2,
-                 align_corners: bool = False) -> None:
+                 align_corners: bool = False, channels: int | None = None) -> None:
         super().__init__()
         self.mode = mode
         self.size = None if size is None else tuple(_pair(size, 2))
         self.factor = None if self.size is not None else factor
         self.align_corners = align_corners
+        # with the channel count known, exports trace bicubic x factor as transposed convolutions
+        # (same function; ONNX Runtime's Resize(cubic) is slow). No state_dict entries.
+        self.exact_upsample = (BicubicUpsample(factor, channels) if channels and self.factor and self.factor > 1
+                               and mode == 'bicubic' and not align_corners else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self.size is not None and tuple(x.shape[-2:]) == self.size) or self.factor == 1:
@@ -130,6 +136,8 @@ class UpSampleLayer(nn.Module):
         align = self.align_corners if self.mode in ('bilinear', 'bicubic') else None
         if self.size is not None:
             return F.interpolate(x, size=self.size, mode=self.mode, align_corners=align)
+        if self.exact_upsample is not None and x.shape[1] == self.exact_upsample.channels:
+            return self.exact_upsample(x)
         return F.interpolate(x, scale_factor=self.factor, mode=self.mode, align_corners=align)
 
 

@@ -181,7 +181,8 @@ class SegHead(DAGBlock):
             if factor == 1:
                 inputs[fid] = conv
             else:
-                inputs[fid] = OpSequential([conv, UpSampleLayer(mode='bicubic', factor=factor, align_corners=False)])
+                inputs[fid] = OpSequential([conv, UpSampleLayer(mode='bicubic', factor=factor, align_corners=False,
+                                                                   channels=head_width)])
 
         middle: list[nn.Module] = []
         for _ in range(head_depth):

@@ -1,0 +1,450 @@
+"""The ROS 2 segmentation node ``evit_segmentation``: cameras in, masks, drivable area, grids and diagnostics out.
+
+Threading: subscription callbacks only store the newest message in a one-slot mailbox per camera (a frame
+replaced before the worker took it is counted as dropped), so callbacks never block and nothing queues
+without bound. One worker thread takes every pending frame, decodes them, runs them through
+:class:`~evit_ros.pipeline.Segmenter` as one batch and publishes the results. Live parameter changes are
+validated in the set-parameters callback and handed to the worker, which applies them between batches.
+
+Outputs (relative names, so namespaces and remaps work), all stamped with the input header:
+``segmentation/<cam>/{mask, color_mask, overlay, confidence}`` and
+``segmentation/<cam>/drivable/<group>/{mask, grid, boundary}`` (grid and boundary carry the input stamp and
+``grid.frame_id``). An output is computed and published only while something subscribes to it.
+
+Run: ``ros2 run evit_ros segmentation_node --ros-args --params-file config/evit_ros.yaml`` or
+``python -m evit_ros.ros.segmentation_node --ros-args ...``.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import rclpy
+import rclpy.executors
+import rclpy.logging
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PolygonStamped
+from nav_msgs.msg import OccupancyGrid
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from evit_ros.config import CameraConfig, NodeConfig, from_flat
+from evit_ros.datasets import dataset_for_model
+from evit_ros.errors import EngineError, EvitError, FrameError
+from evit_ros.pipeline import ClassGroups, GroundProjector, Segmenter
+from evit_ros.ros import conversions as conv
+from evit_ros.ros.diagnostics import CameraStats, EngineStats, diagnostic_array
+from evit_ros.ros.params import ParameterGuard, all_specs, declare_all, unknown_overrides
+
+try:  # Jazzy and later
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:  # Humble
+    from rclpy.qos_event import SubscriptionEventCallbacks  # type: ignore[no-redef]
+
+try:  # Jazzy: spin raises this when the context is shut down by a signal
+    from rclpy.executors import ExternalShutdownException
+except ImportError:  # pragma: no cover - older rclpy
+    class ExternalShutdownException(Exception):  # type: ignore[no-redef]
+        """Placeholder where rclpy lacks it."""
+
+NODE_NAME = 'evit_segmentation'
+BOUNDARY_MAX_POINTS = 256
+_RELIABILITY = {'best_effort': ReliabilityPolicy.BEST_EFFORT, 'reliable': ReliabilityPolicy.RELIABLE}
+
+
+def _qos(reliability: str, depth: int) -> QoSProfile:
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(depth), reliability=_RELIABILITY[reliability],
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+class _RosLogHandler(logging.Handler):
+    """Forwards Python ``logging`` records of the backend/export code to the node's ROS logger."""
+
+    def __init__(self, ros_logger: Any) -> None:
+        super().__init__()
+        self.ros_logger = ros_logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if record.levelno >= logging.ERROR:
+                self.ros_logger.error(text)
+            elif record.levelno >= logging.WARNING:
+                self.ros_logger.warning(text)
+            elif record.levelno >= logging.INFO:
+                self.ros_logger.info(text)
+            else:
+                self.ros_logger.debug(text)
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)
+
+
+class _Camera:
+    """One camera: its mailbox, publishers, intrinsics, projector cache and statistics."""
+
+    def __init__(self, cfg: CameraConfig, stats: CameraStats) -> None:
+        self.cfg = cfg
+        self.stats = stats
+        self.pending: Any = None
+        self.pubs: dict[str, Any] = {}
+        self.group_pubs: dict[str, dict[str, Any]] = {}
+        self.info: tuple[tuple[float, ...], int, int] | None = None
+        self.projector: GroundProjector | None = None
+        self.projector_key: Any = None
+
+
+class SegmentationNode(Node):
+    """See the module docstring. Raises :class:`~evit_ros.errors.EvitError` at construction on bad config."""
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self._log = self.get_logger()
+        self._pylog = logging.getLogger(f'evit_ros.node.{id(self)}')
+        self._pylog.propagate = False
+        self._pylog.setLevel(logging.DEBUG)
+        self._pylog.addHandler(_RosLogHandler(self._log))
+        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._update_lock = threading.Lock()
+        self._pending_update: NodeConfig | None = None
+        self._worker: threading.Thread | None = None
+        self.backend: Any = None
+        self.build_only = False
+
+        flat = declare_all(self)
+        for name in unknown_overrides(self, flat):
+            self._log.warning(f'parameter {name} from the params file/command line is not a parameter of this node '
+                              '(typo?); it is ignored')
+        self.cfg = cfg = from_flat(flat)
+        self.dataset = dataset_for_model(cfg.model.name)
+        ClassGroups.from_names(cfg.drivable.groups, self.dataset)   # unknown class names fail before loading
+        self.backend = self._load_backend(cfg)
+        if cfg.backend.build_only:
+            self.build_only = True
+            self._log.info('backend.build_only=true: the engine is ready; exiting without subscribing')
+            return
+        self.segmenter = Segmenter(self.backend, input_cfg=cfg.input, outputs=cfg.outputs, drivable=cfg.drivable,
+                                   dataset=self.dataset)
+        self.engine_stats = EngineStats(self.backend.describe())
+
+        self._guard = ParameterGuard(flat, all_specs([c.name for c in cfg.cameras],
+                                                     [g for g, _ in cfg.drivable.groups]),
+                                     self._apply_config, check=self._check_config)
+        self._guard.attach(self)
+
+        self.cameras: dict[str, _Camera] = {}
+        in_qos = _qos(cfg.qos.input_reliability, cfg.qos.input_depth)
+        out_qos = _qos(cfg.qos.output_reliability, cfg.qos.output_depth)
+        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
+        for cam_cfg in cfg.cameras:
+            compressed = cam_cfg.transport == 'compressed'
+            topic = cam_cfg.resolved_topic
+            if compressed and not topic.endswith('/compressed'):  # image_transport naming: <base>/compressed
+                topic += '/compressed'
+            cam = _Camera(cam_cfg, CameraStats(cam_cfg.name, topic, self.dataset.class_names))
+            base = f'segmentation/{cam_cfg.name}/'
+            cam.pubs = {'mask': self.create_publisher(Image, base + 'mask', out_qos),
+                        'color_mask': self.create_publisher(Image, base + 'color_mask', out_qos),
+                        'overlay': self.create_publisher(Image, base + 'overlay', out_qos),
+                        'confidence': self.create_publisher(Image, base + 'confidence', out_qos)}
+            for g, _ in cfg.drivable.groups:
+                gb = f'{base}drivable/{g}/'
+                cam.group_pubs[g] = {'mask': self.create_publisher(Image, gb + 'mask', out_qos),
+                                     'grid': self.create_publisher(OccupancyGrid, gb + 'grid', out_qos),
+                                     'boundary': self.create_publisher(PolygonStamped, gb + 'boundary', out_qos)}
+            self.create_subscription(CompressedImage if compressed else Image, topic, self._make_callback(cam),
+                                     in_qos, event_callbacks=events)
+            if cam_cfg.camera_info_topic:
+                cam.stats.grid_status = f'waiting for CameraInfo on {cam_cfg.camera_info_topic}'
+                self.create_subscription(CameraInfo, cam_cfg.camera_info_topic, self._make_info_callback(cam),
+                                         in_qos, event_callbacks=events)
+            self.cameras[cam_cfg.name] = cam
+            out_ns = self.resolve_topic(base + 'mask').rsplit('/', 1)[0]
+            self._log.info(f'camera {cam_cfg.name}: {cam_cfg.transport} on {topic} -> {out_ns}/...')
+
+        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', QoSProfile(depth=10))
+        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics,
+                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._worker = threading.Thread(target=self._run, name='evit_segmentation_worker', daemon=True)
+        self._worker.start()
+        d = self.backend.describe()
+        self._log.info(f'ready: {cfg.model.name} on {d.get("backend")} ({d.get("device", "")} '
+                       f'{d.get("precision", "")}) input {cfg.input.height}x{cfg.input.width}, '
+                       f'{len(self.cameras)} camera(s)')
+
+    # -- startup ------------------------------------------------------------------------------------------
+    def resolve_topic(self, name: str) -> str:
+        """Fully qualified name of a relative topic (for logs)."""
+        try:
+            return self.resolve_topic_name(name)
+        except Exception:  # noqa: BLE001 - only for a log line
+            return name
+
+    def _load_backend(self, cfg: NodeConfig) -> Any:
+        from evit_ros.backends import create_backend
+        from evit_ros.export.engine_cache import build_command
+        backend = None
+        try:
+            backend = create_backend(cfg.backend, model=cfg.model, input_cfg=cfg.input, head='labels+confidence',
+                                     logger=self._pylog)
+            backend.load()
+            if not cfg.backend.build_only:
+                backend.warmup(2)
+        except EvitError as exc:
+            if backend is not None:
+                backend.close()
+            engine = cfg.backend.engine_path
+            if isinstance(exc, EngineError) and engine and 'build-engine' not in str(exc):
+                onnx = cfg.backend.onnx_path or f'{cfg.model.name}_{cfg.input.height}x{cfg.input.width}.onnx'
+                raise type(exc)(f'{exc}; build the engine with: '
+                                f'{build_command(onnx, engine, cfg.backend.precision)}') from exc
+            raise
+        return backend
+
+    # -- callbacks (executor thread) ---------------------------------------------------------------------
+    def _make_callback(self, cam: _Camera) -> Any:
+        def callback(msg: Any) -> None:
+            cam.stats.on_receive()
+            with self._cond:
+                if cam.pending is not None:
+                    cam.stats.on_drop()
+                cam.pending = msg
+                self._cond.notify()
+        return callback
+
+    def _make_info_callback(self, cam: _Camera) -> Any:
+        def callback(msg: CameraInfo) -> None:
+            cam.info = (tuple(float(v) for v in msg.k), int(msg.height), int(msg.width))
+        return callback
+
+    def _on_incompatible_qos(self, event: Any) -> None:
+        self._log.warning(f'a camera publisher has an incompatible QoS ({event}); the node subscribes with '
+                          f'qos.input_reliability={self.cfg.qos.input_reliability}. Use best_effort to match both '
+                          'reliable and best-effort cameras', throttle_duration_sec=10.0)
+
+    def _check_config(self, cfg: NodeConfig) -> None:
+        ClassGroups.from_names(cfg.drivable.groups, self.dataset)
+
+    def _apply_config(self, cfg: NodeConfig, changes: dict[str, Any]) -> None:
+        self.cfg = cfg
+        for c in cfg.cameras:
+            if c.name in self.cameras:
+                self.cameras[c.name].cfg = c
+        if any(k.startswith(('outputs.', 'drivable.')) for k in changes):
+            with self._update_lock:
+                self._pending_update = cfg
+        self._log.info(f'applied {", ".join(f"{k}={v!r}" for k, v in changes.items())}')
+
+    # -- worker thread ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                if not any(c.pending is not None for c in self.cameras.values()):
+                    self._cond.wait(timeout=0.2)
+                taken = [(c, c.pending) for c in self.cameras.values() if c.pending is not None]
+                for c, _ in taken:
+                    c.pending = None
+            if not taken or self._stop.is_set():
+                continue
+            try:
+                self._process(taken)
+            except Exception as exc:  # noqa: BLE001 - the worker must survive anything a frame can cause
+                if self._stop.is_set():
+                    return
+                self.engine_stats.on_error(f'{type(exc).__name__}: {exc}')
+                self._log.error(f'processing failed: {type(exc).__name__}: {exc}', throttle_duration_sec=5.0)
+
+    def _process(self, taken: list[tuple[_Camera, Any]]) -> None:
+        with self._update_lock:
+            update, self._pending_update = self._pending_update, None
+        if update is not None:
+            self.segmenter.update(outputs=update.outputs, drivable=update.drivable)
+        cfg = self.cfg
+        cams, msgs, frames, decode_ms = [], [], [], []
+        for cam, msg in taken:
+            t0 = time.perf_counter()
+            try:
+                rgb = conv.to_rgb(msg)
+            except FrameError as exc:
+                cam.stats.on_bad(exc.reason)
+                self._log.warning(f'camera {cam.cfg.name}: bad frame ({exc.reason}): {exc}', throttle_duration_sec=5.0)
+                continue
+            cams.append(cam)
+            msgs.append(msg)
+            frames.append(rgb)
+            decode_ms.append((time.perf_counter() - t0) * 1e3)
+        if not frames:
+            return
+        out = cfg.outputs
+
+        def wanted(name: str, toggle: bool) -> bool:
+            return toggle and any(c.pubs[name].get_subscription_count() > 0 for c in cams)
+
+        want_overlay = wanted('overlay', out.overlay)
+        want_conf = wanted('confidence', out.confidence)
+        want_color = wanted('color_mask', out.color_mask)
+        results = self.segmenter.process(frames, want_color=want_color, want_overlay=want_overlay,
+                                         want_confidence=want_conf)
+        first = results[0].timings_ms
+        self.engine_stats.on_batch(len(frames), {'preprocess': first.get('preprocess', 0.0),
+                                                 'infer': first.get('infer', 0.0)})
+        for cam, msg, res, dec in zip(cams, msgs, results, decode_ms, strict=True):
+            if self._stop.is_set():
+                return
+            t0 = time.perf_counter()
+            self._publish(cam, msg.header, res, cfg)
+            timings = dict(res.timings_ms)
+            timings['decode'] = dec
+            timings['publish'] = (time.perf_counter() - t0) * 1e3
+            now_ns = self.get_clock().now().nanoseconds
+            timings['end_to_end'] = (now_ns - conv.stamp_to_ns(msg.header.stamp)) / 1e6
+            cam.stats.on_result(timings, res.class_fractions,
+                                {g: (r.fraction, r.roi_fraction) for g, r in res.groups.items()})
+
+    def _publish(self, cam: _Camera, header: Any, res: Any, cfg: NodeConfig) -> None:
+        out = cfg.outputs
+        p = cam.pubs
+        if out.mask and p['mask'].get_subscription_count():
+            p['mask'].publish(conv.numpy_to_image(res.labels, 'mono8', header))
+        if res.color is not None and out.color_mask and p['color_mask'].get_subscription_count():
+            p['color_mask'].publish(conv.numpy_to_image(res.color, 'rgb8', header))
+        if res.overlay is not None and out.overlay and p['overlay'].get_subscription_count():
+            p['overlay'].publish(conv.numpy_to_image(res.overlay, 'rgb8', header))
+        if res.confidence is not None and out.confidence and p['confidence'].get_subscription_count():
+            p['confidence'].publish(conv.numpy_to_image(res.confidence, 'mono8', header))
+        projector = None
+        for g, gr in res.groups.items():
+            gp = cam.group_pubs.get(g)
+            if gp is None:
+                continue
+            if gp['mask'].get_subscription_count():
+                gp['mask'].publish(conv.numpy_to_image(gr.mask, 'mono8', header))
+            want_grid = gp['grid'].get_subscription_count() > 0
+            want_boundary = gp['boundary'].get_subscription_count() > 0
+            if not (want_grid or want_boundary):
+                continue
+            projector = projector or self._projector(cam, res.labels.shape[:2], cfg)
+            if projector is None:
+                continue
+            if want_grid:
+                gp['grid'].publish(conv.occupancy_grid(projector.project(gr.mask), resolution=projector.resolution,
+                                                       origin_xy=projector.origin_xy, frame_id=cfg.grid.frame_id,
+                                                       stamp=header.stamp))
+            if want_boundary:
+                gp['boundary'].publish(conv.polygon_stamped(self._boundary(cam, projector, gr.boundary_rows),
+                                                            frame_id=cfg.grid.frame_id, stamp=header.stamp))
+
+    @staticmethod
+    def _boundary(cam: _Camera, projector: GroundProjector, rows: np.ndarray) -> np.ndarray:
+        """Free-space polygon: the camera's ground point, then the boundary points left to right in the image."""
+        pts = projector.boundary_points(rows)
+        if len(pts) > BOUNDARY_MAX_POINTS:
+            pts = pts[np.linspace(0, len(pts) - 1, BOUNDARY_MAX_POINTS).round().astype(int)]
+        if not len(pts):
+            return pts
+        mount = cam.cfg.mount
+        return np.vstack([[mount.x_m, mount.y_m], pts])
+
+    def _projector(self, cam: _Camera, mask_hw: tuple[int, int], cfg: NodeConfig) -> GroundProjector | None:
+        """The camera's GroundProjector for this mask size, rebuilt when intrinsics, mount or grid change."""
+        if not cam.cfg.camera_info_topic:
+            return None
+        if cam.info is None:
+            cam.stats.grid_status = f'waiting for CameraInfo on {cam.cfg.camera_info_topic}: no grid/boundary yet'
+            return None
+        if cfg.outputs.mask_resolution == 'model' and cfg.input.resize_mode != 'stretch':
+            cam.stats.grid_status = ('no grid: model-resolution masks with input.resize_mode='
+                                     f'{cfg.input.resize_mode} do not map to the camera intrinsics; use '
+                                     'outputs.mask_resolution=camera')
+            return None
+        k, h, w = cam.info
+        key = (cam.info, tuple(mask_hw), cam.cfg.mount, cfg.grid)
+        if key != cam.projector_key:
+            cam.projector_key = key
+            cam.projector = None
+            if h <= 0 or w <= 0 or not any(k):
+                cam.stats.grid_status = (f'CameraInfo on {cam.cfg.camera_info_topic} has no intrinsics (K all '
+                                         'zero or size 0): calibrate the camera; no grid/boundary')
+                return None
+            try:
+                cam.projector = GroundProjector(k, (h, w), mask_hw, cam.cfg.mount, cfg.grid)
+            except EvitError as exc:
+                cam.stats.grid_status = f'no grid: {exc}'
+                return None
+            rows, cols = cam.projector.shape
+            cam.stats.grid_status = (f'ok: {cols}x{rows} cells of {cfg.grid.resolution_m} m in '
+                                     f'{cfg.grid.frame_id}, {cam.projector.observed_cells} observed')
+        return cam.projector
+
+    # -- diagnostics ----------------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        cfg = self.cfg
+        name = self.get_fully_qualified_name().lstrip('/') if hasattr(self, 'get_fully_qualified_name') \
+            else self.get_name()
+        statuses = [c.stats.status(name, cfg.diagnostics) for c in self.cameras.values()]
+        statuses.append(self.engine_stats.status(name, cfg.diagnostics))
+        try:
+            self._diag_pub.publish(diagnostic_array(statuses, self.get_clock().now().to_msg()))
+        except Exception as exc:  # noqa: BLE001 - shutting down
+            if not self._stop.is_set():
+                raise exc
+
+    # -- shutdown ---------------------------------------------------------------------------------------
+    def shutdown(self, timeout_s: float = 1.5) -> None:
+        """Stop the worker (waits up to ``timeout_s``) and release the backend. Safe to call twice."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(timeout_s)
+        if self.backend is not None and (self._worker is None or not self._worker.is_alive()):
+            self.backend.close()
+        for h in list(self._pylog.handlers):
+            self._pylog.removeHandler(h)
+
+    def destroy_node(self) -> None:
+        self.shutdown()
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console entry point (``segmentation_node``): run until SIGINT/SIGTERM; non-zero exit on bad config."""
+    rclpy.init(args=args)
+    try:
+        node = SegmentationNode()
+    except EvitError as exc:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f'startup failed: {exc}')
+        rclpy.try_shutdown()
+        return 2
+    if node.build_only:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 0
+    executor = rclpy.executors.SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.shutdown()
+        executor.shutdown(timeout_sec=0.5)
+        try:
+            node.destroy_node()
+        except Exception:  # noqa: BLE001 - the context may already be gone
+            pass
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv))
+
+
+__all__ = ['NODE_NAME', 'SegmentationNode', 'main']
