@@ -478,6 +478,21 @@ def test_changed_onnx_without_permission_to_rebuild(engine: Path, onnx_file: Pat
         _backend(engine, onnx_file, torch_fake=FakeTorch(FakeCuda(available=False)))[0].load()
 
 
+def test_engine_replaced_between_check_and_read_is_refused(engine: Path, onnx_file: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    real_check = engine_cache.check_engine
+
+    def check_then_concurrent_rebuild(*a: Any, **kw: Any) -> dict[str, Any]:
+        doc = real_check(*a, **kw)
+        engine.write_bytes(b'engine of another build')
+        return doc
+    monkeypatch.setattr(engine_cache, 'check_engine', check_then_concurrent_rebuild)
+    be, trt, _ = _backend(engine, onnx_file)
+    with pytest.raises(EngineCacheMismatch, match='changed after its sidecar was checked'):
+        be.load()
+    assert trt.deserialized == []
+
+
 @pytest.mark.skipif(rtx is None, reason='TensorRT-RTX is not installed (it builds engines on CPU)')
 def test_stale_engine_is_rebuilt_through_the_builder(engine: Path, onnx_file: Path) -> None:
     old = hashlib.sha256(engine.read_bytes()).hexdigest()

@@ -5,6 +5,7 @@ import hashlib
 import json
 import multiprocessing as mp
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,27 +120,54 @@ def test_changed_onnx_and_tampered_files_are_mismatches(tmp_path: Path) -> None:
 
 def _writer(path: str, tag: int, rounds: int) -> None:
     payload = bytes([tag]) * (1 << 20)
+    fields = ec.key_fields(**{**BASE, 'onnx_sha256': str(tag) * 64})
     for i in range(rounds):
-        doc = {'fields': {}, 'key': f'{tag}-{i}', 'writer': tag}
+        doc = ec.make_sidecar(fields, model_metadata={}, fp32_layers=[], rebuild_command='x',
+                              extra={'writer': tag, 'round': i})
         ec.write_engine(path, payload, doc)
+
+
+def _checker(path: str, stop: Any, bad: Any, good: Any) -> None:
+    """Loads the pair the way the backend does while the writers run; counts torn (mismatching) pairs."""
+    while not stop.is_set():
+        try:
+            doc = ec.check_engine(path)
+        except EngineCacheMismatch as exc:
+            if 'does not exist' not in str(exc) and 'no sidecar' not in str(exc):
+                with bad.get_lock():
+                    bad.value += 1
+            continue
+        with good.get_lock():
+            good.value += 1
+        if doc['fields']['onnx_sha256'][0] != str(doc['writer']):
+            with bad.get_lock():
+                bad.value += 1
 
 
 def test_two_processes_writing_leave_a_valid_engine_and_sidecar(tmp_path: Path) -> None:
     engine = tmp_path / 'e.engine'
     ctx = mp.get_context('spawn')
-    procs = [ctx.Process(target=_writer, args=(str(engine), tag, 15)) for tag in (1, 2)]
-    for p in procs:
+    stop, bad, good = ctx.Event(), ctx.Value('i', 0), ctx.Value('i', 0)
+    checker = ctx.Process(target=_checker, args=(str(engine), stop, bad, good))
+    checker.start()
+    writers = [ctx.Process(target=_writer, args=(str(engine), tag, 15)) for tag in (1, 2)]
+    for p in writers:
         p.start()
-    for p in procs:
+    for p in writers:
         p.join(60)
         assert p.exitcode == 0
+    stop.set()
+    checker.join(60)
+    assert checker.exitcode == 0
     data = engine.read_bytes()
     side = json.loads(ec.sidecar_path(engine).read_text())
     assert len(data) == 1 << 20 and data == bytes([data[0]]) * len(data)
     # engine and sidecar are written under one lock, so they belong to the same writer
-    assert side['writer'] == data[0]
+    assert side['writer'] == data[0] and side['round'] == 14
     assert side['engine_sha256'] == hashlib.sha256(data).hexdigest()
     assert not list(tmp_path.glob('.*.tmp'))
+    # a concurrent reader (shared lock) never saw an engine with another writer's sidecar
+    assert good.value > 0 and bad.value == 0
 
 
 def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:
@@ -148,3 +176,19 @@ def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:
     ec.atomic_write(p, b'y' * 3)
     assert p.read_bytes() == b'yyy'
     assert (tmp_path / 'sub' / 'timing.cache.lock').exists()
+
+
+def test_build_heartbeat_logs_until_stopped(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import time
+
+    from evit_ros.export.tensorrt_build import _Heartbeat
+    with caplog.at_level(logging.INFO, logger='evit_ros.export.tensorrt_build'):
+        with _Heartbeat('building x.engine', period=0.02) as hb:
+            hb.phase = 'Tactic selection'
+            time.sleep(0.15)
+        n = len(caplog.records)
+        time.sleep(0.06)
+    assert n >= 2 and len(caplog.records) == n    # periodic while building, silent afterwards
+    assert 'building x.engine: still building' in caplog.records[0].getMessage()
+    assert 'phase: Tactic selection' in caplog.records[-1].getMessage()

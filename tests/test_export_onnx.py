@@ -109,7 +109,8 @@ def test_fp32_scopes_cover_every_attention_matmul_and_div(exports: dict[str, Exp
     assert matmuls <= pinned and divs <= pinned
     ops = {n.name: n.op_type for n in graph.node}
     assert {ops[n] for n in pinned} <= set(FP32_OP_TYPES)
-    assert sum(ops[n] == 'Pad' for n in pinned) == n_attention   # v padded with ones (the normalizer)
+    # one Pad/Concat per core appends v's row of ones (the normalizer); nothing outside the cores is pinned
+    assert sum(ops[n] in ('Pad', 'Concat') for n in pinned) == n_attention
     assert sum(ops[n] == 'Relu' for n in pinned) == 2 * n_attention  # relu(q), relu(k)
     assert not any(ops[n] == 'Conv' for n in pinned)
 
@@ -121,6 +122,7 @@ def test_export_is_deterministic_single_file(b0: torch.nn.Module, exports: dict[
     assert sorted(p.name for p in tmp_path.iterdir()) == ['again.onnx']
     model = onnx.load(str(again.path), load_external_data=False)
     assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
+    assert {o.domain: o.version for o in model.opset_import}[''] == 17 and model.producer_name == 'evit_ros'
 
 
 def test_in_graph_resize_dynamic_batch_and_int32_labels(b0: torch.nn.Module, tmp_path: Path) -> None:
@@ -201,7 +203,7 @@ def test_mixed_precision_export_keeps_attention_fp32(b0: torch.nn.Module, tmp_pa
     for n in nodes:
         if n.op_type in ('MatMul', 'Div') and n.name.startswith('/model/'):
             assert all(types[t] == onnx.TensorProto.FLOAT for t in n.input), n.name
-        if n.op_type == 'Conv':
+        if n.op_type == 'Conv' and n.name.startswith('/model/'):   # the network; the head stays fp32
             assert types[n.input[1]] == onnx.TensorProto.FLOAT16, n.name
     assert rep.max_rel_logits_error <= 2e-2 and rep.label_agreement >= 0.99
 

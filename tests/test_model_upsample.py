@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evit_ros.model.upsample import BicubicUpsample, transposed_kernel
+from evit_ros.model.upsample import BicubicUpsample, phase_weights
 
 
 @pytest.mark.parametrize('scale', [2, 4, 8, 16])
@@ -19,15 +19,23 @@ def test_convolution_form_equals_interpolate(scale: int, hw: tuple[int, int]) ->
     g = torch.Generator().manual_seed(scale)
     x = torch.randn(2, 7, *hw, generator=g) * 10
     ref = F.interpolate(x, scale_factor=scale, mode='bicubic', align_corners=False)
-    got = BicubicUpsample(scale, 7).as_convolutions(x)
+    up = BicubicUpsample(scale, 7)
+    phased = up.phase_major(x)
+    got = up.interleave_rows(phased)
     assert got.shape == ref.shape
     torch.testing.assert_close(got, ref, rtol=0, atol=2e-5)
+    # phase-major rows: row p * h + k is output row k * s + p; one-channel maps interleave the same way
+    h = hw[0]
+    if scale > 1:
+        torch.testing.assert_close(phased[:, :, h], ref[:, :, 1], rtol=0, atol=2e-5)
+    torch.testing.assert_close(up.interleave_rows(phased[:, 3]), ref[:, 3], rtol=0, atol=2e-5)
 
 
 def test_kernel_phases_are_partitions_of_unity() -> None:
-    k = transposed_kernel(8)
+    k = phase_weights(8)
+    assert k.shape == (8, 5)
     for p in range(8):
-        assert k[p::8].sum() == pytest.approx(1.0, abs=1e-12)
+        assert k[p].sum() == pytest.approx(1.0, abs=1e-12)
 
 
 def test_export_has_no_resize_and_matches_in_onnxruntime() -> None:
@@ -37,7 +45,7 @@ def test_export_has_no_resize_and_matches_in_onnxruntime() -> None:
     torch.onnx.export(up, (x,), buf, dynamo=False, opset_version=17, input_names=['x'], output_names=['y'])
     model = onnx.load_from_string(buf.getvalue())
     ops = {n.op_type for n in model.graph.node}
-    assert 'Resize' not in ops and 'ConvTranspose' in ops and 'Cast' not in ops
+    assert 'Resize' not in ops and 'Conv' in ops and 'Cast' not in ops
     sess = ort.InferenceSession(buf.getvalue(), providers=['CPUExecutionProvider'])
     y = sess.run(None, {'x': x.numpy()})[0]
     ref = F.interpolate(x, scale_factor=8, mode='bicubic', align_corners=False).numpy()

@@ -51,8 +51,8 @@ OUTPUTS = ('mask', 'color_mask', 'overlay', 'confidence', 'drivable/drivable/mas
 def export_test_onnx(out: Path) -> Path:
     """b0 with the packaged synthetic-scene weights at 64x128 (labels+confidence), as the backend would export."""
     from evit_ros.export.onnx_export import export_onnx
-    export_onnx(MODEL, out, height=64, width=128, checkpoint=str(REPO / 'evit_ros/data/efficientvit_seg_b0_synthetic.pt'),
-                head='labels+confidence')
+    weights = REPO / 'evit_ros' / 'data' / 'efficientvit_seg_b0_synthetic.pt'
+    export_onnx(MODEL, out, height=64, width=128, checkpoint=str(weights), head='labels+confidence')
     return out
 
 

@@ -107,7 +107,8 @@ def _wait(cond, timeout: float, what: str, proc: subprocess.Popen, log: Path) ->
         if cond():
             return
         if proc.poll() is not None:
-            raise AssertionError(f'node exited ({proc.returncode}) while waiting for {what}:\n{log.read_text()[-3000:]}')
+            tail = log.read_text()[-3000:]
+            raise AssertionError(f'node exited ({proc.returncode}) while waiting for {what}:\n{tail}')
         time.sleep(0.02)
     raise AssertionError(f'timed out waiting for {what}:\n{log.read_text()[-3000:]}')
 

@@ -61,7 +61,9 @@ def ensure_onnx(model: ModelConfig, input_cfg: InputConfig, head: str, *, checkp
     sha = checkpoint_sha256(checkpoint)[:12]
     tag = head.replace('+', '_')
     batch = f'_b1-{max_batch}' if max_batch > 1 else ''
-    path = cache_dir() / 'onnx' / f'{model.name}_{sha}_{input_cfg.height}x{input_cfg.width}_{tag}{batch}.onnx'
+    from evit_ros import __version__  # a new release may export a different graph
+    name = f'{model.name}_{sha}_{input_cfg.height}x{input_cfg.width}_{tag}{batch}_v{__version__}.onnx'
+    path = cache_dir() / 'onnx' / name
     if path.is_file():
         return path
     from evit_ros.export.onnx_export import export_onnx

@@ -20,6 +20,7 @@ views of the pinned host buffers and are overwritten by the next ``infer``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -172,7 +173,12 @@ class TensorRTBackend(InferenceBackend):
         if runtime is None:
             raise BackendError('TensorRT could not create a Runtime (CUDA driver missing or too old?)')
         self._runtime = runtime
-        engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        data = self.engine_path.read_bytes()
+        expected = self._sidecar.get('engine_sha256')
+        if expected and hashlib.sha256(data).hexdigest() != expected:
+            raise EngineCacheMismatch(f'engine {self.engine_path} changed after its sidecar was checked (another '
+                                      'process is rebuilding it?); load again when the build has finished')
+        engine = runtime.deserialize_cuda_engine(data)
         if engine is None:
             cmd = self._sidecar.get('build_command', 'evit-ros build-engine ...')
             raise BackendError(f'TensorRT could not deserialize {self.engine_path} (see the TensorRT log above; '

@@ -122,8 +122,9 @@ def run(args: argparse.Namespace) -> int:
     from evit_ros.export.onnx_export import export_onnx
     onnx_path = out / 'model' / f'efficientvit_seg_b0_synthetic_{cfg.input.height}x{cfg.input.width}.onnx'
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    cams = len(cfg.cameras)
     report = export_onnx(cfg.model.name, onnx_path, height=cfg.input.height, width=cfg.input.width,
-                         checkpoint=checkpoint, head='labels+confidence')
+                         checkpoint=checkpoint, head='labels+confidence', max_batch=cams if cams > 1 else None)
     ph.done(f'{onnx_path}, labels agree {100 * report.label_agreement:.3f}% with PyTorch')
 
     live, play_s = _run_live(args, cfg, ds, onnx_path, out, domain_id, ph)

@@ -89,18 +89,33 @@ def build_command(onnx_path: str | Path, engine_path: str | Path, precision: str
 
 
 @contextlib.contextmanager
-def file_lock(path: str | Path) -> Iterator[None]:
-    """Exclusive advisory lock on ``<path>.lock`` (blocks until free)."""
+def file_lock(path: str | Path, *, shared: bool = False) -> Iterator[None]:
+    """Advisory lock on ``<path>.lock`` (blocks until free): exclusive for writers, shared for readers."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     lock = p.with_name(p.name + '.lock')
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+@contextlib.contextmanager
+def read_lock(path: str | Path) -> Iterator[None]:
+    """Shared lock for reading an engine + sidecar pair; no lock where the folder is read-only."""
+    try:
+        cm = file_lock(path, shared=True)
+        cm.__enter__()
+    except OSError:   # read-only install location: nobody can be writing there either
+        yield
+        return
+    try:
+        yield
+    finally:
+        cm.__exit__(None, None, None)
 
 
 def _replace_atomically(path: Path, data: bytes) -> None:
@@ -175,8 +190,15 @@ def check_engine(engine_path: str | Path, onnx_path: str | Path | None = None, *
     """Raise EngineCacheMismatch unless the engine matches the given ONNX/TensorRT/GPU/precision.
 
     Fields passed as ``None`` are not checked. Returns the sidecar document when the engine is valid.
+    The pair is read under a shared lock, so a concurrent :func:`write_engine` is never seen half-done.
     """
-    ep = Path(engine_path)
+    with read_lock(engine_path):
+        return _check_engine(Path(engine_path), onnx_path, trt_version, gpu_name, compute_capability, precision,
+                             verify_engine_hash)
+
+
+def _check_engine(ep: Path, onnx_path: str | Path | None, trt_version: str | None, gpu_name: str | None,
+                  compute_capability: str | None, precision: str | None, verify_engine_hash: bool) -> dict[str, Any]:
     if not ep.is_file():
         raise EngineCacheMismatch(f'engine {ep} does not exist; build it with '
                                   f'`evit-ros build-engine --onnx {onnx_path or "MODEL.onnx"} -o {ep}`')

@@ -22,7 +22,7 @@ from torch import nn
 
 from evit_ros.contract import HEADS, IMAGENET_MEAN, IMAGENET_STD, INPUT_FORMATS
 from evit_ros.errors import ExportError
-from evit_ros.model.upsample import BicubicUpsample
+from evit_ros.model.upsample import BicubicUpsample, exporting
 
 LABELS_DTYPES = ('uint8', 'int32')
 
@@ -77,7 +77,7 @@ class DeployGraph(nn.Module):
         self.register_buffer('scale', scale, persistent=False)
         self.register_buffer('bias', bias, persistent=False)
         # integer-factor bicubic as transposed convolutions (same function, ~10x faster than Resize(cubic) in ORT)
-        self.upsample: nn.Module | None = None
+        self.upsample: BicubicUpsample | None = None
         classes = _num_classes(model)
         lh, lw = self.model_hw[0] // 8, self.model_hw[1] // 8
         ih, iw = self.input_hw
@@ -112,8 +112,6 @@ class DeployGraph(nn.Module):
     def _upsample(self, logits: torch.Tensor) -> torch.Tensor:
         if self.input_hw == (self.model_hw[0] // 8, self.model_hw[1] // 8):
             return logits
-        if self.upsample is not None and logits.shape[1] == self.upsample.channels:
-            return self.upsample(logits)
         return F.interpolate(logits, size=self.input_hw, mode='bicubic', align_corners=False)
 
     def apply_head(self, logits: torch.Tensor) -> Any:
@@ -122,8 +120,16 @@ class DeployGraph(nn.Module):
             return logits
         if self.head == 'labels-lowres':
             return self._labels(logits)
-        up = self._upsample(logits)
-        labels = self._labels(up)
+        phased = self.upsample is not None and exporting() and logits.shape[1] == self.upsample.channels
+        # exported: reduce over classes on phase-major rows, interleave only the per-pixel maps (see
+        # upsample.py). They are interleaved as int32/float and cast to uint8 last: TensorRT rejects UINT8
+        # intermediate tensors (its parser allows UINT8 only at network inputs and outputs).
+        up = self.upsample.phase_major(logits) if phased else self._upsample(logits)
+        if phased:
+            ids = self.upsample.interleave_rows(torch.argmax(up, dim=1).to(torch.int32))
+            labels = ids.to(torch.uint8) if self.labels_dtype == 'uint8' else ids
+        else:
+            labels = self._labels(up)
         if self.head == 'labels':
             return labels
         # max softmax = 1 / sum(exp(l - max l)); the channel sum as a 1x1 conv is far cheaper than Softmax on
@@ -134,8 +140,10 @@ class DeployGraph(nn.Module):
             conf = 1.0 / F.conv2d(torch.exp(up - peak), ones)[:, 0]
         else:
             conf = 1.0 / torch.exp(up - peak).sum(dim=1)
-        conf = torch.round(conf * 255.0).to(torch.uint8)
-        return labels, conf
+        conf = torch.round(conf * 255.0)
+        if phased:
+            conf = self.upsample.interleave_rows(conf)
+        return labels, conf.to(torch.uint8)
 
     def forward(self, images: torch.Tensor) -> Any:
         return self.apply_head(self.logits(images))

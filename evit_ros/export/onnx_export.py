@@ -41,7 +41,8 @@ LABELS_MIN_AGREEMENT = 0.999
 FP16_LOGITS_RTOL = 2e-2
 FP16_LABELS_MIN_AGREEMENT = 0.99
 # Node types pinned to FP32 inside an attention scope (the linear-attention core and what feeds it).
-FP32_OP_TYPES: tuple[str, ...] = ('MatMul', 'Div', 'Add', 'Pad', 'Relu', 'Einsum', 'Sum', 'ReduceSum')
+# Pad or Concat appends the row of ones to v (the normalizer); Relu makes q, k non-negative.
+FP32_OP_TYPES: tuple[str, ...] = ('MatMul', 'Div', 'Add', 'Pad', 'Concat', 'Relu', 'Einsum', 'Sum', 'ReduceSum')
 # Class names of modules whose ONNX scope holds a linear-attention core.
 ATTENTION_CLASS_NAMES: tuple[str, ...] = ('LiteMLA',)
 MODEL_SCOPE = '/model/'
@@ -114,11 +115,17 @@ def _scope_qualname(scope: str) -> str:
 
 def attention_qualnames(root: torch.nn.Module,
                         is_attention: Callable[[torch.nn.Module], bool] | None = None) -> list[str]:
-    """Qualified names (relative to ``root``) of the modules holding a linear-attention core."""
-    def default(m: torch.nn.Module) -> bool:
-        return type(m).__name__ in ATTENTION_CLASS_NAMES or bool(getattr(m, 'fp32_attention_core', False))
-    pred = is_attention or default
-    return [name for name, m in root.named_modules() if name and pred(m)]
+    """Qualified names (relative to ``root``) of the modules holding a linear-attention core.
+
+    Modules marked ``fp32_attention_core = True`` (the parameter-free core inside LiteMLA) are the
+    narrowest choice and win; without markers, whole ``ATTENTION_CLASS_NAMES`` modules are used.
+    """
+    if is_attention is not None:
+        return [name for name, m in root.named_modules() if name and is_attention(m)]
+    marked = [name for name, m in root.named_modules() if name and bool(getattr(m, 'fp32_attention_core', False))]
+    if marked:
+        return marked
+    return [name for name, m in root.named_modules() if name and type(m).__name__ in ATTENTION_CLASS_NAMES]
 
 
 def attention_scopes(graph: onnx.GraphProto, qualnames: Iterable[str]) -> list[str]:

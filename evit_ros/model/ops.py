@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evit_ros.model.upsample import BicubicUpsample
+from evit_ros.model.upsample import BicubicUpsample, exporting
 
 __all__ = [
     'ConvLayer', 'UpSampleLayer', 'IdentityLayer', 'DSConv', 'MBConv', 'FusedMBConv', 'ResBlock', 'LiteMLA',
@@ -136,7 +136,7 @@ class UpSampleLayer(nn.Module):
         align = self.align_corners if self.mode in ('bilinear', 'bicubic') else None
         if self.size is not None:
             return F.interpolate(x, size=self.size, mode=self.mode, align_corners=align)
-        if self.exact_upsample is not None and x.shape[1] == self.exact_upsample.channels:
+        if self.exact_upsample is not None and exporting() and x.shape[1] == self.exact_upsample.channels:
             return self.exact_upsample(x)
         return F.interpolate(x, scale_factor=self.factor, mode=self.mode, align_corners=align)
 

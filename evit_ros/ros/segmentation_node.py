@@ -20,6 +20,7 @@ import logging
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -188,7 +189,11 @@ class SegmentationNode(Node):
 
     def _load_backend(self, cfg: NodeConfig) -> Any:
         from evit_ros.backends import create_backend
-        from evit_ros.export.engine_cache import build_command
+        b = cfg.backend
+        if b.type == 'tensorrt' and b.engine_path and not Path(b.engine_path).expanduser().is_file() \
+                and not b.onnx_path:
+            raise EngineError(f'backend.engine_path={b.engine_path!r} does not exist and backend.onnx_path is empty, '
+                              f'so it cannot be built here. Build it on this machine with: {self._build_hint(cfg)}')
         backend = None
         try:
             backend = create_backend(cfg.backend, model=cfg.model, input_cfg=cfg.input, head='labels+confidence',
@@ -199,13 +204,24 @@ class SegmentationNode(Node):
         except EvitError as exc:
             if backend is not None:
                 backend.close()
-            engine = cfg.backend.engine_path
-            if isinstance(exc, EngineError) and engine and 'build-engine' not in str(exc):
-                onnx = cfg.backend.onnx_path or f'{cfg.model.name}_{cfg.input.height}x{cfg.input.width}.onnx'
-                raise type(exc)(f'{exc}; build the engine with: '
-                                f'{build_command(onnx, engine, cfg.backend.precision)}') from exc
+            if isinstance(exc, EngineError) and b.engine_path and 'build-engine' not in str(exc):
+                raise type(exc)(f'{exc}; build the engine with: {self._build_hint(cfg)}') from exc
             raise
         return backend
+
+    @staticmethod
+    def _build_hint(cfg: NodeConfig) -> str:
+        """The exact commands that produce ``backend.engine_path`` for this configuration."""
+        from evit_ros.export.engine_cache import build_command
+        b, i = cfg.backend, cfg.input
+        build = build_command(b.onnx_path or f'{Path(b.engine_path).with_suffix(".onnx")}', b.engine_path, b.precision)
+        if b.onnx_path:
+            return build
+        onnx = Path(b.engine_path).with_suffix('.onnx')
+        export = (f'evit-ros export --model {cfg.model.name}'
+                  + (f' --checkpoint {cfg.model.checkpoint}' if cfg.model.checkpoint else '')
+                  + f' --height {i.height} --width {i.width} --head labels+confidence -o {onnx}')
+        return f'{export} && {build}'
 
     # -- callbacks (executor thread) ---------------------------------------------------------------------
     def _make_callback(self, cam: _Camera) -> Any:
