@@ -16,7 +16,6 @@ if str(REPO) not in sys.path:
 
 os.environ.setdefault('ROS_DOMAIN_ID', str(10 + os.getpid() % 200))
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-os.environ.setdefault('ROS_LOCALHOST_ONLY', '1')
 os.environ.setdefault('OMP_NUM_THREADS', '2')
 os.environ.setdefault('MPLBACKEND', 'Agg')
 # Automatically exported ONNX files (evit_ros.backends.ensure_onnx) are shared by all tests and the

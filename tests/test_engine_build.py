@@ -38,6 +38,8 @@ def onnx_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                head=head).path for head in contract.HEADS}
     files['mixed'] = export_onnx(MODEL, d / 'mixed.onnx', height=H, width=W, model=model, head='labels',
                                  mixed_precision_fp16=True, max_batch=2).path
+    files['float-nchw'] = export_onnx(MODEL, d / 'fnchw.onnx', height=H, width=W, model=model, head='labels-lowres',
+                                      input_format='float-nchw').path
     return files
 
 
@@ -65,6 +67,12 @@ def test_rtx_parses_and_builds_every_head(onnx_files: dict[str, Path], tmp_path:
     assert attention and attention <= set(res.fp32_layers)
 
 
+def test_float_nchw_graph_builds(onnx_files: dict[str, Path], tmp_path: Path) -> None:
+    res = build_engine(onnx_files['float-nchw'], tmp_path / 'f.engine', precision='fp32', gpu=GPU)
+    assert res.shapes['shape'] == [1, 3, H, W] and res.shapes['dtype'].endswith('FLOAT')
+    assert res.engine_path.stat().st_size == res.engine_bytes
+
+
 def _network(path: Path) -> Any:
     builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
     network, parser = parse_onnx(trt, builder, path, strongly_typed=True)
@@ -78,8 +86,9 @@ def test_mixed_precision_fp16_build_covers_attention_layers(onnx_files: dict[str
     _b, network, _p = _network(onnx_files['mixed'])
     layers = [network.get_layer(i) for i in range(network.num_layers)]
     matmuls = {la.name for la in layers if la.type == trt.LayerType.MATRIX_MULTIPLY}
-    divs = {la.name for la in layers if la.type == trt.LayerType.ELEMENTWISE and la.name.endswith(('/Div',))
-            and la.name.startswith('/model/')}
+    # float divisions in the network (the dynamic batch adds integer shape arithmetic, also named Div)
+    divs = {la.name for la in layers if la.type == trt.LayerType.ELEMENTWISE and la.name.endswith('/Div')
+            and la.name.startswith('/model/') and la.get_output(0).dtype in (trt.DataType.FLOAT, trt.DataType.HALF)}
     assert matmuls and divs
     pinned = set(res.fp32_layers)
     assert matmuls <= pinned and divs <= pinned
@@ -88,7 +97,10 @@ def test_mixed_precision_fp16_build_covers_attention_layers(onnx_files: dict[str
     for name in matmuls | divs:
         assert by_name[name].get_output(0).dtype == trt.DataType.FLOAT
     convs = [la for la in layers if la.type == trt.LayerType.CONVOLUTION]
-    assert convs and all(la.get_output(0).dtype == trt.DataType.HALF for la in convs)
+    net_convs = [la for la in convs if la.name.startswith('/model/')]
+    head_convs = [la for la in convs if not la.name.startswith('/model/')]   # in-graph upsampling stays fp32
+    assert net_convs and all(la.get_output(0).dtype == trt.DataType.HALF for la in net_convs)
+    assert all(la.get_output(0).dtype == trt.DataType.FLOAT for la in head_convs)
 
 
 class _LayerPrecisionStandIn:

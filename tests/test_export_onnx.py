@@ -95,6 +95,18 @@ def test_every_head_is_verified_and_carries_metadata(exports: dict[str, ExportRe
         assert got[1].min() >= 255 // 19  # max softmax of 19 classes is at least 1/19
 
 
+@pytest.mark.parametrize('head', ['labels', 'labels+confidence'])
+def test_no_uint8_intermediate_tensors(exports: dict[str, ExportReport], head: str) -> None:
+    """TensorRT's ONNX parser takes UINT8 only at network inputs and outputs (checked here without TensorRT)."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(exports[head].path)))
+    io = {v.name for v in list(model.graph.input) + list(model.graph.output)}
+    uint8 = [v.name for v in model.graph.value_info
+             if v.type.tensor_type.elem_type == onnx.TensorProto.UINT8 and v.name not in io]
+    assert uint8 == []
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    assert all(producers[o.name] == 'Cast' for o in model.graph.output)   # uint8 made by the very last op
+
+
 def test_fp32_scopes_cover_every_attention_matmul_and_div(exports: dict[str, ExportReport],
                                                          b0: torch.nn.Module) -> None:
     rep = exports['labels']
@@ -125,9 +137,16 @@ def test_export_is_deterministic_single_file(b0: torch.nn.Module, exports: dict[
     assert {o.domain: o.version for o in model.opset_import}[''] == 17 and model.producer_name == 'evit_ros'
 
 
-def test_in_graph_resize_dynamic_batch_and_int32_labels(b0: torch.nn.Module, tmp_path: Path) -> None:
+def test_in_graph_resize_dynamic_batch_and_int32_labels(b0: torch.nn.Module, exports: dict[str, ExportReport],
+                                                        tmp_path: Path) -> None:
     rep = export_onnx(MODEL, tmp_path / 'dyn.onnx', height=H, width=W, model=b0, head='labels',
                       input_size=(96, 160), max_batch=4, labels_dtype='int32')
+    # the dynamic batch adds integer shape arithmetic to the attention scopes; only the float math is pinned
+    def op_counts(path: Path, names: tuple[str, ...]) -> dict[str, int]:
+        ops = {n.name: n.op_type for n in onnx.load(str(path)).graph.node}
+        return {t: sum(ops[n] == t for n in names) for t in set(ops[n] for n in names)}
+    static = exports['labels']
+    assert op_counts(rep.path, rep.fp32_nodes) == op_counts(static.path, static.fp32_nodes)
     meta = rep.metadata
     assert meta[contract.META_BATCH] == 'dynamic:4' and meta[contract.META_INPUT_SIZE] == '96x160'
     assert meta[contract.META_MODEL_SIZE] == f'{H}x{W}' and meta[contract.META_LABELS_DTYPE] == 'int32'

@@ -7,7 +7,8 @@ CUDA-only part is a handful of TensorRT and ``torch.cuda`` calls, unit-tested wi
 * ``load()`` checks ``<engine>.json`` (:func:`evit_ros.export.engine_cache.check_engine`) against the
   installed TensorRT, the GPU, the precision and (if given) the ONNX sha256. On a mismatch it rebuilds
   through :func:`evit_ros.export.tensorrt_build.build_engine` when ``build_if_stale`` and an ONNX path
-  are given (not for INT8, which needs calibration frames), else raises
+  are given (default builder options and ``timing.cache`` next to the engine; not for INT8, which needs
+  calibration frames, nor DLA builds, whose options only the recorded command knows), else raises
   :class:`~evit_ros.errors.EngineCacheMismatch` whose message holds the exact rebuild command.
 * Named-tensor API of TensorRT >= 8.5 (``num_io_tensors``, ``set_input_shape``, ``set_tensor_address``,
   ``execute_async_v3``). Device buffers are torch CUDA tensors (no pycuda) allocated once for the
@@ -51,14 +52,14 @@ def tensorrt_available(trt_module: Any = None, torch_module: Any = None) -> tupl
         trt_mod = import_tensorrt(trt_module)
     except BackendUnavailableError as exc:
         return False, str(exc)
+    what = f'{getattr(trt_mod, "__name__", "tensorrt")} {trt_version(trt_mod)}'
     try:
         torch_mod = torch_module if torch_module is not None else __import__('torch')
     except ImportError as exc:
-        return False, f'TensorRT {trt_version(trt_mod)} imports but PyTorch (needed for CUDA buffers) does not: {exc}'
+        return False, f'{what} imports but PyTorch (needed for CUDA buffers) does not: {exc}'
     if not torch_mod.cuda.is_available():
-        return False, f'TensorRT {trt_version(trt_mod)} imports but there is no CUDA GPU (torch.cuda.is_available() ' \
-                      'is False)'
-    return True, f'TensorRT {trt_version(trt_mod)} on {torch_mod.cuda.get_device_name(0)}'
+        return False, f'{what} imports but there is no CUDA GPU (torch.cuda.is_available() is False)'
+    return True, f'{what} on {torch_mod.cuda.get_device_name(0)}'
 
 
 def numpy_dtype(trt_dtype: Any) -> str:
@@ -156,9 +157,9 @@ class TensorRTBackend(InferenceBackend):
             onnx_path = self.onnx_path
             if not self.build_if_stale or onnx_path is None:
                 raise
-            if self.precision == 'int8':
-                raise EngineCacheMismatch(f'{exc} (INT8 engines are not rebuilt automatically: they need '
-                                          'calibration frames, --calib-images or --calib-bag)') from exc
+            if self.precision == 'int8' or '--dla-core' in str(exc):
+                raise EngineCacheMismatch(f'{exc} (INT8 and DLA engines are not rebuilt automatically: they need '
+                                          'calibration frames or DLA options; run the command above)') from exc
             self._log.warning('tensorrt: %s; rebuilding from %s (this takes minutes on a Jetson)', exc,
                               onnx_path)
         from evit_ros.export.tensorrt_build import build_engine

@@ -62,17 +62,31 @@ def _ros_env(domain_id: int) -> dict[str, str]:
     env = dict(os.environ)
     env['ROS_DOMAIN_ID'] = str(domain_id)
     env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-    env.setdefault('ROS_LOCALHOST_ONLY', '1')
     env.setdefault('OMP_NUM_THREADS', '2')
     repo = str(Path(__file__).resolve().parents[2])
     env['PYTHONPATH'] = repo + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
     return env
 
 
-def start_node(params_file: Path, onnx_path: Path, domain_id: int, log_path: Path) -> subprocess.Popen:
-    """Start the real node as its own process (as `ros2 run` would), with the demo params and exported ONNX."""
+def node_params(params_file: Path, onnx_path: Path, out: Path) -> Path:
+    """The demo YAML with ``backend.onnx_path`` set to the exported graph, written next to the outputs.
+
+    (``-p`` overrides on the command line do not beat node-specific YAML entries, so the file is rewritten.)
+    """
+    import yaml
+    doc = yaml.safe_load(params_file.read_text())
+    for section in doc.values():
+        if isinstance(section, dict) and isinstance(section.get('ros__parameters'), dict):
+            section['ros__parameters'].setdefault('backend', {})['onnx_path'] = str(onnx_path)
+    path = out / 'node_params.yaml'
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def start_node(params_file: Path, domain_id: int, log_path: Path) -> subprocess.Popen:
+    """Start the real node as its own process (as `ros2 run` would), with the demo params."""
     cmd = [sys.executable, '-m', NODE_MODULE, '--ros-args', '-p', 'use_sim_time:=true',
-           '--params-file', str(params_file), '-p', f'backend.onnx_path:={onnx_path}']
+           '--params-file', str(params_file)]
     log = open(log_path, 'w')   # noqa: SIM115 - owned by the child for its lifetime
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_ros_env(domain_id))
 
@@ -151,7 +165,8 @@ def _run_live(args: argparse.Namespace, cfg: Any, ds: Any, onnx_path: Path, out:
         raise EvitError(f'the segmentation node ({NODE_MODULE}) is not installed in this checkout; '
                         f'the bag is in {ds.bag} and the ONNX in {onnx_path}')
     ph.start('start node')
-    proc = start_node(Path(args.params_file), onnx_path.resolve(), domain_id, out / 'node.log')
+    params = node_params(Path(args.params_file), onnx_path.resolve(), out)
+    proc = start_node(params, domain_id, out / 'node.log')
     ph.done(f'pid {proc.pid}, ROS_DOMAIN_ID {domain_id}, log {out / "node.log"}')
     for k, v in _ros_env(domain_id).items():   # the player (in this process) joins the node's domain
         if k.startswith('ROS_'):
@@ -242,4 +257,4 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     print(f'  latency ms p50 {_fmt(lat.get("p50"), ".1f")}  p90 {_fmt(lat.get("p90"), ".1f")}  '
           f'p99 {_fmt(lat.get("p99"), ".1f")}   fps {_fmt(summary.get("fps"), ".1f")}   '
           f'dropped {summary.get("dropped", "n/a")}')
-    print(f'  report: {out}/report.md  overlays: {out}/overlays/  plots: {out}/plots/')
+    print(f'  report: {out}/report.md  overlays: {out}/overlays/  plots: {out}/*.png')

@@ -141,12 +141,28 @@ def attention_scopes(graph: onnx.GraphProto, qualnames: Iterable[str]) -> list[s
     return sorted(scopes)
 
 
-def fp32_nodes(graph: onnx.GraphProto, scopes: Iterable[str]) -> list[str]:
-    """Names of the nodes to keep in FP32: the attention ops (``FP32_OP_TYPES``) under ``scopes``, graph order."""
+def integer_tensors(model: onnx.ModelProto) -> set[str]:
+    """Tensors that shape inference types as integers or bool (shape arithmetic of dynamic dims, ids)."""
+    import onnx
+    float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+                   onnx.TensorProto.DOUBLE, onnx.TensorProto.UNDEFINED}
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)
+    return {v.name for v in values if v.type.tensor_type.elem_type not in float_types}
+
+
+def fp32_nodes(graph: onnx.GraphProto, scopes: Iterable[str], integer: set[str] | None = None) -> list[str]:
+    """Names of the nodes to keep in FP32: the attention ops (``FP32_OP_TYPES``) under ``scopes``, graph order.
+
+    ``integer`` (from :func:`integer_tensors`) excludes nodes computing integer shapes (a dynamic batch
+    adds Concat/Div on shape values inside the attention scope); precision constraints are for float math.
+    """
     prefixes = tuple(scopes)
     if not prefixes:
         return []
-    return [n.name for n in graph.node if n.op_type in FP32_OP_TYPES and n.name.startswith(prefixes)]
+    skip = integer or set()
+    return [n.name for n in graph.node if n.op_type in FP32_OP_TYPES and n.name.startswith(prefixes)
+            and not (n.output and n.output[0] in skip)]
 
 
 def scopes_from_metadata(meta: dict[str, str]) -> list[str]:
@@ -484,7 +500,7 @@ def export_onnx(model_name: str, output: str | Path, *, height: int, width: int,
     t_export = time.perf_counter() - t0
 
     scopes = attention_scopes(onnx_model.graph, attention_qualnames(deploy))
-    pinned = fp32_nodes(onnx_model.graph, scopes)
+    pinned = fp32_nodes(onnx_model.graph, scopes, integer_tensors(onnx_model))
     if mixed_precision_fp16:
         n_casts = to_mixed_precision(onnx_model, scopes)
         log.info('mixed precision: fp16 network, %d attention nodes fp32, %d Casts inserted', len(pinned), n_casts)

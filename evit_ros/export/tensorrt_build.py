@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from evit_ros import contract
 from evit_ros.errors import BackendUnavailableError, EngineBuildError, EngineError
 from evit_ros.export import engine_cache
-from evit_ros.export.onnx_export import file_sha256, fp32_nodes, read_metadata, scopes_from_metadata
+from evit_ros.export.onnx_export import file_sha256, fp32_nodes, integer_tensors, read_metadata, scopes_from_metadata
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -214,10 +214,18 @@ def select_fp32_layers(network: trt.INetworkDefinition, node_names: list[str]) -
 
 
 def pin_fp32(trt_mod: Any, layers: list[trt.ILayer]) -> int:
-    """Force the layers (and their float outputs) to FP32; returns how many were pinned."""
+    """Force the float layers (and their outputs) to FP32; returns how many were pinned.
+
+    Layers with a non-float output (shape arithmetic) are left alone: a precision constraint there is
+    meaningless and TensorRT rejects it.
+    """
     pinned = 0
+    floats = (trt_mod.float32, trt_mod.float16)
     for layer in layers:
         if not hasattr(layer, 'precision'):
+            continue
+        outs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        if any(out is not None and out.dtype not in floats for out in outs):
             continue
         layer.precision = trt_mod.float32
         for j in range(layer.num_outputs):
@@ -309,8 +317,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path | None = None, *
 
     scopes = scopes_from_metadata(meta)
     import onnx
-    graph = onnx.load(str(onnx_p), load_external_data=False).graph
-    pinned_nodes = fp32_nodes(graph, scopes)
+    onnx_model = onnx.load(str(onnx_p), load_external_data=False)
+    pinned_nodes = fp32_nodes(onnx_model.graph, scopes, integer_tensors(onnx_model))
     layers = select_fp32_layers(network, pinned_nodes)
     matched = {n for n in pinned_nodes if any(la.name == n or la.name.startswith(n) for la in layers)}
     unmatched = [n for n in pinned_nodes if n not in matched]
