@@ -113,6 +113,14 @@ class CameraConfig:
     def resolved_topic(self) -> str:
         return self.topic or f'/{self.name}/image_raw'
 
+    @property
+    def subscribed_topic(self) -> str:
+        """The topic the node reads: ``<topic>/compressed`` for compressed transport (image_transport naming)."""
+        topic = self.resolved_topic
+        if self.transport == 'compressed' and not topic.endswith('/compressed'):
+            topic += '/compressed'
+        return topic
+
 
 @dataclass(frozen=True)
 class OutputConfig:
@@ -255,7 +263,7 @@ def _get(flat: Mapping[str, Any], name: str, default: Any) -> Any:
     return value
 
 
-def _section(cls: type, prefix: str, flat: Mapping[str, Any], **fixed: Any) -> Any:
+def _section(cls: Any, prefix: str, flat: Mapping[str, Any], **fixed: Any) -> Any:
     default = cls(**fixed) if fixed else cls()
     kwargs = dict(fixed)
     for name in cls.__dataclass_fields__:

@@ -34,7 +34,7 @@ def test_demo_config_matches_the_synthetic_rig() -> None:
     cfg = load_config(REPO / 'config' / 'demo.yaml')
     assert [c.name for c in cfg.cameras] == [c.name for c in DEMO_CAMERAS]
     for cam, spec in zip(cfg.cameras, DEMO_CAMERAS, strict=True):
-        assert cam.resolved_topic == spec.image_topic
+        assert cam.subscribed_topic == spec.image_topic
         assert cam.transport == spec.transport
         assert cam.camera_info_topic == spec.info_topic
         assert cam.mount.pitch_deg == pytest.approx(DEMO_CAMERA.pitch_deg(cfg.input.height, cfg.input.width), abs=0.01)

@@ -120,7 +120,7 @@ def _tensorrt(config: BackendConfig, lg: logging.Logger) -> InferenceBackend:
         raise ConfigError('backend.type=tensorrt needs backend.engine_path; build one with `evit-ros build-engine '
                           '--onnx MODEL.onnx --precision fp16 -o engines/MODEL.engine`')
     return TensorRTBackend(config.engine_path, onnx_path=config.onnx_path or None, precision=config.precision,
-                           build_if_stale=bool(config.onnx_path) and not config.build_only, logger=lg)
+                           build_if_stale=bool(config.onnx_path), logger=lg)
 
 
 def _onnxruntime_gpu() -> bool:

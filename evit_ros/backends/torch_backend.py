@@ -75,7 +75,7 @@ class TorchBackend(InferenceBackend):
         graph = DeployGraph(net, head=self.head, input_format='uint8-nhwc', model_hw=self.input_hw).eval()
         graph = graph.to(self._device)
         if self._device == 'cuda':
-            graph = graph.to(memory_format=torch.channels_last)
+            graph = graph.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._graph = graph
         h, w = self.input_hw
         out_hw = (h // 8, w // 8) if self.head in ('logits', 'labels-lowres') else (h, w)

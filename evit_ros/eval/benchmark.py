@@ -55,7 +55,7 @@ class _EagerHostBaseline:
         if threads > 0:
             torch.set_num_threads(threads)
         self.torch = torch
-        self.net = create_model(model.name, checkpoint=resolve_checkpoint(model)).eval()
+        self.net: Any = create_model(model.name, checkpoint=resolve_checkpoint(model)).eval()
         self.hw = (input_cfg.height, input_cfg.width)
         self.mean = np.array([0.485, 0.456, 0.406], np.float32)
         self.std = np.array([0.229, 0.224, 0.225], np.float32)

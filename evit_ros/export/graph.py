@@ -49,6 +49,10 @@ def _hw(name: str, value: Sequence[int]) -> tuple[int, int]:
 class DeployGraph(nn.Module):
     """Preprocessing + network + head; ``forward(images)`` returns the head's outputs in contract order."""
 
+    scale: torch.Tensor
+    bias: torch.Tensor
+    class_ones: torch.Tensor
+
     def __init__(self, model: nn.Module, *, head: str = 'labels', input_format: str = 'uint8-nhwc',
                  model_hw: tuple[int, int] = (512, 1024), input_hw: tuple[int, int] | None = None,
                  labels_dtype: str = 'uint8', mean: Sequence[float] = IMAGENET_MEAN,
@@ -120,13 +124,14 @@ class DeployGraph(nn.Module):
             return logits
         if self.head == 'labels-lowres':
             return self._labels(logits)
-        phased = self.upsample is not None and exporting() and logits.shape[1] == self.upsample.channels
+        upsample = self.upsample if exporting() and self.upsample is not None \
+            and logits.shape[1] == self.upsample.channels else None
         # exported: reduce over classes on phase-major rows, interleave only the per-pixel maps (see
         # upsample.py). They are interleaved as int32/float and cast to uint8 last: TensorRT rejects UINT8
         # intermediate tensors (its parser allows UINT8 only at network inputs and outputs).
-        up = self.upsample.phase_major(logits) if phased else self._upsample(logits)
-        if phased:
-            ids = self.upsample.interleave_rows(torch.argmax(up, dim=1).to(torch.int32))
+        up = upsample.phase_major(logits) if upsample is not None else self._upsample(logits)
+        if upsample is not None:
+            ids = upsample.interleave_rows(torch.argmax(up, dim=1).to(torch.int32))
             labels = ids.to(torch.uint8) if self.labels_dtype == 'uint8' else ids
         else:
             labels = self._labels(up)
@@ -141,8 +146,8 @@ class DeployGraph(nn.Module):
         else:
             conf = 1.0 / torch.exp(up - peak).sum(dim=1)
         conf = torch.round(conf * 255.0)
-        if phased:
-            conf = self.upsample.interleave_rows(conf)
+        if upsample is not None:
+            conf = upsample.interleave_rows(conf)
         return labels, conf.to(torch.uint8)
 
     def forward(self, images: torch.Tensor) -> Any:

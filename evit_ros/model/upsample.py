@@ -64,6 +64,9 @@ def _pad_cols(x: torch.Tensor) -> torch.Tensor:
 class BicubicUpsample(nn.Module):
     """``F.interpolate(x, scale_factor=scale, mode='bicubic', align_corners=False)`` for ``channels`` channels."""
 
+    kernel_w: torch.Tensor
+    kernel_h: torch.Tensor
+
     def __init__(self, scale: int, channels: int) -> None:
         super().__init__()
         if scale < 1 or channels < 1:

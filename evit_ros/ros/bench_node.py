@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +163,7 @@ def measure(onnx: str, input_cfg: InputConfig, threads: int, frame: np.ndarray, 
                 t_pub = time.perf_counter()
                 pub.publish(msg)
                 with cond:
-                    cond.wait_for(lambda k=key: k in arrived, timeout=5.0)
+                    cond.wait_for(partial(arrived.__contains__, key), timeout=5.0)
                     got = arrived.get(key)
                 if got is not None:
                     break

@@ -20,7 +20,7 @@ _CHANNELS = {'mono8': 1, 'rgb8': 3, 'bgr8': 3, '8UC1': 1, '8UC3': 3}
 
 def _payload(arr: np.ndarray) -> array.array:
     buf = array.array('B')
-    buf.frombytes(memoryview(np.ascontiguousarray(arr)).cast('B'))
+    buf.frombytes(np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data)
     return buf
 
 
@@ -108,7 +108,7 @@ def occupancy_grid(cells: np.ndarray, *, resolution: float, origin_xy: tuple[flo
     msg.info.origin.position.y = float(origin_xy[1])
     msg.info.origin.orientation.w = 1.0
     data = array.array('b')
-    data.frombytes(memoryview(np.ascontiguousarray(cells, dtype=np.int8)).cast('B'))
+    data.frombytes(np.ascontiguousarray(cells, dtype=np.int8).reshape(-1).view(np.uint8).data)
     msg.data = data
     return msg
 

@@ -126,13 +126,16 @@ class CameraStats:
                        ('total_dropped_frames', str(self.dropped)),
                        ('expected_frequency', f'{cfg.expected_rate_hz:.2f}')]
             last_rx, received = self.last_rx, self.received
-        level, msgs = OK, []
+        level = OK
+        msgs: list[str] = []
         silent_for = now - (last_rx if last_rx is not None else self.created)
         if silent_for > cfg.silence_timeout_s:
             if last_rx is None:
-                level, msgs = max(level, WARN), msgs + [f'no frames received yet on {self.topic}']
+                level = max(level, WARN)
+                msgs.append(f'no frames received yet on {self.topic}')
             else:
-                level, msgs = ERROR, msgs + [f'camera silent for {silent_for:.1f} s on {self.topic}']
+                level = ERROR
+                msgs.append(f'camera silent for {silent_for:.1f} s on {self.topic}')
         e2e = lat['end_to_end']
         if e2e is not None and received:
             if e2e['p50'] > cfg.latency_budget_ms:

@@ -46,7 +46,7 @@ from evit_ros.ros.params import ParameterGuard, all_specs, declare_all, unknown_
 try:  # Jazzy and later
     from rclpy.event_handler import SubscriptionEventCallbacks
 except ImportError:  # Humble
-    from rclpy.qos_event import SubscriptionEventCallbacks  # type: ignore[no-redef]
+    from rclpy.qos_event import SubscriptionEventCallbacks
 
 try:  # Jazzy: spin raises this when the context is shut down by a signal
     from rclpy.executors import ExternalShutdownException

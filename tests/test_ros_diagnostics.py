@@ -1,0 +1,71 @@
+"""Diagnostics statuses from camera/engine statistics: rates, percentiles, bad frames, levels and messages."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip('rclpy')
+
+from evit_ros.config import DiagnosticsConfig  # noqa: E402
+from evit_ros.ros.diagnostics import STAGES, CameraStats, EngineStats  # noqa: E402
+
+CFG = DiagnosticsConfig(expected_rate_hz=10.0, latency_budget_ms=100.0, silence_timeout_s=2.0)
+
+
+def _values(status) -> dict[str, str]:
+    return {kv.key: kv.value for kv in status.values}
+
+
+def test_camera_status_rates_percentiles_and_ok() -> None:
+    st = CameraStats('front', '/front/image_raw', ('road', 'sidewalk'))
+    t0 = st.created
+    st._t_mark = t0
+    for i in range(20):
+        st.on_receive()
+        st.on_result({'decode': 1.0, 'infer': 10.0 + i, 'end_to_end': 40.0 + i}, np.array([0.75, 0.25]),
+                      {'drivable': (0.75, 0.5)})
+    st.last_rx = t0 + 1.9
+    s = st.status('evit_segmentation', CFG, now=t0 + 2.0)
+    v = _values(s)
+    assert s.level == b'\x00' and s.message == 'ok'
+    assert float(v['input_rate_hz']) == pytest.approx(10.0) and float(v['output_rate_hz']) == pytest.approx(10.0)
+    assert float(v['latency.infer.p50_ms']) == pytest.approx(19.5) and float(v['latency.infer.max_ms']) == 29.0
+    assert float(v['latency.end_to_end.p95_ms']) == pytest.approx(np.percentile(np.arange(40, 60), 95), abs=0.01)
+    assert v['latency.preprocess.p50_ms'] == 'nan'          # a stage never reported stays nan
+    assert all(f'latency.{s}.p50_ms' in v for s in STAGES)
+    assert v['class_fraction.road'] == '0.7500' and v['drivable.drivable.roi_fraction'] == '0.5000'
+    assert v['total_dropped_frames'] == '0' and v['expected_frequency'] == '10.00'
+
+
+def test_camera_status_warns_and_errors() -> None:
+    st = CameraStats('left', '/left/image_raw', ('road',))
+    t0 = st.created
+    s = st.status('n', CFG, now=t0 + 3.0)
+    assert s.level == b'\x01' and 'no frames received yet on /left/image_raw' in s.message
+    st.on_receive()
+    st.on_bad('corrupt')
+    st.on_bad('corrupt')
+    st.on_drop()
+    st.on_result({'end_to_end': 150.0}, None, {})
+    st.last_rx = t0 + 3.5
+    s = st.status('n', CFG, now=t0 + 4.0)
+    v = _values(s)
+    assert s.level == b'\x02' and 'over budget' in s.message and '2 bad frame(s)' in s.message
+    assert v['bad_frames'] == '2' and v['bad_frames.corrupt'] == '2' and v['dropped_frames'] == '1'
+    s = st.status('n', CFG, now=t0 + 10.0)
+    assert s.level == b'\x02' and 'camera silent for 6.5 s' in s.message
+    assert 'bad frame' not in s.message          # counted once, in the report after they happened
+
+
+def test_engine_status_reports_backend_and_failures() -> None:
+    e = EngineStats({'backend': 'onnxruntime', 'precision': 'fp32'})
+    e.on_batch(2, {'preprocess': 1.0, 'infer': 20.0})
+    s = e.status('n', CFG)
+    v = _values(s)
+    assert s.level == b'\x00' and v['backend'] == 'onnxruntime' and v['mean_batch_size'] == '2.00'
+    e.on_batch(1, {'infer': 500.0})
+    e.on_batch(1, {'infer': 400.0})
+    assert e.status('n', CFG).level == b'\x01'
+    e.on_error('BackendError: boom')
+    s = e.status('n', CFG)
+    assert s.level == b'\x02' and 'boom' in s.message
