@@ -91,23 +91,6 @@ def start_node(params_file: Path, domain_id: int, log_path: Path) -> subprocess.
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_ros_env(domain_id))
 
 
-def stop_node(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
-    """SIGINT (clean rclpy shutdown), then terminate/kill if it does not exit."""
-    import signal
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-    return proc.returncode
-
-
 def _fmt(v: Any, spec: str = '.3f') -> str:
     return format(v, spec) if isinstance(v, (int, float)) else 'n/a'
 
@@ -182,7 +165,8 @@ def _run_live(args: argparse.Namespace, cfg: Any, ds: Any, onnx_path: Path, out:
         ph.done(f'{state.counters.get("frames_received", 0)}/{state.counters.get("frames", 0)} masks received')
         return state, play_s
     finally:
-        rc = stop_node(proc)
+        from evit_ros.ros.bag_player import stop_node_process
+        rc = stop_node_process(proc)
         if rc not in (0, None, -2, 130):
             print(f'[demo] node exited with code {rc}; see {out / "node.log"}', flush=True)
 

@@ -118,7 +118,8 @@ def read_lock(path: str | Path) -> Iterator[None]:
         cm.__exit__(None, None, None)
 
 
-def _replace_atomically(path: Path, data: bytes) -> None:
+def replace_atomically(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, fsync, ``os.replace``: readers see the old file or the new, never a part."""
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=str(path.parent))
     try:
         with os.fdopen(fd, 'wb') as f:
@@ -137,7 +138,7 @@ def atomic_write(path: str | Path, data: bytes) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(p):
-        _replace_atomically(p, data)
+        replace_atomically(p, data)
 
 
 def write_engine(engine_path: str | Path, engine: bytes, sidecar: Mapping[str, Any]) -> Path:
@@ -148,8 +149,8 @@ def write_engine(engine_path: str | Path, engine: bytes, sidecar: Mapping[str, A
     doc['engine_sha256'] = hashlib.sha256(engine).hexdigest()
     doc['engine_bytes'] = len(engine)
     with file_lock(p):
-        _replace_atomically(p, engine)
-        _replace_atomically(sidecar_path(p), (json.dumps(doc, indent=2, sort_keys=True) + '\n').encode())
+        replace_atomically(p, engine)
+        replace_atomically(sidecar_path(p), (json.dumps(doc, indent=2, sort_keys=True) + '\n').encode())
     return sidecar_path(p)
 
 

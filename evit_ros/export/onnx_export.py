@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -416,21 +415,6 @@ def _create_model(model_name: str, checkpoint: str | None) -> torch.nn.Module:
     return create_model(model_name, pretrained=False, checkpoint=checkpoint)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=str(path.parent))
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def export_onnx(model_name: str, output: str | Path, *, height: int, width: int, checkpoint: str | None = None,
                 model: torch.nn.Module | None = None, input_size: tuple[int, int] | None = None, batch: int = 1,
                 max_batch: int | None = None, head: str = 'labels', input_format: str = 'uint8-nhwc',
@@ -541,7 +525,9 @@ def export_onnx(model_name: str, output: str | Path, *, height: int, width: int,
         min_agree = FP16_LABELS_MIN_AGREEMENT if mixed_precision_fp16 else LABELS_MIN_AGREEMENT
         rel, agreement, conf_diff = _verify(data, deploy, head, x, rtol, min_agree)
     t_verify = time.perf_counter() - t1
-    _atomic_write(out_path, data)
+    from evit_ros.export.engine_cache import replace_atomically
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    replace_atomically(out_path, data)
     report = ExportReport(path=out_path, seconds=time.perf_counter() - t0, export_seconds=t_export,
                           verify_seconds=t_verify, max_rel_logits_error=rel, label_agreement=agreement,
                           confidence_max_abs_diff=conf_diff, metadata=meta, fp32_nodes=tuple(pinned))
