@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--height', type=int, help='network input height (multiple of 32)')
     parser.add_argument('--width', type=int, help='network input width (multiple of 32)')
     parser.add_argument('--camera-size', metavar='HxW', help='camera frame size (default: the input size)')
+    parser.add_argument('--head', choices=('labels', 'labels+confidence', 'labels-lowres'), default='labels+confidence',
+                        help='graph head (default labels+confidence, as the node; labels compares like for like '
+                             'with torch-eager-host)')
     parser.add_argument('--batch', type=int, default=1, help='frames per run (cameras sharing the engine)')
     parser.add_argument('--iters', type=int, default=20, help='timed iterations after warm-up')
     parser.add_argument('--warmup', type=int, default=3, help='untimed iterations first')
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                              precision=cfg.backend.precision)
         rep = run_benchmark(backend=kind, model=cfg.model, input_cfg=cfg.input, camera_hw=camera_hw,
                             batch=args.batch, iters=args.iters, warmup=args.warmup, threads=args.threads,
-                            backend_cfg=bcfg)
+                            backend_cfg=bcfg, head=args.head)
         reports.append(rep)
         sys.stdout.write(format_report(rep) + '\n\n')
     doc: dict[str, object]

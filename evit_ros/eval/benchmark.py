@@ -91,19 +91,21 @@ class _EagerHostBaseline:
 class _PipelineRunner:
     """The node's pipeline (Segmenter over a backend), timed per stage."""
 
-    def __init__(self, backend_cfg: BackendConfig, model: ModelConfig, input_cfg: InputConfig, batch: int) -> None:
+    def __init__(self, backend_cfg: BackendConfig, model: ModelConfig, input_cfg: InputConfig, batch: int,
+                 head: str) -> None:
         from evit_ros.backends import create_backend
         from evit_ros.datasets import dataset_for_model
         from evit_ros.pipeline import Segmenter
-        self.backend = create_backend(backend_cfg, model=model, input_cfg=input_cfg, head='labels+confidence',
-                                      max_batch=batch)
+        self.backend = create_backend(backend_cfg, model=model, input_cfg=input_cfg, head=head, max_batch=batch)
+        self.want_confidence = head == 'labels+confidence'
         self.backend.load()
         self.segmenter = Segmenter(self.backend, input_cfg=input_cfg, outputs=OutputConfig(),
                                    drivable=DrivableConfig(), dataset=dataset_for_model(model.name))
 
     def run(self, frames: list[np.ndarray]) -> dict[str, float]:
         t0 = time.perf_counter()
-        results = self.segmenter.process(frames, want_color=True, want_overlay=False, want_confidence=True)
+        results = self.segmenter.process(frames, want_color=True, want_overlay=False,
+                                           want_confidence=self.want_confidence)
         total = (time.perf_counter() - t0) * 1e3
         post = sum(r.timings_ms['postprocess'] for r in results)
         return {'preprocess': results[0].timings_ms['preprocess'], 'infer': results[0].timings_ms['infer'],
@@ -118,14 +120,18 @@ class _PipelineRunner:
 
 def run_benchmark(*, backend: str, model: ModelConfig, input_cfg: InputConfig, camera_hw: tuple[int, int],
                   batch: int = 1, iters: int = 20, warmup: int = 3, threads: int = 0,
-                  backend_cfg: BackendConfig | None = None) -> dict[str, Any]:
-    """Warm up, then time ``iters`` batches; returns the JSON-ready report."""
+                  backend_cfg: BackendConfig | None = None, head: str = 'labels+confidence') -> dict[str, Any]:
+    """Warm up, then time ``iters`` batches; returns the JSON-ready report.
+
+    ``head`` is the graph head of the pipeline runs (the node uses ``labels+confidence``; the baseline
+    computes labels only, so ``labels`` is the like-for-like comparison with it).
+    """
     cfg = backend_cfg or BackendConfig(type='auto' if backend == BASELINE else backend, threads=threads)
     runner: Any
     if backend == BASELINE:
         runner = _EagerHostBaseline(model, input_cfg, threads)
     else:
-        runner = _PipelineRunner(cfg, model, input_cfg, batch)
+        runner = _PipelineRunner(cfg, model, input_cfg, batch, head)
     frames = camera_frames(batch, camera_hw)
     stats = LatencyStats()
     try:
@@ -142,6 +148,7 @@ def run_benchmark(*, backend: str, model: ModelConfig, input_cfg: InputConfig, c
     total = summary['total']
     return {
         'backend': backend, 'resolved_backend': info.get('backend', backend), 'model': model.name,
+        'head': 'labels (host)' if backend == BASELINE else head,
         'height': input_cfg.height, 'width': input_cfg.width, 'camera_height': camera_hw[0],
         'camera_width': camera_hw[1], 'batch': batch, 'iters': iters, 'threads': threads,
         'latency_ms': {k: total[k] for k in ('p50', 'p90', 'p99', 'max', 'mean')},
@@ -151,7 +158,8 @@ def run_benchmark(*, backend: str, model: ModelConfig, input_cfg: InputConfig, c
 
 
 def format_report(rep: dict[str, Any]) -> str:
-    head = (f"{rep['backend']} ({rep['resolved_backend']}) {rep['model']} input {rep['height']}x{rep['width']} "
+    head = (f"{rep['backend']} ({rep['resolved_backend']}, {rep['head']}) {rep['model']} "
+            f"input {rep['height']}x{rep['width']} "
             f"camera {rep['camera_height']}x{rep['camera_width']} batch {rep['batch']} iters {rep['iters']}")
     lines = [head, f"{'stage':<13}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}  (ms)"]
     for stage, s in rep['stages_ms'].items():

@@ -145,9 +145,7 @@ class SegmentationNode(Node):
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
         for cam_cfg in cfg.cameras:
             compressed = cam_cfg.transport == 'compressed'
-            topic = cam_cfg.resolved_topic
-            if compressed and not topic.endswith('/compressed'):  # image_transport naming: <base>/compressed
-                topic += '/compressed'
+            topic = cam_cfg.subscribed_topic   # <topic>/compressed for compressed transport
             cam = _Camera(cam_cfg, CameraStats(cam_cfg.name, topic, self.dataset.class_names))
             base = f'segmentation/{cam_cfg.name}/'
             cam.pubs = {'mask': self.create_publisher(Image, base + 'mask', out_qos),
