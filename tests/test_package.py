@@ -1,6 +1,7 @@
 """Packaging: the colcon install layout every vehicle uses, package.xml, and the ROS-free core."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -59,7 +60,16 @@ def test_colcon_build_installs_where_ros_expects(tmp_path: Path) -> None:
     for script in ('segmentation_node', 'evit-ros'):
         exe = ws / 'install' / 'evit_ros' / 'lib' / 'evit_ros' / script
         assert exe.is_file(), f'{exe} missing: ros2 run/launch look for executables in lib/<package>'
-        assert 'evit_ros' in exe.read_text()
+        assert exe.read_text().startswith('#!') and 'evit' in exe.read_text()
+    # the installed CLI runs from the install space alone (as `ros2 run evit_ros evit-ros` would)
+    site = next((ws / 'install' / 'evit_ros' / 'lib').glob('python3*/site-packages'))
+    run_env = dict(env, PYTHONPATH=f'{site}:{os.pathsep.join(p for p in sys.path if "site-packages" in p)}')
+    out = subprocess.run([str(VENV_BIN / 'python'), str(ws / 'install' / 'evit_ros' / 'lib' / 'evit_ros' / 'evit-ros'),
+                          '--help'], capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=60)
+    assert out.returncode == 0 and 'export' in out.stdout, out.stderr[-2000:]
+    import_check = subprocess.run([str(VENV_BIN / 'python'), '-c', 'import evit_ros; print(evit_ros.__file__)'],
+                                  capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=60)
+    assert str(site) in import_check.stdout, import_check.stdout + import_check.stderr
     site = list((ws / 'install' / 'evit_ros' / 'lib').glob('python3*/site-packages/evit_ros/ros'))
     assert site, 'the evit_ros package itself was not installed'
 
