@@ -16,7 +16,7 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
         (SHARE, ['package.xml', 'README.md']),
         (os.path.join(SHARE, 'launch'), glob('launch/*.launch.py')),
-        (os.path.join(SHARE, 'config'), glob('config/*.yaml') + glob('config/*.rviz')),
+        (os.path.join(SHARE, 'config'), glob('config/*.yaml') + glob('config/*.rviz') + glob('config/*.xml')),
     ],
     install_requires=['setuptools', 'numpy', 'pyyaml'],
     extras_require={'test': ['pytest', 'onnx', 'onnxruntime', 'rosbags']},

@@ -14,8 +14,9 @@ Ratio = median(node end-to-end) / median(bare inference); the target is <= 1.2. 
 medians (from ``/diagnostics``) are reported to show where the overhead goes.
 
 Transport: Fast DDS's default shared-memory segment (512 KiB) cannot carry best-effort samples of a few MB
-(every 1024x2048 raw frame is lost). ``--transport shm-large`` (default) writes a Fast DDS profile with a
-64 MiB shared-memory segment and points ``FASTRTPS_DEFAULT_PROFILES_FILE`` at it for both processes, as a
+(every 1024x2048 raw frame is lost). ``--transport shm-large`` (default) points
+``FASTRTPS_DEFAULT_PROFILES_FILE`` at ``config/fastdds_large_frames.xml`` (a 64 MiB shared-memory segment) for
+both processes, as a
 vehicle with raw megapixel cameras needs; ``--transport default`` keeps the RMW defaults (then use
 ``--input-reliability reliable``).
 """
@@ -27,7 +28,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -41,31 +41,7 @@ from evit_ros.config import BackendConfig, InputConfig, ModelConfig
 from evit_ros.errors import ConfigError, EvitError
 
 STAGE_KEYS = ('decode', 'preprocess', 'infer', 'postprocess', 'publish', 'end_to_end')
-FASTDDS_LARGE_SHM = """<?xml version="1.0" encoding="UTF-8"?>
-<profiles xmlns="http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles">
-  <transport_descriptors>
-    <transport_descriptor>
-      <transport_id>shm_large</transport_id>
-      <type>SHM</type>
-      <segment_size>67108864</segment_size>
-      <maxMessageSize>67108864</maxMessageSize>
-    </transport_descriptor>
-    <transport_descriptor>
-      <transport_id>udp</transport_id>
-      <type>UDPv4</type>
-    </transport_descriptor>
-  </transport_descriptors>
-  <participant profile_name="evit_large_frames" is_default_profile="true">
-    <rtps>
-      <userTransports>
-        <transport_id>shm_large</transport_id>
-        <transport_id>udp</transport_id>
-      </userTransports>
-      <useBuiltinTransports>false</useBuiltinTransports>
-    </rtps>
-  </participant>
-</profiles>
-"""
+LARGE_FRAMES_PROFILE = Path(__file__).resolve().parents[2] / 'config' / 'fastdds_large_frames.xml'
 
 
 def _frame(height: int, width: int) -> np.ndarray:
@@ -206,9 +182,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if cam_h < 32 or cam_w < 32:
         raise ConfigError(f'--camera-height/--camera-width {cam_h}x{cam_w} must be at least 32')
     if args.transport == 'shm-large':
-        profile = Path(tempfile.gettempdir()) / f'evit_fastdds_large_{os.getpid()}.xml'
-        profile.write_text(FASTDDS_LARGE_SHM)
-        os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = str(profile)
+        if not LARGE_FRAMES_PROFILE.is_file():
+            raise ConfigError(f'{LARGE_FRAMES_PROFILE} is missing; run from the source checkout '
+                              'or use --transport default')
+        os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = str(LARGE_FRAMES_PROFILE)
     frame = _frame(cam_h, cam_w)
     backend, bare = bare_runner(args.onnx, input_cfg, args.threads, frame)
     try:
