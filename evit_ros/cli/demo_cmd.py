@@ -184,7 +184,7 @@ def _evaluate(cfg: Any, ds: Any, live: Any, play_s: float, onnx_path: Path, out:
     groups = group_class_ids(cfg, dataset.class_names)
     ph.start('write live report')
     meta = {'model': cfg.model.name, 'checkpoint': cfg.model.checkpoint, 'backend': 'onnxruntime (CPU)',
-            'input': f'{cfg.input.width}x{cfg.input.height}', 'mode': 'live (node over DDS)',
+            'input': f'{cfg.input.height}x{cfg.input.width}', 'mode': 'live (node over DDS)',
             'bag': str(ds.bag), 'cameras': ', '.join(c.name for c in ds.cameras)}
     report = write_report(out, live, dataset.class_names, groups, meta)
     ph.done(f'{out}/report.md')
