@@ -143,3 +143,13 @@ def test_lifecycle(tmp_path) -> None:
     b.close()  # twice is fine
     with pytest.raises(BackendError, match='before load'):
         b.infer(np.zeros((1, 64, 64, 3), np.uint8))
+
+
+def test_onnx_from_other_weights_is_refused(tmp_path) -> None:
+    """A YAML naming both a checkpoint and an ONNX exported from other weights must not run silently."""
+    path = ensure_onnx(MODEL, INPUT, 'labels', checkpoint=resolve_checkpoint(MODEL))
+    check_onnx_matches(path, ModelConfig(checkpoint=resolve_checkpoint(MODEL)), INPUT)   # same weights: fine
+    other = tmp_path / 'other.pt'
+    other.write_bytes(b'not the weights the graph was exported from')
+    with pytest.raises(ConfigError, match=r'exported from checkpoint sha256 [0-9a-f]{12}, but model.checkpoint'):
+        check_onnx_matches(path, ModelConfig(checkpoint=str(other)), INPUT)

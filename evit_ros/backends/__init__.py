@@ -92,6 +92,15 @@ def check_onnx_matches(onnx_path: str | Path, model: ModelConfig, input_cfg: Inp
     if size and size != want:
         raise ConfigError(f'backend.onnx_path {p} takes {size} frames, but input is {want}; set input.height/width '
                           f'to match or re-export with --height {input_cfg.height} --width {input_cfg.width}')
+    built_from = meta.get(contract.META_CHECKPOINT_SHA256, '')
+    if model.checkpoint and Path(model.checkpoint).is_file():
+        from evit_ros.model.checkpoint import checkpoint_sha256
+        sha = checkpoint_sha256(model.checkpoint)
+        if sha != built_from:
+            was = f'checkpoint sha256 {built_from[:12]}' if built_from else 'no checkpoint (random weights)'
+            raise ConfigError(f'backend.onnx_path {p} was exported from {was}, but model.checkpoint '
+                              f'{model.checkpoint} has sha256 {sha[:12]}; re-export it from that checkpoint or '
+                              'leave backend.onnx_path empty to export automatically')
 
 
 def _onnxruntime(config: BackendConfig, model: ModelConfig, input_cfg: InputConfig, head: str, max_batch: int,

@@ -62,10 +62,13 @@ def run(args: argparse.Namespace) -> int:
     for k in kinds:
         if k not in BENCH_BACKENDS:
             raise ConfigError(f'--backend {k!r} is not valid; use {", ".join(BENCH_BACKENDS)} (comma-separated)')
+    # a YAML's graph holds its own weights and size: with any of them overridden, export these instead
+    overridden = any(v is not None for v in (args.model, args.checkpoint, args.height, args.width))
+    onnx = args.onnx or ('' if overridden else cfg.backend.onnx_path)
     reports = []
     for kind in kinds:
         bcfg = BackendConfig(type=kind if kind != 'torch-eager-host' else 'auto', threads=args.threads,
-                             onnx_path=args.onnx or cfg.backend.onnx_path if kind == 'onnxruntime' else '',
+                             onnx_path=onnx if kind == 'onnxruntime' else '',
                              engine_path=args.engine or cfg.backend.engine_path,
                              precision=cfg.backend.precision)
         rep = run_benchmark(backend=kind, model=cfg.model, input_cfg=cfg.input, camera_hw=camera_hw,

@@ -60,6 +60,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
                      ('input.width', args.width)):
         if val:
             o[key] = val
+    if (args.model or args.checkpoint or args.height or args.width) and not args.onnx:
+        o['backend.onnx_path'] = ''   # the YAML's graph holds other weights or sizes: export these instead
     return o
 
 

@@ -36,14 +36,14 @@ TRAIN_SEED_STRIDE = 10_000_000
 class TrainConfig:
     out: str
     seed: int = 0
-    steps: int = 1500
+    steps: int = 3000
     batch: int = 8
     height: int = 256
     width: int = 512
     lr: float = 3e-3
     weight_decay: float = 0.01
     warmup_frac: float = 0.05
-    class_weight_power: float = 0.5
+    class_weight_power: float = 0.25
     threads: int = 2
     eval_every: int = 100
     eval_scenes: int = 16
@@ -174,7 +174,11 @@ def train(cfg: TrainConfig, progress: Callable[[str], None] | None = None) -> di
     t0 = time.time()
     history: list[dict[str, Any]] = []
     best = {'miou': -1.0}
-    meta: dict[str, Any] = {'model': MODEL_NAME, 'train': asdict(cfg), 'heldout_seed_base': HELDOUT_SEED_BASE}
+    meta: dict[str, Any] = {
+        'model': MODEL_NAME, 'train': asdict(cfg), 'heldout_seed_base': HELDOUT_SEED_BASE,
+        'description': 'demo weights trained on evit_ros.synthetic scenes only (not real images)',
+        'input_size': f'{cfg.height}x{cfg.width}', 'normalization': 'RGB /255, ImageNet mean/std',
+    }
     ema = None
     try:
         for step in range(cfg.steps):
