@@ -153,3 +153,12 @@ def test_onnx_from_other_weights_is_refused(tmp_path) -> None:
     other.write_bytes(b'not the weights the graph was exported from')
     with pytest.raises(ConfigError, match=r'exported from checkpoint sha256 [0-9a-f]{12}, but model.checkpoint'):
         check_onnx_matches(path, ModelConfig(checkpoint=str(other)), INPUT)
+
+
+def test_warmup_covers_every_dynamic_batch_size(ort_backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[int, ...]] = []
+    real = ort_backend.infer
+    monkeypatch.setattr(ort_backend, 'infer', lambda batch: (seen.append(batch.shape), real(batch))[1])
+    ort_backend.warmup(1)
+    assert ort_backend.io.input.shape[0] == -1
+    assert seen == [(1, H, W, 3), (2, H, W, 3)]

@@ -97,12 +97,17 @@ class InferenceBackend(abc.ABC):
         return {'backend': self.name}
 
     def warmup(self, iterations: int = 2) -> None:
-        """Run a few batches of zeros so first-frame latency (allocation, autotuning) is paid at startup."""
+        """Run a few batches of zeros so first-frame latency (allocation, autotuning) is paid at startup.
+
+        A dynamic batch dimension is warmed at every size up to ``max_batch`` (at most 8): runtimes plan
+        memory per shape, so the first batch of two cameras would otherwise be slow.
+        """
         spec = self.io.input
-        shape = tuple(1 if d < 0 else d for d in spec.shape)
-        dummy = np.zeros(shape, dtype=np.dtype(spec.dtype))
-        for _ in range(max(0, iterations)):
-            self.infer(dummy)
+        sizes = range(1, min(8, max(1, self.io.max_batch)) + 1) if spec.shape[0] < 0 else (spec.shape[0],)
+        for n in sizes:
+            dummy = np.zeros((n, *spec.shape[1:]), dtype=np.dtype(spec.dtype))
+            for _ in range(max(0, iterations)):
+                self.infer(dummy)
 
     def close(self) -> None:
         """Release runtime resources. Safe to call twice."""
