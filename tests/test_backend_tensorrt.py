@@ -396,7 +396,7 @@ def test_outputs_match_onnxruntime_and_reuse_host_buffers(engine: Path, onnx_fil
         assert np.array_equal(r2.labels[0], ref_labels[1])
         assert ft.cuda.streams[0].syncs >= 2 and len(ft.cuda.streams) == 1
         be.warmup(2)
-        assert trt.context is not None and trt.context.executions == 4
+        assert trt.context is not None and trt.context.executions == 2 + 2 * be.io.max_batch  # warms every batch size
 
 
 def test_static_batch_engine_never_sets_input_shape(engine: Path, onnx_file: Path) -> None:
