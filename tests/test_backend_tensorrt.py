@@ -26,7 +26,8 @@ from evit_ros.backends.base import InferenceBackend
 from evit_ros.backends.tensorrt_backend import TensorRTBackend, numpy_dtype, tensorrt_available
 from evit_ros.errors import BackendError, BackendUnavailableError, EngineCacheMismatch
 from evit_ros.export import engine_cache
-from evit_ros.export.onnx_export import export_onnx, file_sha256, read_metadata
+from evit_ros.export.onnx_export import export_onnx, read_metadata
+from evit_ros.fileio import file_sha256
 
 try:
     import tensorrt_rtx_bindings as rtx

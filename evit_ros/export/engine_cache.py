@@ -18,12 +18,12 @@ import hashlib
 import json
 import os
 import shlex
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from evit_ros.errors import EngineCacheMismatch, EngineError
+from evit_ros.fileio import file_sha256, replace_atomically
 
 SIDECAR_VERSION = 1
 KEY_FIELDS: tuple[str, ...] = ('onnx_sha256', 'trt_version', 'gpu_name', 'compute_capability', 'precision',
@@ -118,21 +118,6 @@ def read_lock(path: str | Path) -> Iterator[None]:
         cm.__exit__(None, None, None)
 
 
-def replace_atomically(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, ``os.replace``: readers see the old file or the new, never a part."""
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=str(path.parent))
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_write(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``) under the file's lock."""
     p = Path(path)
@@ -213,7 +198,6 @@ def _check_engine(ep: Path, onnx_path: str | Path | None, trt_version: str | Non
     except EngineError as exc:
         problems.append(str(exc))
     if onnx_path is not None:
-        from evit_ros.export.onnx_export import file_sha256
         if not Path(onnx_path).is_file():
             raise EngineCacheMismatch(f'ONNX {onnx_path} does not exist; export it first with `evit-ros export`')
         sha = file_sha256(onnx_path)
@@ -226,11 +210,7 @@ def _check_engine(ep: Path, onnx_path: str | Path | None, trt_version: str | Non
         if value is not None and str(value) != str(fields.get(name)):
             problems.append(f'{name}: engine built for {fields.get(name)!r}, this machine has {value!r}')
     if verify_engine_hash and 'engine_sha256' in doc:
-        h = hashlib.sha256()
-        with open(ep, 'rb') as f:
-            for chunk in iter(lambda: f.read(1 << 20), b''):
-                h.update(chunk)
-        if h.hexdigest() != doc['engine_sha256']:
+        if file_sha256(ep) != doc['engine_sha256']:
             problems.append('engine file does not match the hash in its sidecar (partial or replaced file)')
     if problems:
         raise EngineCacheMismatch(f'engine {ep} cannot be used: ' + '; '.join(problems)

@@ -12,7 +12,6 @@ MatMul/Div/Add/Pad/Relu nodes under those scopes to FP32.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -27,6 +26,7 @@ import numpy as np
 
 from evit_ros import contract
 from evit_ros.errors import ExportError, ModelError
+from evit_ros.fileio import file_sha256, replace_atomically
 
 if TYPE_CHECKING:
     import onnx
@@ -68,15 +68,6 @@ class ExportReport:
                 f'ORT vs PyTorch: logits max rel error {self.max_rel_logits_error:.2e}, '
                 f'labels agree {100 * self.label_agreement:.4f}%{conf}; '
                 f'{len(self.fp32_nodes)} attention nodes marked FP32')
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 hex digest of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -525,7 +516,6 @@ def export_onnx(model_name: str, output: str | Path, *, height: int, width: int,
         min_agree = FP16_LABELS_MIN_AGREEMENT if mixed_precision_fp16 else LABELS_MIN_AGREEMENT
         rel, agreement, conf_diff = _verify(data, deploy, head, x, rtol, min_agree)
     t_verify = time.perf_counter() - t1
-    from evit_ros.export.engine_cache import replace_atomically
     out_path.parent.mkdir(parents=True, exist_ok=True)
     replace_atomically(out_path, data)
     report = ExportReport(path=out_path, seconds=time.perf_counter() - t0, export_seconds=t_export,

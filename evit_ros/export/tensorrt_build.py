@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 from evit_ros import contract
 from evit_ros.errors import BackendUnavailableError, EngineBuildError, EngineError
 from evit_ros.export import engine_cache
-from evit_ros.export.onnx_export import file_sha256, fp32_nodes, integer_tensors, read_metadata, scopes_from_metadata
+from evit_ros.export.onnx_export import fp32_nodes, integer_tensors, read_metadata, scopes_from_metadata
+from evit_ros.fileio import file_sha256
 
 if TYPE_CHECKING:
     import tensorrt as trt

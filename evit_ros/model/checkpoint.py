@@ -11,7 +11,6 @@ URL ``https://huggingface.co/han-cai/efficientvit-seg/resolve/main/<file>`` and 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from functools import cache
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from evit_ros.errors import CheckpointError
+from evit_ros.fileio import file_sha256
 
 __all__ = ['CHECKPOINT_ENV', 'DOWNLOAD_URL', 'checkpoint_search_path', 'find_checkpoint', 'read_state_dict',
            'load_checkpoint', 'identify_variant', 'checkpoint_sha256', 'download_url']
@@ -73,14 +73,10 @@ def find_checkpoint(name: str) -> str:
 
 def checkpoint_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a checkpoint file (recorded in exported ONNX metadata)."""
-    h = hashlib.sha256()
     try:
-        with open(path, 'rb') as f:
-            for chunk in iter(lambda: f.read(1 << 20), b''):
-                h.update(chunk)
+        return file_sha256(path)
     except OSError as exc:
         raise CheckpointError(f'cannot read checkpoint {str(path)!r}: {exc}; check the path') from exc
-    return h.hexdigest()
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
