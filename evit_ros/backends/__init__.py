@@ -9,6 +9,7 @@ import logging
 import os
 from pathlib import Path
 
+from evit_ros import __version__
 from evit_ros.backends.base import InferenceBackend, InferenceResult, ModelIO, TensorSpec
 from evit_ros.config import BackendConfig, InputConfig, ModelConfig
 from evit_ros.errors import BackendUnavailableError, CheckpointError, ConfigError
@@ -61,7 +62,7 @@ def ensure_onnx(model: ModelConfig, input_cfg: InputConfig, head: str, *, checkp
     sha = checkpoint_sha256(checkpoint)[:12]
     tag = head.replace('+', '_')
     batch = f'_b1-{max_batch}' if max_batch > 1 else ''
-    from evit_ros import __version__  # a new release may export a different graph
+    # the version is in the name: a new release may export a different graph
     name = f'{model.name}_{sha}_{input_cfg.height}x{input_cfg.width}_{tag}{batch}_v{__version__}.onnx'
     path = cache_dir() / 'onnx' / name
     if path.is_file():
@@ -104,7 +105,7 @@ def check_onnx_matches(onnx_path: str | Path, model: ModelConfig, input_cfg: Inp
 
 
 def _onnxruntime(config: BackendConfig, model: ModelConfig, input_cfg: InputConfig, head: str, max_batch: int,
-                 lg: logging.Logger, device: str = 'auto') -> InferenceBackend:
+                 lg: logging.Logger) -> InferenceBackend:
     from evit_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
     if config.onnx_path:
         check_onnx_matches(config.onnx_path, model, input_cfg)
@@ -112,7 +113,7 @@ def _onnxruntime(config: BackendConfig, model: ModelConfig, input_cfg: InputConf
     else:
         path = ensure_onnx(model, input_cfg, head, checkpoint=resolve_checkpoint(model, lg), max_batch=max_batch,
                            logger=lg)
-    return OnnxRuntimeBackend(path, threads=config.threads, device=device, logger=lg)
+    return OnnxRuntimeBackend(path, threads=config.threads, logger=lg)
 
 
 def _torch(config: BackendConfig, model: ModelConfig, input_cfg: InputConfig, head: str, max_batch: int,

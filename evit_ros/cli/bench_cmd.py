@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from evit_ros.cli.export_cmd import parse_hw
     from evit_ros.config import BackendConfig, load_config
-    from evit_ros.eval.benchmark import BENCH_BACKENDS, format_report, run_benchmark
+    from evit_ros.eval.benchmark import BASELINE, BENCH_BACKENDS, format_report, run_benchmark
 
     overrides: dict[str, object] = {}
     for key, value in (('model.name', args.model), ('model.checkpoint', args.checkpoint),
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     onnx = args.onnx or ('' if overridden else cfg.backend.onnx_path)
     reports = []
     for kind in kinds:
-        bcfg = BackendConfig(type=kind if kind != 'torch-eager-host' else 'auto', threads=args.threads,
+        bcfg = BackendConfig(type=kind if kind != BASELINE else 'auto', threads=args.threads,
                              onnx_path=onnx if kind == 'onnxruntime' else '',
                              engine_path=args.engine or cfg.backend.engine_path,
                              precision=cfg.backend.precision)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -83,14 +81,6 @@ def node_params(params_file: Path, onnx_path: Path, out: Path) -> Path:
     return path
 
 
-def start_node(params_file: Path, domain_id: int, log_path: Path) -> subprocess.Popen:
-    """Start the real node as its own process (as `ros2 run` would), with the demo params."""
-    cmd = [sys.executable, '-m', NODE_MODULE, '--ros-args', '-p', 'use_sim_time:=true',
-           '--params-file', str(params_file)]
-    log = open(log_path, 'w')   # noqa: SIM115 - owned by the child for its lifetime
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_ros_env(domain_id))
-
-
 def _fmt(v: Any, spec: str = '.3f') -> str:
     return format(v, spec) if isinstance(v, (int, float)) else 'n/a'
 
@@ -142,14 +132,14 @@ def _run_live(args: argparse.Namespace, cfg: Any, ds: Any, onnx_path: Path, out:
     """Start the node, play the bag into it over DDS at real time and score what it publishes."""
     import importlib.util
 
-    from evit_ros.ros.bag_player import run_live
+    from evit_ros.ros.bag_player import run_live, start_node_process, stop_node_process
 
     if importlib.util.find_spec(NODE_MODULE) is None:
         raise EvitError(f'the segmentation node ({NODE_MODULE}) is not installed in this checkout; '
                         f'the bag is in {ds.bag} and the ONNX in {onnx_path}')
     ph.start('start node')
     params = node_params(Path(args.params_file), onnx_path.resolve(), out)
-    proc = start_node(params, domain_id, out / 'node.log')
+    proc = start_node_process(str(params), env=_ros_env(domain_id), log_path=out / 'node.log')
     ph.done(f'pid {proc.pid}, ROS_DOMAIN_ID {domain_id}, log {out / "node.log"}')
     for k, v in _ros_env(domain_id).items():   # the player (in this process) joins the node's domain
         if k.startswith('ROS_'):
@@ -165,7 +155,6 @@ def _run_live(args: argparse.Namespace, cfg: Any, ds: Any, onnx_path: Path, out:
         ph.done(f'{state.counters.get("frames_received", 0)}/{state.counters.get("frames", 0)} masks received')
         return state, play_s
     finally:
-        from evit_ros.ros.bag_player import stop_node_process
         rc = stop_node_process(proc)
         if rc not in (0, None, -2, 130):
             print(f'[demo] node exited with code {rc}; see {out / "node.log"}', flush=True)

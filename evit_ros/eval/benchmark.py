@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from evit_ros.config import BackendConfig, DrivableConfig, InputConfig, ModelConfig, OutputConfig
+from evit_ros.contract import IMAGENET_MEAN, IMAGENET_STD
 from evit_ros.eval.metrics import LatencyStats
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,8 @@ class _EagerHostBaseline:
         self.torch = torch
         self.net: Any = create_model(model.name, checkpoint=resolve_checkpoint(model)).eval()
         self.hw = (input_cfg.height, input_cfg.width)
-        self.mean = np.array([0.485, 0.456, 0.406], np.float32)
-        self.std = np.array([0.229, 0.224, 0.225], np.float32)
+        self.mean = np.array(IMAGENET_MEAN, np.float32)
+        self.std = np.array(IMAGENET_STD, np.float32)
 
     def run(self, frames: list[np.ndarray]) -> dict[str, float]:
         import cv2

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evit_ros.model.upsample import BicubicUpsample, exporting
+from evit_ros.model.upsample import BicubicUpsample
 
 __all__ = [
     'ConvLayer', 'UpSampleLayer', 'IdentityLayer', 'DSConv', 'MBConv', 'FusedMBConv', 'ResBlock', 'LiteMLA',
@@ -117,8 +117,8 @@ class UpSampleLayer(nn.Module):
         self.size = None if size is None else tuple(_pair(size, 2))
         self.factor = None if self.size is not None else factor
         self.align_corners = align_corners
-        # with the channel count known, exports trace bicubic x factor as transposed convolutions
-        # (same function; ONNX Runtime's Resize(cubic) is slow). No state_dict entries.
+        # with the channel count known, exports trace bicubic x factor as per-phase grouped convolutions
+        # (same function; ONNX Runtime's Resize(cubic) is slow; eager stays F.interpolate). No state_dict entries.
         self.exact_upsample = (BicubicUpsample(factor, channels) if channels and self.factor and self.factor > 1
                                and mode == 'bicubic' and not align_corners else None)
 
@@ -136,7 +136,7 @@ class UpSampleLayer(nn.Module):
         align = self.align_corners if self.mode in ('bilinear', 'bicubic') else None
         if self.size is not None:
             return F.interpolate(x, size=self.size, mode=self.mode, align_corners=align)
-        if self.exact_upsample is not None and exporting() and x.shape[1] == self.exact_upsample.channels:
+        if self.exact_upsample is not None and x.shape[1] == self.exact_upsample.channels:
             return self.exact_upsample(x)
         return F.interpolate(x, scale_factor=self.factor, mode=self.mode, align_corners=align)
 

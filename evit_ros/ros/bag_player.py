@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,15 +29,21 @@ LOG = logging.getLogger('evit_ros.eval.live')
 
 
 def start_node_process(params_file: str = '', extra_params: dict[str, Any] | None = None,
-                       env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start ``python -m evit_ros.ros.segmentation_node`` with ``use_sim_time``; stop it with stop_node_process."""
+                       env: dict[str, str] | None = None, log_path: str | Path | None = None) -> subprocess.Popen:
+    """Start ``python -m evit_ros.ros.segmentation_node`` with ``use_sim_time``; stop it with stop_node_process.
+
+    ``log_path``: the node's stdout and stderr go to this file instead of ours.
+    """
     cmd = [sys.executable, '-m', 'evit_ros.ros.segmentation_node', '--ros-args', '-p', 'use_sim_time:=true']
     if params_file:
         cmd += ['--params-file', params_file]
     for k, v in (extra_params or {}).items():
         cmd += ['-p', f'{k}:={v}']
     LOG.info('starting node: %s', ' '.join(cmd))
-    return subprocess.Popen(cmd, env=env or os.environ.copy())
+    if log_path is None:
+        return subprocess.Popen(cmd, env=env or os.environ.copy())
+    with open(log_path, 'w') as log:   # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env or os.environ.copy())
 
 
 def stop_node_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> int:

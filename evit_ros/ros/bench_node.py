@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -78,6 +77,7 @@ def measure(onnx: str, input_cfg: InputConfig, threads: int, frame: np.ndarray, 
     from sensor_msgs.msg import Image
 
     from evit_ros.ros import conversions as conv
+    from evit_ros.ros.bag_player import stop_node_process
 
     cmd = [sys.executable, '-m', 'evit_ros.ros.segmentation_node', '--ros-args',
            '--log-level', os.environ.get('EVIT_BENCH_LOG', 'warn'), '-p', f'qos.input_reliability:={reliability}',
@@ -155,13 +155,7 @@ def measure(onnx: str, input_cfg: InputConfig, threads: int, frame: np.ndarray, 
         with cond:
             stages = dict(diag)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_node_process(proc)
         executor.shutdown(timeout_sec=1.0)
         spin.join(timeout=2.0)
         node.destroy_node()
