@@ -24,6 +24,9 @@ INTERPOLATIONS = ('bicubic', 'linear', 'area', 'nearest')
 TRANSPORTS = ('raw', 'compressed')
 MASK_RESOLUTIONS = ('camera', 'model')
 RELIABILITIES = ('best_effort', 'reliable')
+# auto: reliable when every publisher of the topic offers reliable, else best_effort (evit_ros.ros.qos)
+INPUT_RELIABILITIES = ('auto', 'best_effort', 'reliable')
+DEFAULT_MAX_DECODED_PIXELS = 16_000_000   # 4x a 2048x2048 camera: larger frames are refused before decoding
 DEFAULT_MODEL = 'efficientvit-seg-b0-cityscapes'
 
 
@@ -64,6 +67,7 @@ class InputConfig:
     width: int = 1024
     resize_mode: str = 'stretch'
     interpolation: str = 'linear'
+    max_decoded_pixels: int = DEFAULT_MAX_DECODED_PIXELS
 
     def __post_init__(self) -> None:
         for name, v in (('input.height', self.height), ('input.width', self.width)):
@@ -73,6 +77,7 @@ class InputConfig:
                                   f'nearest valid: {lo} or {lo + 32}')
         _choice('input.resize_mode', self.resize_mode, RESIZE_MODES)
         _choice('input.interpolation', self.interpolation, INTERPOLATIONS)
+        _range('input.max_decoded_pixels', self.max_decoded_pixels, 1024, 1 << 30)
 
 
 @dataclass(frozen=True)
@@ -186,13 +191,13 @@ class DiagnosticsConfig:
 
 @dataclass(frozen=True)
 class QosConfig:
-    input_reliability: str = 'best_effort'
+    input_reliability: str = 'auto'
     input_depth: int = 1
     output_reliability: str = 'reliable'
     output_depth: int = 1
 
     def __post_init__(self) -> None:
-        _choice('qos.input_reliability', self.input_reliability, RELIABILITIES)
+        _choice('qos.input_reliability', self.input_reliability, INPUT_RELIABILITIES)
         _choice('qos.output_reliability', self.output_reliability, RELIABILITIES)
         _range('qos.input_depth', self.input_depth, 1, 100)
         _range('qos.output_depth', self.output_depth, 1, 100)

@@ -12,6 +12,7 @@ from pathlib import Path
 from evit_ros import __version__
 from evit_ros.backends.base import InferenceBackend, InferenceResult, ModelIO, TensorSpec
 from evit_ros.config import BackendConfig, InputConfig, ModelConfig
+from evit_ros.deps import missing_module_error
 from evit_ros.errors import BackendUnavailableError, CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -74,16 +75,38 @@ def ensure_onnx(model: ModelConfig, input_cfg: InputConfig, head: str, *, checkp
     return path
 
 
+def read_onnx_metadata(path: str | Path) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file: through ``onnx`` when installed (weights not loaded), else through
+    ONNX Runtime's model metadata, so a vehicle with only ONNX Runtime can check a given ONNX."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        from evit_ros.export.onnx_export import read_metadata
+        return read_metadata(path)
+    from evit_ros.deps import require
+    ort = require('onnxruntime', f'reading the metadata of backend.onnx_path {path}')
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=['CPUExecutionProvider'])
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for unreadable files
+        raise ConfigError(f'backend.onnx_path {path} is not a readable ONNX file ({exc}); re-export it with '
+                          '`evit-ros export`') from exc
+    return dict(sess.get_modelmeta().custom_metadata_map)
+
+
 def check_onnx_matches(onnx_path: str | Path, model: ModelConfig, input_cfg: InputConfig) -> None:
     """Refuse an ONNX exported for another model or input size than the parameters say."""
     from evit_ros import contract
-    from evit_ros.export.onnx_export import read_metadata
     p = Path(onnx_path)
     if not p.is_file():
         raise ConfigError(f'backend.onnx_path={str(p)!r} does not exist; export it with `evit-ros export --model '
                           f'{model.name} --height {input_cfg.height} --width {input_cfg.width} -o {p}` '
                           'or leave backend.onnx_path empty to export automatically')
-    meta = read_metadata(p)
+    meta = read_onnx_metadata(p)
     name = meta.get(contract.META_MODEL, '')
     size = meta.get(contract.META_INPUT_SIZE, '')
     want = f'{input_cfg.height}x{input_cfg.width}'
@@ -95,8 +118,8 @@ def check_onnx_matches(onnx_path: str | Path, model: ModelConfig, input_cfg: Inp
                           f'to match or re-export with --height {input_cfg.height} --width {input_cfg.width}')
     built_from = meta.get(contract.META_CHECKPOINT_SHA256, '')
     if model.checkpoint and Path(model.checkpoint).is_file():
-        from evit_ros.model.checkpoint import checkpoint_sha256
-        sha = checkpoint_sha256(model.checkpoint)
+        from evit_ros.fileio import file_sha256  # not evit_ros.model: that needs torch
+        sha = file_sha256(model.checkpoint)
         if sha != built_from:
             was = f'checkpoint sha256 {built_from[:12]}' if built_from else 'no checkpoint (random weights)'
             raise ConfigError(f'backend.onnx_path {p} was exported from {was}, but model.checkpoint '
@@ -160,6 +183,18 @@ def choose_auto(config: BackendConfig) -> tuple[str, str]:
     return 'onnxruntime', f'no TensorRT ({trt_reason}); onnxruntime has a {where} provider'
 
 
+def needed_by(kind: str, config: BackendConfig) -> str:
+    """Who needs the runtime modules of backend ``kind`` with this configuration (for missing-module errors)."""
+    if kind == 'tensorrt':
+        return 'the TensorRT backend' + (' (building the engine from backend.onnx_path)' if config.onnx_path else '')
+    if kind == 'onnxruntime' and not config.onnx_path:
+        return ('the automatic ONNX export (backend.onnx_path is empty; set it to an exported .onnx to run '
+                'with ONNX Runtime alone)')
+    if kind == 'onnxruntime':
+        return 'the ONNX Runtime backend'
+    return 'the PyTorch backend (backend.type=torch)'
+
+
 def create_backend(config: BackendConfig, *, model: ModelConfig, input_cfg: InputConfig,
                    head: str = 'labels+confidence', max_batch: int = 1,
                    logger: logging.Logger | None = None) -> InferenceBackend:
@@ -173,12 +208,15 @@ def create_backend(config: BackendConfig, *, model: ModelConfig, input_cfg: Inpu
     if kind == 'auto':
         kind, reason = choose_auto(config)
         lg.info('backend auto -> %s: %s', kind, reason)
-    if kind == 'tensorrt':
-        return _tensorrt(config, lg)
-    if kind == 'onnxruntime':
-        return _onnxruntime(config, model, input_cfg, head, max_batch, lg)
-    if kind == 'torch':
-        return _torch(config, model, input_cfg, head, max_batch, lg)
+    try:
+        if kind == 'tensorrt':
+            return _tensorrt(config, lg)
+        if kind == 'onnxruntime':
+            return _onnxruntime(config, model, input_cfg, head, max_batch, lg)
+        if kind == 'torch':
+            return _torch(config, model, input_cfg, head, max_batch, lg)
+    except ModuleNotFoundError as exc:
+        raise missing_module_error(exc, needed_by(kind, config)) from exc
     raise BackendUnavailableError(f'backend.type={kind!r} is not valid; use auto, tensorrt, onnxruntime or torch')
 
 

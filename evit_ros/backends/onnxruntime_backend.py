@@ -108,11 +108,8 @@ class OnnxRuntimeBackend(InferenceBackend):
     def load(self) -> None:
         if self._loaded:
             return
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise BackendUnavailableError('onnxruntime is not installed: pip install onnxruntime '
-                                          '(or onnxruntime-gpu on a CUDA machine)') from exc
+        from evit_ros.deps import require
+        ort = require('onnxruntime', 'the ONNX Runtime backend')
         if not self.onnx_path.is_file():
             raise BackendError(f'ONNX file {self.onnx_path} does not exist; export it with '
                                f'`evit-ros export --model NAME --height H --width W -o {self.onnx_path}`')

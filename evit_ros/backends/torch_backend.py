@@ -54,10 +54,8 @@ class TorchBackend(InferenceBackend):
     def load(self) -> None:
         if self._loaded:
             return
-        try:
-            import torch
-        except ImportError as exc:
-            raise BackendUnavailableError('PyTorch is not installed: pip install torch') from exc
+        from evit_ros.deps import require
+        torch = require('torch', 'the PyTorch backend (backend.type=torch)')
         from evit_ros.export.graph import DeployGraph
         from evit_ros.model import create_model
 

@@ -9,9 +9,12 @@ is one of :data:`FRAME_ERROR_REASONS`, for per-cause counters.
 """
 from __future__ import annotations
 
+import struct
+
 import cv2
 import numpy as np
 
+from evit_ros.config import DEFAULT_MAX_DECODED_PIXELS
 from evit_ros.errors import FrameError
 
 FRAME_ERROR_REASONS: tuple[str, ...] = ('encoding', 'size', 'step', 'truncated', 'corrupt')
@@ -39,12 +42,15 @@ def _as_bytes_array(data: bytes | bytearray | memoryview | np.ndarray) -> np.nda
 
 
 def decode_image(data: bytes | bytearray | memoryview | np.ndarray, encoding: str, height: int, width: int,
-                 step: int, is_bigendian: bool = False) -> np.ndarray:
+                 step: int, is_bigendian: bool = False,
+                 max_pixels: int = DEFAULT_MAX_DECODED_PIXELS) -> np.ndarray:
     """Decode one raw image buffer to RGB uint8 ``[height, width, 3]``.
 
     ``rgb8`` with rows packed (``step == width * 3``) or padded returns a read-only view of ``data`` (no copy);
     every other encoding returns a new array. Raises FrameError (reason 'encoding', 'size', 'step' or
-    'truncated') when the buffer does not match its header.
+    'truncated') when the buffer does not match its header, and 'size' above ``max_pixels`` (width*height).
+    The buffer must hold exactly ``step * rows`` bytes: a step larger than the data implies is refused
+    ('step'), never padded, so a hostile header cannot make the node allocate.
     """
     bpp = _BYTES_PER_PIXEL.get(encoding)
     if bpp is None:
@@ -55,6 +61,10 @@ def decode_image(data: bytes | bytearray | memoryview | np.ndarray, encoding: st
         raise FrameError(f'{encoding} image size {width}x{height} is invalid; width and height must be in '
                          '[1, 65535]', 'size')
     height, width, step = int(height), int(width), int(step)
+    if height * width > max_pixels:
+        raise FrameError(f'{encoding} image {width}x{height} has {height * width} pixels, more than '
+                         f'input.max_decoded_pixels={max_pixels}; raise that parameter if the camera is really '
+                         'this large', 'size')
     if encoding in ('yuv422', 'uyvy', 'yuv422_yuy2', 'yuyv', 'nv12') and width % 2:
         raise FrameError(f'{encoding} image width {width} must be even (chroma is shared by pixel pairs)', 'size')
     if encoding == 'nv12' and height % 2:
@@ -66,15 +76,18 @@ def decode_image(data: bytes | bytearray | memoryview | np.ndarray, encoding: st
     rows = height * 3 // 2 if encoding == 'nv12' else height
     buf = _as_bytes_array(data)
     need = step * (rows - 1) + row_bytes
-    if buf.size < need:
-        raise FrameError(f'{encoding} {width}x{height} step {step} needs at least {need} bytes '
-                         f'(step*{rows}={step * rows}), got {buf.size}', 'truncated')
+    if step > row_bytes and buf.size < step * rows and buf.size >= row_bytes * rows:
+        implied = buf.size // rows
+        raise FrameError(f'{encoding} {width}x{height} step {step} is larger than the data implies '
+                         f'({buf.size} bytes for {rows} rows: step {implied}); fix the driver\'s step field',
+                         'step')
+    if buf.size < need or buf.size < step * rows:
+        raise FrameError(f'{encoding} {width}x{height} step {step} needs {step * rows} bytes '
+                         f'(step*{rows}), got {buf.size}', 'truncated')
     if buf.size > step * rows:
         raise FrameError(f'{encoding} {width}x{height} step {step} expects {step * rows} bytes, got {buf.size} '
                          '(height, step or data length is wrong)', 'size')
-    if buf.size < step * rows:  # only the last row's padding is missing (some drivers): copy once
-        buf = np.concatenate([buf, np.zeros(step * rows - buf.size, np.uint8)])
-    plane = buf[:step * rows].reshape(rows, step)[:, :row_bytes]
+    plane = buf.reshape(rows, step)[:, :row_bytes]
     if encoding in ('rgb8', '8UC3'):
         return plane.reshape(rows, width, 3)
     if encoding == 'bgr8':
@@ -98,16 +111,73 @@ def decode_image(data: bytes | bytearray | memoryview | np.ndarray, encoding: st
     return cv2.cvtColor(plane, _BAYER[encoding])
 
 
-def decode_compressed(data: bytes | bytearray | memoryview | np.ndarray, format: str = '') -> np.ndarray:  # noqa: A002
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}   # start-of-frame: baseline .. lossless
+
+
+def _jpeg_size(buf: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from the first start-of-frame segment of a JPEG, None if there is none."""
+    data = buf.tobytes() if buf.size < 65536 else bytes(buf[:65536])   # SOF comes before the scan data
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:          # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):   # markers without a length
+            i += 2
+            continue
+        (length,) = struct.unpack('>H', data[i + 2:i + 4])
+        if marker in _SOF_MARKERS:
+            if i + 9 > len(data):
+                return None
+            height, width = struct.unpack('>HH', data[i + 5:i + 9])
+            return width, height
+        if marker == 0xDA or length < 2:   # start of scan without a frame header, or a broken length
+            return None
+        i += 2 + length
+    return None
+
+
+def compressed_size(buf: np.ndarray) -> tuple[str, int, int]:
+    """(format, width, height) read from a JPEG or PNG header without decoding; FrameError for anything else."""
+    b = bytes(buf[:32])
+    if b[:8] == b'\x89PNG\r\n\x1a\n':
+        if len(b) < 24 or b[12:16] != b'IHDR':
+            raise FrameError(f'PNG of {buf.size} bytes has no IHDR header; the image is corrupt', 'corrupt')
+        width, height = struct.unpack('>II', b[16:24])
+        return 'png', width, height
+    if b[:2] == b'\xff\xd8':
+        size = _jpeg_size(buf)
+        if size is None:
+            raise FrameError(f'JPEG of {buf.size} bytes has no readable frame header (SOF); the image is corrupt',
+                             'corrupt')
+        return 'jpeg', size[0], size[1]
+    raise FrameError(f'compressed image of {buf.size} bytes starting {b[:4].hex()} is neither JPEG nor PNG (the '
+                     'formats of image_transport\'s compressed plugin); corrupt or unsupported', 'corrupt')
+
+
+def decode_compressed(data: bytes | bytearray | memoryview | np.ndarray, format: str = '',  # noqa: A002
+                      max_pixels: int = DEFAULT_MAX_DECODED_PIXELS) -> np.ndarray:
     """Decode a ``CompressedImage`` (JPEG or PNG; ``format`` is informational) to RGB uint8 ``[H, W, 3]``.
 
-    Raises FrameError 'truncated' for an empty buffer or a JPEG without its end marker, 'corrupt' when
-    OpenCV cannot decode it.
+    The size in the header is checked before anything is decoded: more than ``max_pixels`` pixels (a
+    decompression bomb, or a camera larger than configured) is FrameError 'size'. Raises 'truncated' for
+    an empty buffer or a JPEG without its end marker, 'corrupt' for neither JPEG nor PNG or when the
+    header or the data cannot be decoded.
     """
     buf = _as_bytes_array(data)
     if buf.size == 0:
         raise FrameError(f'compressed image ({format or "unknown format"}) is empty; expected JPEG or PNG bytes',
                          'truncated')
+    kind, width, height = compressed_size(buf)
+    if width <= 0 or height <= 0:
+        raise FrameError(f'{kind} header claims {width}x{height} pixels; the image is corrupt', 'corrupt')
+    if width * height > max_pixels:
+        raise FrameError(f'{kind} header claims {width}x{height} = {width * height} pixels, more than '
+                         f'input.max_decoded_pixels={max_pixels} (a decompression bomb, or raise that parameter '
+                         'for a camera this large); not decoded', 'size')
     is_jpeg = buf.size >= 2 and buf[0] == 0xFF and buf[1] == 0xD8
     if is_jpeg and not (buf.size >= 4 and buf[-2] == 0xFF and buf[-1] == 0xD9):
         # OpenCV silently decodes truncated JPEGs with grey bottom rows; refuse them instead.
@@ -115,7 +185,11 @@ def decode_compressed(data: bytes | bytearray | memoryview | np.ndarray, format:
         if not tail.endswith(b'\xff\xd9'):
             raise FrameError(f'JPEG of {buf.size} bytes has no end-of-image marker (FFD9): truncated in transport',
                              'truncated')
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:   # e.g. a header OpenCV refuses: corrupt data, not an engine failure
+        raise FrameError(f'compressed image ({kind}, {buf.size} bytes) could not be decoded: '
+                         f'{str(exc).strip().splitlines()[-1]}', 'corrupt') from exc
     if img is None or img.size == 0:
         raise FrameError(f'compressed image ({format or "unknown format"}, {buf.size} bytes) could not be decoded; '
                          'expected a valid JPEG or PNG', 'corrupt')

@@ -57,6 +57,12 @@ class _Slot:
         self.hw: tuple[int, int] | None = None
         self.buffers: dict[str, np.ndarray] = {}
 
+    def fit(self, frame_hw: tuple[int, int]) -> None:
+        """Drop every buffer when the camera frame size changes, so none sized for an outlier frame stays."""
+        if frame_hw != self.hw:
+            self.hw = frame_hw
+            self.buffers.clear()
+
     def get(self, name: str, shape: tuple[int, ...], dtype: type = np.uint8) -> np.ndarray:
         buf = self.buffers.get(name)
         if buf is None or buf.shape != shape or buf.dtype != dtype:
@@ -141,6 +147,7 @@ class Segmenter:
             pre_ms, inf_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
             for i, frame in enumerate(part):
                 tp = time.perf_counter()
+                self._slots[start + i].fit(frame.shape[:2])
                 fr = self._postprocess(self._slots[start + i], frame, batch[i], plans[i], labels_b[i],
                                        None if conf_b is None else conf_b[i], want_color, want_overlay)
                 fr.timings_ms = {'preprocess': pre_ms, 'infer': inf_ms,

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from evit_ros.config import DEFAULT_MAX_DECODED_PIXELS
 from evit_ros.errors import FrameError
 from evit_ros.pipeline.decode import decode_compressed, decode_image
 
@@ -24,22 +25,23 @@ def _payload(arr: np.ndarray) -> array.array:
     return buf
 
 
-def image_to_rgb(msg: Any) -> np.ndarray:
+def image_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_DECODED_PIXELS) -> np.ndarray:
     """sensor_msgs/Image -> RGB uint8 ``[H, W, 3]`` (raises FrameError with a reason key on bad frames)."""
     return decode_image(np.frombuffer(msg.data, np.uint8) if len(msg.data) else b'', msg.encoding,
-                        int(msg.height), int(msg.width), int(msg.step), bool(msg.is_bigendian))
+                        int(msg.height), int(msg.width), int(msg.step), bool(msg.is_bigendian), max_pixels)
 
 
-def compressed_to_rgb(msg: Any) -> np.ndarray:
+def compressed_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_DECODED_PIXELS) -> np.ndarray:
     """sensor_msgs/CompressedImage (JPEG/PNG) -> RGB uint8 ``[H, W, 3]`` (FrameError on bad frames)."""
-    return decode_compressed(np.frombuffer(msg.data, np.uint8) if len(msg.data) else b'', str(msg.format))
+    return decode_compressed(np.frombuffer(msg.data, np.uint8) if len(msg.data) else b'', str(msg.format),
+                             max_pixels)
 
 
-def to_rgb(msg: Any) -> np.ndarray:
-    """Either image message type -> RGB uint8."""
+def to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_DECODED_PIXELS) -> np.ndarray:
+    """Either image message type -> RGB uint8; frames above ``max_pixels`` are refused before decoding."""
     if hasattr(msg, 'encoding'):
-        return image_to_rgb(msg)
-    return compressed_to_rgb(msg)
+        return image_to_rgb(msg, max_pixels)
+    return compressed_to_rgb(msg, max_pixels)
 
 
 def numpy_to_image(arr: np.ndarray, encoding: str, header: Any = None) -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+SHM_SEGMENT_BYTES = 512 * 1024   # Fast DDS's default shared-memory segment size
 STAGES: tuple[str, ...] = ('decode', 'preprocess', 'infer', 'postprocess', 'publish', 'end_to_end')
 WINDOW = 256
 OK, WARN, ERROR = 0, 1, 2
@@ -61,15 +62,28 @@ class CameraStats:
         self.groups: dict[str, tuple[float, float]] = {}
         self.grid_status = 'no camera_info_topic configured: no ground grid/boundary'
         self.last_delay_ms: float | None = None
+        self.input_qos = ''                 # reliability of the camera subscription (auto QoS decides it)
+        self.last_frame_bytes = 0
+        self.clock_note = ''                # 'waiting for /clock ...' under use_sim_time without a clock
+        self.stamps: Counter[str] = Counter()   # frames left out of latency: future / zero stamps, no clock
+        self.max_future_ms = 0.0
+        self._stamp_mark = 0
         self._rx_mark = 0
         self._out_mark = 0
         self._bad_mark = 0
         self._t_mark = time.monotonic()
 
-    def on_receive(self) -> None:
+    def on_receive(self, nbytes: int = 0) -> None:
         with self.lock:
             self.received += 1
             self.last_rx = time.monotonic()
+            self.last_frame_bytes = nbytes
+
+    def on_stamp(self, issue: str, ahead_ms: float = 0.0) -> None:
+        """A frame whose latency cannot be measured: 'future' stamp, 'zero' stamp or 'no_clock' (sim time)."""
+        with self.lock:
+            self.stamps[issue] += 1
+            self.max_future_ms = max(self.max_future_ms, ahead_ms)
 
     def on_drop(self, n: int = 1) -> None:
         with self.lock:
@@ -101,14 +115,18 @@ class CameraStats:
             in_rate = (self.received - self._rx_mark) / dt
             out_rate = (self.processed - self._out_mark) / dt
             new_bad = sum(self.bad.values()) - self._bad_mark
-            self._rx_mark, self._out_mark, self._bad_mark, self._t_mark = (
-                self.received, self.processed, sum(self.bad.values()), now)
+            stamp_issues = self.stamps['future'] + self.stamps['zero']
+            new_stamp_issues = stamp_issues - self._stamp_mark
+            self._rx_mark, self._out_mark, self._bad_mark, self._t_mark, self._stamp_mark = (
+                self.received, self.processed, sum(self.bad.values()), now, stamp_issues)
             lat = {s: st.summary() for s, st in self.stages.items()}
             values: list[tuple[str, str]] = [
                 ('topic', self.topic), ('input_rate_hz', f'{in_rate:.2f}'), ('output_rate_hz', f'{out_rate:.2f}'),
                 ('frames_received', str(self.received)), ('frames_processed', str(self.processed)),
-                ('dropped_frames', str(self.dropped)), ('bad_frames', str(sum(self.bad.values())))]
+                ('dropped_frames', str(self.dropped)), ('bad_frames', str(sum(self.bad.values()))),
+                ('input_qos', self.input_qos)]
             values += [(f'bad_frames.{r}', str(n)) for r, n in sorted(self.bad.items())]
+            values += [(f'stamps_excluded.{r}', str(n)) for r, n in sorted(self.stamps.items())]
             for s in STAGES:
                 sm = lat[s]
                 for q in ('p50', 'p95', 'max'):
@@ -126,6 +144,7 @@ class CameraStats:
                        ('total_dropped_frames', str(self.dropped)),
                        ('expected_frequency', f'{cfg.expected_rate_hz:.2f}')]
             last_rx, received = self.last_rx, self.received
+            frame_bytes, future_ms, clock_note = self.last_frame_bytes, self.max_future_ms, self.clock_note
         level = OK
         msgs: list[str] = []
         silent_for = now - (last_rx if last_rx is not None else self.created)
@@ -144,9 +163,19 @@ class CameraStats:
             elif e2e['p95'] > cfg.latency_budget_ms:
                 level = max(level, WARN)
                 msgs.append(f'end-to-end latency p95 {e2e["p95"]:.0f} ms over budget {cfg.latency_budget_ms:.0f} ms')
-        if last_rx is not None and silent_for <= cfg.silence_timeout_s and in_rate < 0.5 * cfg.expected_rate_hz:
+        if clock_note:
             level = max(level, WARN)
-            msgs.append(f'input rate {in_rate:.1f} Hz below half the expected {cfg.expected_rate_hz:.1f} Hz')
+            msgs.append(clock_note)
+        elif last_rx is not None and silent_for <= cfg.silence_timeout_s \
+                and in_rate < 0.5 * cfg.expected_rate_hz:
+            level = max(level, WARN)
+            msgs.append(f'input rate {in_rate:.1f} Hz below half the expected {cfg.expected_rate_hz:.1f} Hz'
+                        + lost_frames_hint(self.input_qos, frame_bytes))
+        if new_stamp_issues:
+            level = max(level, WARN)
+            msgs.append(f'{new_stamp_issues} frame(s) with a header stamp in the future (up to {future_ms:.0f} ms '
+                        'ahead) or zero, left out of the latency statistics: sync the camera clock (chrony/PTP) or '
+                        'fix the driver\'s stamps')
         if new_bad:
             level = max(level, WARN)
             msgs.append(f'{new_bad} bad frame(s) since the last report')
@@ -154,6 +183,17 @@ class CameraStats:
                               message='; '.join(msgs) or 'ok', hardware_id=self.name)
         st.values = [KeyValue(key=k, value=v) for k, v in values]
         return st
+
+
+def lost_frames_hint(input_qos: str, frame_bytes: int) -> str:
+    """Why frames go missing and the two fixes, when the subscription is best effort and frames are large."""
+    if input_qos != 'best_effort' or frame_bytes <= SHM_SEGMENT_BYTES:
+        return ''
+    return (f': frames of {frame_bytes // 1024} KiB arrive best effort, and Fast DDS loses best-effort samples larger '
+            f'than its {SHM_SEGMENT_BYTES // 1024} KiB shared-memory segment. Fix: publish the camera reliable (the '
+            'node follows with qos.input_reliability auto), or start both processes with the shipped profile '
+            '(FASTRTPS_DEFAULT_PROFILES_FILE=<share>/evit_ros/config/fastdds_large_frames.xml), or use compressed '
+            'transport')
 
 
 class EngineStats:

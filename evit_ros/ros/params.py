@@ -15,6 +15,7 @@ from typing import Any
 
 from evit_ros.config import (
     BACKEND_TYPES,
+    INPUT_RELIABILITIES,
     INTERPOLATIONS,
     MASK_RESOLUTIONS,
     PRECISIONS,
@@ -92,6 +93,9 @@ GLOBAL_SPECS: tuple[ParamSpec, ...] = (
               '(pad) or crop (center)', False, choices=RESIZE_MODES),
     ParamSpec('input.interpolation', STRING, _I.interpolation, 'Resize interpolation of camera frames', False,
               choices=INTERPOLATIONS),
+    ParamSpec('input.max_decoded_pixels', INT, _I.max_decoded_pixels, 'Largest camera frame (width*height) '
+              'accepted; larger raw or compressed frames are bad frames (size), refused before decoding', False,
+              range=(1024, 1 << 30, 1)),
     ParamSpec('cameras', STRING_ARRAY, ['front'], 'Camera names; each gets cameras.<cam>.* parameters and '
               'segmentation/<cam>/* outputs', False),
     ParamSpec('outputs.mask', BOOL, _O.mask, 'Publish segmentation/<cam>/mask (mono8 class ids)', True),
@@ -124,8 +128,9 @@ GLOBAL_SPECS: tuple[ParamSpec, ...] = (
               'when p95 exceeds it, ERROR when the median does', True, range=(1.0, 60000.0, 0.0)),
     ParamSpec('diagnostics.silence_timeout_s', DOUBLE, _D.silence_timeout_s, 'A camera without frames for '
               'this long is reported silent (ERROR)', True, range=(0.1, 3600.0, 0.0)),
-    ParamSpec('qos.input_reliability', STRING, _Q.input_reliability, 'Camera subscription reliability '
-              '(best_effort also matches reliable cameras)', False, choices=RELIABILITIES),
+    ParamSpec('qos.input_reliability', STRING, _Q.input_reliability, 'Camera/CameraInfo subscription reliability; '
+              'auto: reliable when every publisher of the topic offers reliable, else best_effort (re-decided '
+              'when publishers change)', False, choices=INPUT_RELIABILITIES),
     ParamSpec('qos.input_depth', INT, _Q.input_depth, 'Camera subscription queue depth', False,
               range=(1, 100, 1)),
     ParamSpec('qos.output_reliability', STRING, _Q.output_reliability, 'Output publishers reliability', False,
@@ -211,8 +216,14 @@ def _declare(node: Any, spec: ParamSpec) -> Any:
         param = node.declare_parameter(spec.name, default, descriptor(spec))
     except (ParameterException, TypeError, ValueError) as exc:
         hint = f'; valid: {spec.constraints}' if spec.constraints else ''
-        raise ConfigError(f'parameter {spec.name} ({spec.kind}) was refused: {exc}{hint}. Fix it in the params '
-                          f'file (write doubles with a decimal point, e.g. 1.0)') from exc
+        fix = 'Fix it in the params file or -p override'
+        given = getattr(node, '_parameter_overrides', {}).get(spec.name)
+        given_type = getattr(getattr(given, 'type_', None), 'name', '')
+        if spec.kind == DOUBLE and given_type == 'INTEGER':
+            fix += ' (write doubles with a decimal point, e.g. 1.0, not 1)'
+        elif spec.kind == INT and given_type == 'DOUBLE':
+            fix += ' (write integers without a decimal point, e.g. 512, not 512.0)'
+        raise ConfigError(f'parameter {spec.name} ({spec.kind}) was refused: {exc}{hint}. {fix}') from exc
     return _plain(param.value)
 
 
@@ -225,6 +236,12 @@ def _names(value: Any, what: str) -> list[str]:
     return names
 
 
+def _no_duplicates(names: list[str], what: str) -> None:
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f'{what} lists {", ".join(dup)} more than once ({names}); every name must be unique')
+
+
 def declare_all(node: Any) -> dict[str, Any]:
     """Declare every parameter on ``node`` (YAML/CLI overrides apply) and return the flat values (unset omitted)."""
     flat: dict[str, Any] = {}
@@ -233,11 +250,14 @@ def declare_all(node: Any) -> dict[str, Any]:
     cameras = _names(flat['cameras'], 'cameras')
     if not cameras:
         raise ConfigError('cameras is empty; list at least one camera name, e.g. [front]')
+    _no_duplicates(cameras, 'cameras')
     for cam in cameras:
         CameraConfig(cam)   # validates the name before it becomes part of parameter names
         for spec in camera_specs(cam):
             flat[spec.name] = _declare(node, spec)
-    for g in _names(flat['drivable.groups'], 'drivable.groups'):
+    groups = _names(flat['drivable.groups'], 'drivable.groups')
+    _no_duplicates(groups, 'drivable.groups')
+    for g in groups:
         for spec in group_specs(g):
             flat[spec.name] = _declare(node, spec)
     return {k: v for k, v in flat.items() if v is not None}

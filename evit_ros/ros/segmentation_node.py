@@ -16,7 +16,9 @@ Run: ``ros2 run evit_ros segmentation_node --ros-args --params-file config/evit_
 """
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import sys
 import threading
 import time
@@ -32,16 +34,20 @@ from geometry_msgs.msg import PolygonStamped
 from nav_msgs.msg import OccupancyGrid
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from evit_ros.config import CameraConfig, NodeConfig, from_flat
 from evit_ros.datasets import dataset_for_model
-from evit_ros.errors import EngineError, EvitError, FrameError
+from evit_ros.deps import missing_module_error, missing_module_message
+from evit_ros.errors import ConfigError, EngineError, EvitError, FrameError
 from evit_ros.pipeline import ClassGroups, GroundProjector, Segmenter
 from evit_ros.ros import conversions as conv
 from evit_ros.ros.diagnostics import CameraStats, EngineStats, diagnostic_array
 from evit_ros.ros.params import ParameterGuard, all_specs, declare_all, unknown_overrides
+from evit_ros.ros.qos import InputSubscription, qos_profile
+from evit_ros.ros.startup import Interrupted, SignalFlag, check_ros_args, one_line
 
 try:  # Jazzy and later
     from rclpy.event_handler import SubscriptionEventCallbacks
@@ -56,12 +62,21 @@ except ImportError:  # pragma: no cover - older rclpy
 
 NODE_NAME = 'evit_segmentation'
 BOUNDARY_MAX_POINTS = 256
-_RELIABILITY = {'best_effort': ReliabilityPolicy.BEST_EFFORT, 'reliable': ReliabilityPolicy.RELIABLE}
+QOS_POLL_S = 0.5            # how often auto-QoS subscriptions look at the publishers of their topic
 
 
-def _qos(reliability: str, depth: int) -> QoSProfile:
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(depth), reliability=_RELIABILITY[reliability],
-                      durability=DurabilityPolicy.VOLATILE)
+_LIBC: Any = None
+
+
+def release_free_heap() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``): after an outlier frame, RSS goes back down."""
+    global _LIBC
+    try:
+        if _LIBC is None:
+            _LIBC = ctypes.CDLL(None)
+        _LIBC.malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc: nothing to do
+        pass
 
 
 class _RosLogHandler(logging.Handler):
@@ -98,6 +113,9 @@ class _Camera:
         self.info: tuple[tuple[float, ...], int, int] | None = None
         self.projector: GroundProjector | None = None
         self.projector_key: Any = None
+        self.image_sub: InputSubscription | None = None
+        self.info_sub: InputSubscription | None = None
+        self.last_pixels = 0
 
 
 class SegmentationNode(Node):
@@ -124,7 +142,7 @@ class SegmentationNode(Node):
                               '(typo?); it is ignored')
         self.cfg = cfg = from_flat(flat)
         self.dataset = dataset_for_model(cfg.model.name)
-        ClassGroups.from_names(cfg.drivable.groups, self.dataset)   # unknown class names fail before loading
+        self._check_config(cfg)   # unknown class names / palette ids fail before loading
         self.backend = self._load_backend(cfg)
         if cfg.backend.build_only:
             self.build_only = True
@@ -140,9 +158,9 @@ class SegmentationNode(Node):
         self._guard.attach(self)
 
         self.cameras: dict[str, _Camera] = {}
-        in_qos = _qos(cfg.qos.input_reliability, cfg.qos.input_depth)
-        out_qos = _qos(cfg.qos.output_reliability, cfg.qos.output_depth)
+        out_qos = qos_profile(cfg.qos.output_reliability, cfg.qos.output_depth)
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
+        mode, depth = cfg.qos.input_reliability, cfg.qos.input_depth
         for cam_cfg in cfg.cameras:
             compressed = cam_cfg.transport == 'compressed'
             topic = cam_cfg.subscribed_topic   # <topic>/compressed for compressed transport
@@ -157,19 +175,24 @@ class SegmentationNode(Node):
                 cam.group_pubs[g] = {'mask': self.create_publisher(Image, gb + 'mask', out_qos),
                                      'grid': self.create_publisher(OccupancyGrid, gb + 'grid', out_qos),
                                      'boundary': self.create_publisher(PolygonStamped, gb + 'boundary', out_qos)}
-            self.create_subscription(CompressedImage if compressed else Image, topic, self._make_callback(cam),
-                                     in_qos, event_callbacks=events)
+            cam.image_sub = InputSubscription(self, CompressedImage if compressed else Image, topic,
+                                              self._make_callback(cam), mode, depth, events, self._log.info)
+            cam.stats.input_qos = cam.image_sub.reliability or 'auto: waiting for a publisher'
             if cam_cfg.camera_info_topic:
                 cam.stats.grid_status = f'waiting for CameraInfo on {cam_cfg.camera_info_topic}'
-                self.create_subscription(CameraInfo, cam_cfg.camera_info_topic, self._make_info_callback(cam),
-                                         in_qos, event_callbacks=events)
+                cam.info_sub = InputSubscription(self, CameraInfo, cam_cfg.camera_info_topic,
+                                                 self._make_info_callback(cam), mode, depth, events, self._log.info)
             self.cameras[cam_cfg.name] = cam
             out_ns = self.resolve_topic(base + 'mask').rsplit('/', 1)[0]
-            self._log.info(f'camera {cam_cfg.name}: {cam_cfg.transport} on {topic} -> {out_ns}/...')
+            self._log.info(f'camera {cam_cfg.name}: {cam_cfg.transport} on {topic} (qos.input_reliability={mode}) '
+                           f'-> {out_ns}/...')
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        if mode == 'auto':
+            self._poll_qos()
+            self._qos_timer = self.create_timer(QOS_POLL_S, self._poll_qos, clock=self._steady)
 
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', QoSProfile(depth=10))
-        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics,
-                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics, clock=self._steady)
         self._worker = threading.Thread(target=self._run, name='evit_segmentation_worker', daemon=True)
         self._worker.start()
         d = self.backend.describe()
@@ -199,6 +222,11 @@ class SegmentationNode(Node):
             backend.load()
             if not cfg.backend.build_only:
                 backend.warmup(2)
+        except ModuleNotFoundError as exc:
+            if backend is not None:
+                backend.close()
+            from evit_ros.backends import needed_by
+            raise missing_module_error(exc, needed_by(getattr(backend, 'name', b.type), b)) from exc
         except EvitError as exc:
             if backend is not None:
                 backend.close()
@@ -224,7 +252,7 @@ class SegmentationNode(Node):
     # -- callbacks (executor thread) ---------------------------------------------------------------------
     def _make_callback(self, cam: _Camera) -> Any:
         def callback(msg: Any) -> None:
-            cam.stats.on_receive()
+            cam.stats.on_receive(len(msg.data))
             with self._cond:
                 if cam.pending is not None:
                     cam.stats.on_drop()
@@ -239,11 +267,33 @@ class SegmentationNode(Node):
 
     def _on_incompatible_qos(self, event: Any) -> None:
         self._log.warning(f'a camera publisher has an incompatible QoS ({event}); the node subscribes with '
-                          f'qos.input_reliability={self.cfg.qos.input_reliability}. Use best_effort to match both '
-                          'reliable and best-effort cameras', throttle_duration_sec=10.0)
+                          f'qos.input_reliability={self.cfg.qos.input_reliability}. Use auto (the default) to follow '
+                          'the camera, or best_effort to match both reliable and best-effort cameras',
+                          throttle_duration_sec=10.0)
+
+    def _poll_qos(self) -> None:
+        """auto QoS: (re)subscribe each camera topic as its publishers offer (see evit_ros.ros.qos)."""
+        for cam in self.cameras.values():
+            for sub in (cam.image_sub, cam.info_sub):
+                if sub is None:
+                    continue
+                try:
+                    sub.poll()
+                except Exception as exc:  # noqa: BLE001 - graph queries fail while the context shuts down
+                    if self._stop.is_set():
+                        return
+                    self._log.warning(f'auto QoS on {sub.topic}: {exc}', throttle_duration_sec=10.0)
+            if cam.image_sub is not None and cam.image_sub.reliability:
+                cam.stats.input_qos = cam.image_sub.reliability
 
     def _check_config(self, cfg: NodeConfig) -> None:
         ClassGroups.from_names(cfg.drivable.groups, self.dataset)
+        n = self.dataset.num_classes
+        bad = [cid for cid, _ in cfg.outputs.palette_overrides if cid >= n]
+        if bad:
+            raise ConfigError(f'outputs.palette_overrides names class id(s) {bad}, but {cfg.model.name} has '
+                              f'{n} classes (ids 0..{n - 1}); use an id of one of: '
+                              + ', '.join(f'{i}={c}' for i, c in enumerate(self.dataset.class_names)))
 
     def _apply_config(self, cfg: NodeConfig, changes: dict[str, Any]) -> None:
         self.cfg = cfg
@@ -281,14 +331,23 @@ class SegmentationNode(Node):
             self.segmenter.update(outputs=update.outputs, drivable=update.drivable)
         cfg = self.cfg
         cams, msgs, frames, decode_ms = [], [], [], []
+        shrunk = False
         for cam, msg in taken:
             t0 = time.perf_counter()
             try:
-                rgb = conv.to_rgb(msg)
+                rgb = conv.to_rgb(msg, cfg.input.max_decoded_pixels)
             except FrameError as exc:
                 cam.stats.on_bad(exc.reason)
                 self._log.warning(f'camera {cam.cfg.name}: bad frame ({exc.reason}): {exc}', throttle_duration_sec=5.0)
                 continue
+            except Exception as exc:  # noqa: BLE001 - a decoder failing on hostile data is a bad frame, not an engine fault
+                cam.stats.on_bad('corrupt')
+                self._log.warning(f'camera {cam.cfg.name}: bad frame (corrupt): {type(exc).__name__}: {exc}',
+                                  throttle_duration_sec=5.0)
+                continue
+            pixels = rgb.shape[0] * rgb.shape[1]
+            shrunk = shrunk or pixels < cam.last_pixels // 2
+            cam.last_pixels = pixels
             cams.append(cam)
             msgs.append(msg)
             frames.append(rgb)
@@ -305,6 +364,8 @@ class SegmentationNode(Node):
         want_color = wanted('color_mask', out.color_mask)
         results = self.segmenter.process(frames, want_color=want_color, want_overlay=want_overlay,
                                          want_confidence=want_conf)
+        if shrunk:   # buffers sized for an outlier (larger) frame were just replaced: give the memory back
+            release_free_heap()
         first = results[0].timings_ms
         self.engine_stats.on_batch(len(frames), {'preprocess': first.get('preprocess', 0.0),
                                                  'infer': first.get('infer', 0.0)})
@@ -317,7 +378,15 @@ class SegmentationNode(Node):
             timings['decode'] = dec
             timings['publish'] = (time.perf_counter() - t0) * 1e3
             now_ns = self.get_clock().now().nanoseconds
-            timings['end_to_end'] = (now_ns - conv.stamp_to_ns(msg.header.stamp)) / 1e6
+            stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+            if now_ns == 0:          # use_sim_time without /clock yet: no latency to measure
+                cam.stats.on_stamp('no_clock')
+            elif stamp_ns == 0:
+                cam.stats.on_stamp('zero')
+            elif stamp_ns > now_ns:  # stamped in the future: clock skew or a broken driver; never a negative latency
+                cam.stats.on_stamp('future', (stamp_ns - now_ns) / 1e6)
+            else:
+                timings['end_to_end'] = (now_ns - stamp_ns) / 1e6
             cam.stats.on_result(timings, res.class_fractions,
                                 {g: (r.fraction, r.roi_fraction) for g, r in res.groups.items()})
 
@@ -401,6 +470,11 @@ class SegmentationNode(Node):
         cfg = self.cfg
         name = self.get_fully_qualified_name().lstrip('/') if hasattr(self, 'get_fully_qualified_name') \
             else self.get_name()
+        clock_note = ''
+        if self.get_clock().clock_type == ClockType.ROS_TIME and self.get_clock().now().nanoseconds == 0:
+            clock_note = 'waiting for /clock (use_sim_time is true): no latency until a clock arrives'
+        for c in self.cameras.values():
+            c.stats.clock_note = clock_note
         statuses = [c.stats.status(name, cfg.diagnostics) for c in self.cameras.values()]
         statuses.append(self.engine_stats.status(name, cfg.diagnostics))
         try:
@@ -422,39 +496,98 @@ class SegmentationNode(Node):
         for h in list(self._pylog.handlers):
             self._pylog.removeHandler(h)
 
+    def worker_alive(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
+
     def destroy_node(self) -> None:
-        self.shutdown()
+        self.shutdown(timeout_s=0.5)
+        for cam in getattr(self, 'cameras', {}).values():
+            for sub in (cam.image_sub, cam.info_sub):
+                if sub is not None:
+                    sub.close()
         super().destroy_node()
 
 
+def _fatal(message: str) -> int:
+    rclpy.logging.get_logger(NODE_NAME).fatal(f'startup failed: {message}')
+    return 2
+
+
+def _startup_error(exc: BaseException) -> str:
+    """One line for anything the node construction can raise."""
+    if isinstance(exc, EvitError):
+        return one_line(exc)
+    if isinstance(exc, ModuleNotFoundError):
+        return missing_module_message(exc.name or str(exc), 'the segmentation node')
+    return f'{type(exc).__name__}: {one_line(exc)}'
+
+
 def main(args: list[str] | None = None) -> int:
-    """Console entry point (``segmentation_node``): run until SIGINT/SIGTERM; non-zero exit on bad config."""
-    rclpy.init(args=args)
+    """Console entry point (``segmentation_node``): run until SIGINT/SIGTERM (exit 0); exit 2 on any startup failure.
+
+    rclpy's own signal handlers are off: SIGINT/SIGTERM during startup interrupt it without a traceback, and
+    while running they end the spin loop within 0.1 s. Shutdown keeps to 2 s at any uptime: when the worker
+    is still inside a long inference after its grace time, the process exits without waiting for it.
+    """
+    argv = list(sys.argv if args is None else args)
+    flag = SignalFlag().install()
+    node: SegmentationNode | None = None
     try:
+        check_ros_args(argv)
+        rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
         node = SegmentationNode()
-    except EvitError as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f'startup failed: {exc}')
-        rclpy.try_shutdown()
-        return 2
+    except Interrupted:
+        _quiet_teardown(node)
+        return 0
+    except Exception as exc:  # noqa: BLE001 - every startup failure is one FATAL line
+        code = _fatal(_startup_error(exc))
+        _quiet_teardown(node)
+        return code
+    flag.raise_now = False
     if node.build_only:
-        node.destroy_node()
-        rclpy.try_shutdown()
+        _quiet_teardown(node)
         return 0
     executor = rclpy.executors.SingleThreadedExecutor()
     executor.add_node(node)
+    t_stop = None
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        while not flag.event.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException, Interrupted):
         pass
+    except Exception as exc:  # noqa: BLE001 - report, then shut down cleanly
+        node.get_logger().error(f'executor failed: {type(exc).__name__}: {one_line(exc)}')
     finally:
-        node.shutdown()
-        executor.shutdown(timeout_sec=0.5)
+        t_stop = time.monotonic()
+        node.shutdown(timeout_s=1.0)
+        worker_alive = node.worker_alive()
+        try:
+            executor.shutdown(timeout_sec=0.2)
+        except Exception:  # noqa: BLE001 - shutting down anyway
+            pass
+        if worker_alive:
+            # the worker is inside a long inference: do not wait for it (the 2 s promise), do not free the
+            # backend under it; the OS releases everything
+            node.get_logger().warning(f'worker still busy {time.monotonic() - t_stop:.1f} s after the signal; '
+                                      'exiting without waiting for it')
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        _quiet_teardown(node)
+    return 0
+
+
+def _quiet_teardown(node: SegmentationNode | None) -> None:
+    """Destroy the node (if any) and shut rclpy down, ignoring a context a signal already invalidated."""
+    if node is not None:
         try:
             node.destroy_node()
         except Exception:  # noqa: BLE001 - the context may already be gone
             pass
+    try:
         rclpy.try_shutdown()
-    return 0
+    except Exception:  # noqa: BLE001
+        pass
 
 
 if __name__ == '__main__':

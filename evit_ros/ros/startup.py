@@ -1,0 +1,123 @@
+"""Startup of the node process: check the ROS arguments before rcl sees them, and handle signals ourselves.
+
+Every startup failure ends as one ``FATAL`` line and exit code 2 (rcl's own parser answers a bad params
+file with a multi-line ``RCLError``); SIGINT/SIGTERM at any moment, including while the model loads or
+exports, ends the process with exit code 0 and no traceback.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from evit_ros.errors import ConfigError
+
+
+class Interrupted(BaseException):  # noqa: N818 - not an error: the user asked to stop
+    """Raised in the main thread by SIGINT/SIGTERM while the node starts up."""
+
+
+class SignalFlag:
+    """SIGINT/SIGTERM handler: sets :attr:`event`; while ``raise_now`` is true also raises :class:`Interrupted`."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.raise_now = True
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> SignalFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+        self.event.set()
+        if self.raise_now:
+            self.raise_now = False   # once: cleanup after the first signal must not be interrupted again
+            raise Interrupted(signum)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _ros_args(argv: Sequence[str]) -> list[str]:
+    """The arguments between ``--ros-args`` and ``--``/the end (every such section)."""
+    out: list[str] = []
+    inside = False
+    for a in argv:
+        if a == '--ros-args':
+            inside = True
+        elif a == '--' and inside:
+            inside = False
+        elif inside:
+            out.append(a)
+    return out
+
+
+def check_params_file(path: str) -> None:
+    """The same checks rcl makes, with messages that say what to fix (ConfigError)."""
+    import yaml
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f'params file {path} does not exist; pass an existing YAML, e.g. the installed '
+                          'share/evit_ros/config/evit_ros.yaml')
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        where = getattr(exc, 'problem_mark', None)
+        at = f' at line {where.line + 1}, column {where.column + 1}' if where is not None else ''
+        problem = getattr(exc, 'problem', None) or str(exc).splitlines()[0]
+        raise ConfigError(f'params file {path} is not valid YAML{at}: {problem}; fix the syntax') from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f'params file {path} cannot be read: {exc}') from exc
+    if doc is None:
+        return   # empty file: rcl accepts it, nothing is set
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f'params file {path} holds a YAML {type(doc).__name__}; it must map node names to '
+                          '{ros__parameters: {...}}, e.g. "/**: {ros__parameters: {cameras: [front]}}"')
+    for key, section in doc.items():
+        if not _valid_section(section):
+            raise ConfigError(f'params file {path}: section {key!r} must be a mapping with a ros__parameters '
+                              'mapping inside, e.g. "/**: {ros__parameters: {cameras: [front]}}"')
+
+
+def _valid_section(section: Any) -> bool:
+    """A node section ({ros__parameters: {...}}) or a namespace level whose values are such sections."""
+    if not isinstance(section, Mapping) or not section:
+        return False
+    if 'ros__parameters' in section:
+        return isinstance(section['ros__parameters'], Mapping)
+    return all(_valid_section(v) for v in section.values())
+
+
+def check_ros_args(argv: Sequence[str]) -> None:
+    """ConfigError for a missing/unreadable/malformed ``--params-file`` or an empty ``-p name:=`` override."""
+    args = _ros_args(argv)
+    for i, a in enumerate(args):
+        value = args[i + 1] if i + 1 < len(args) else None
+        if a == '--params-file':
+            if value is None:
+                raise ConfigError('--params-file needs a file name')
+            check_params_file(value)
+        elif a in ('-p', '--param'):
+            if value is None or ':=' not in value:
+                raise ConfigError(f'{a} {value or ""} must look like -p name:=value')
+            name, _, val = value.partition(':=')
+            if not val.strip():
+                raise ConfigError(f'-p {name}:= has no value; write -p "{name}:=\'\'" for an empty string, or '
+                                  'leave the override out to keep the params file/default value')
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line (rcl errors carry source locations and newlines)."""
+    text = ' '.join(str(exc).split())
+    return text if text else type(exc).__name__
+
+
+__all__ = ['Interrupted', 'SignalFlag', 'check_params_file', 'check_ros_args', 'one_line']
