@@ -299,6 +299,10 @@ def parse_palette_overrides(items: Any) -> tuple[tuple[int, tuple[int, int, int]
 
 def parse_roi(values: Any) -> tuple[tuple[float, float], ...]:
     """Flat ``[x0, y0, x1, y1, ...]`` normalized coordinates -> ((x0, y0), ...)."""
+    if isinstance(values, (str, bytes)) or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                                for v in list(values or ())):
+        raise ConfigError(f'drivable.roi={values!r} must be a list of numbers [x0, y0, x1, y1, ...] (normalized), '
+                          'or [] for the whole image')
     vals = [float(v) for v in list(values or ())]
     if len(vals) % 2:
         raise ConfigError(f'drivable.roi has {len(vals)} numbers; give x, y pairs (an even count)')

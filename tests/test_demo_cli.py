@@ -52,7 +52,17 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert 'mIoU' in proc.stdout
+    assert f'ROS_DOMAIN_ID {os.environ["ROS_DOMAIN_ID"]},' in proc.stdout   # the user's domain, not a made-up one
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['frames_out'] > 0
     assert summary['miou'] >= 0.8
     assert (out / 'report.md').is_file()
+
+
+def test_demo_domain_id_honours_ros_domain_id() -> None:
+    from evit_ros.cli.demo_cmd import choose_domain_id
+    assert choose_domain_id(0, {'ROS_DOMAIN_ID': '42'}) == 42
+    assert choose_domain_id(7, {'ROS_DOMAIN_ID': '42'}) == 7           # --domain-id wins
+    assert 100 <= choose_domain_id(0, {}) < 200
+    with pytest.raises(ValueError, match='ROS_DOMAIN_ID'):
+        choose_domain_id(0, {'ROS_DOMAIN_ID': 'abc'})

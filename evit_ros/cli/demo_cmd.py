@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--seed', type=int, default=0, help='synthetic dataset seed (held-out scenes)')
     parser.add_argument('--rate', type=float, default=10.0, help='camera rate in Hz (default 10)')
     parser.add_argument('--domain-id', type=int, default=0,
-                        help='ROS_DOMAIN_ID for the demo (default: a free-ish id derived from the process id)')
+                        help='ROS_DOMAIN_ID for the demo (default: $ROS_DOMAIN_ID when set, else a free-ish id from the pid)')
     parser.add_argument('--node-timeout', type=float, default=60.0,
                         help='seconds to wait for the node to come up (default 60)')
 
@@ -54,6 +54,19 @@ class _Phases:
     @property
     def total(self) -> float:
         return time.perf_counter() - self.t0
+
+
+def choose_domain_id(requested: int = 0, env: dict[str, str] | None = None) -> int:
+    """--domain-id if given, else ROS_DOMAIN_ID when set (the user's network setup wins), else 100 + pid % 100."""
+    if requested:
+        return requested
+    value = (os.environ if env is None else env).get('ROS_DOMAIN_ID', '').strip()
+    if value:
+        try:
+            return int(value)
+        except ValueError as exc:
+            raise ConfigError(f'ROS_DOMAIN_ID={value!r} is not an integer; unset it or use 0-232') from exc
+    return 100 + os.getpid() % 100
 
 
 def _ros_env(domain_id: int) -> dict[str, str]:
@@ -98,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
                           f'--checkpoint (train one with `evit-ros train-synthetic --out {DEFAULT_CHECKPOINT}`)')
     out.mkdir(parents=True, exist_ok=True)
     ph = _Phases()
-    domain_id = args.domain_id or (100 + os.getpid() % 100)
+    domain_id = choose_domain_id(args.domain_id)
 
     ph.start('generate synthetic bag')
     ds = write_synthetic(out / 'data', frames=args.frames, seed=args.seed, height=cfg.input.height,

@@ -51,6 +51,7 @@ class ParamSpec:
     live: bool
     range: tuple[float, float, float] | None = None
     choices: tuple[str, ...] = ()
+    dynamic: bool = False   # declared with dynamic typing: '[]' from the ros2 CLI (a bool array) unsets it
 
     @property
     def constraints(self) -> str:
@@ -113,7 +114,7 @@ GLOBAL_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec('drivable.groups', STRING_ARRAY, ['drivable'], 'Class group names; each gets '
               'drivable.<group>.classes and segmentation/<cam>/drivable/<group>/* outputs', False),
     ParamSpec('drivable.roi', DOUBLE_ARRAY, None, 'Region of interest for roi fractions: normalized '
-              '[x0, y0, x1, y1, ...] polygon (>= 3 points); unset: whole image', True),
+              '[x0, y0, x1, y1, ...] polygon (>= 3 points); unset or []: whole image', True, dynamic=True),
     ParamSpec('grid.resolution_m', DOUBLE, _G.resolution_m, 'Ground grid cell size (m)', True,
               range=(0.01, 5.0, 0.0)),
     ParamSpec('grid.length_m', DOUBLE, _G.length_m, 'Ground grid extent ahead of the vehicle (m)', True,
@@ -185,7 +186,7 @@ def descriptor(spec: ParamSpec) -> Any:
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
     d = ParameterDescriptor(description=spec.description + ('' if spec.live else ' [requires restart]'),
-                            additional_constraints=spec.constraints)
+                            additional_constraints=spec.constraints, dynamic_typing=spec.dynamic)
     if spec.range is not None:
         lo, hi, step = spec.range
         if spec.kind == INT:
@@ -211,7 +212,7 @@ def _plain(value: Any) -> Any:
 
 def _declare(node: Any, spec: ParamSpec) -> Any:
     from rclpy.exceptions import ParameterException
-    default = spec.default if spec.default is not None else _type_of(spec.kind)
+    default = spec.default if spec.default is not None else (None if spec.dynamic else _type_of(spec.kind))
     try:
         param = node.declare_parameter(spec.name, default, descriptor(spec))
     except (ParameterException, TypeError, ValueError) as exc:
@@ -313,6 +314,11 @@ class ParameterGuard:
     def on_set(self, params: list[Any]) -> Any:
         """``add_on_set_parameters_callback`` target."""
         from rcl_interfaces.msg import SetParametersResult
+        from rclpy.parameter import Parameter
+        deleted = [p.name for p in params if p.type_ == Parameter.Type.NOT_SET and p.name in self.specs]
+        if deleted:
+            return SetParametersResult(successful=False, reason=f'{", ".join(deleted)} cannot be deleted; set it to '
+                                       'its default instead (drivable.roi: \'[]\' means the whole image)')
         changes = {p.name: _plain(p.value) for p in params}
         cfg, reason = self.validate(changes)
         if reason:

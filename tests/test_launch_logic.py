@@ -1,0 +1,157 @@
+"""The launch file's decisions, executed for real with small stand-ins for the launch/launch_ros classes (their
+wheels do not exist on PyPI): node-only log level, boolean arguments in any case, a missing params file fails,
+rviz2 missing -> warning and the node alone; and the RViz config subscribes to what the node publishes."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH = REPO / 'launch' / 'segmentation.launch.py'
+
+
+class _Action:
+    def __init__(self, *args, **kwargs) -> None:
+        self.args, self.kwargs = args, kwargs
+
+
+class _Config:
+    def __init__(self, name: str, **kwargs) -> None:
+        self.name = name
+
+    def perform(self, context: dict) -> str:
+        return context[self.name]
+
+
+def _load_launch(monkeypatch, rviz_installed: bool) -> types.ModuleType:
+    fakes = {
+        'launch': {'LaunchDescription': _Action},
+        'launch.actions': {'DeclareLaunchArgument': _Action, 'LogInfo': _Action, 'OpaqueFunction': _Action},
+        'launch.substitutions': {'LaunchConfiguration': _Config, 'PathJoinSubstitution': _Action},
+        'launch_ros': {},
+        'launch_ros.actions': {'Node': _Action},
+        'launch_ros.substitutions': {'FindPackageShare': _Action},
+    }
+    for name, attrs in fakes.items():
+        mod = types.ModuleType(name)
+        for k, v in attrs.items():
+            setattr(mod, k, v)
+        monkeypatch.setitem(sys.modules, name, mod)
+    ament = types.ModuleType('ament_index_python.packages')
+
+    class PackageNotFoundError(KeyError):
+        pass
+
+    def get_package_prefix(name: str) -> str:
+        if name == 'rviz2' and rviz_installed:
+            return '/opt/ros/jazzy'
+        raise PackageNotFoundError(name)
+
+    ament.PackageNotFoundError, ament.get_package_prefix = PackageNotFoundError, get_package_prefix
+    monkeypatch.setitem(sys.modules, 'ament_index_python', types.ModuleType('ament_index_python'))
+    monkeypatch.setitem(sys.modules, 'ament_index_python.packages', ament)
+    spec = importlib.util.spec_from_file_location('evit_launch_under_test', LAUNCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _context(**overrides: str) -> dict:
+    ctx = {'params_file': str(REPO / 'config' / 'evit_ros.yaml'), 'namespace': '', 'use_sim_time': 'false',
+           'rviz': 'false', 'log_level': 'info'}
+    ctx.update(overrides)
+    return ctx
+
+
+def _node(actions: list, executable: str):
+    return next(a for a in actions if a.kwargs.get('executable') == executable)
+
+
+def test_launch_sets_only_the_node_log_level_and_accepts_any_case_booleans(monkeypatch) -> None:
+    launch = _load_launch(monkeypatch, rviz_installed=True)
+    desc = launch.generate_launch_description()
+    assert any(isinstance(a, _Action) and a.kwargs.get('function') is launch._actions for a in desc.args[0])
+    actions = launch._actions(_context(namespace='/car1', use_sim_time='True', log_level='debug'))
+    node = _node(actions, 'segmentation_node')
+    assert node.kwargs['arguments'] == ['--ros-args', '--log-level', 'car1.evit_segmentation:=debug']
+    assert node.kwargs['parameters'][1] == {'use_sim_time': True}
+    assert node.kwargs['namespace'] == '/car1'
+    for text, value in (('TRUE', True), ('1', True), ('False', False), ('no', False)):
+        assert launch.as_bool('use_sim_time', text) is value
+    with pytest.raises(RuntimeError, match='not a boolean'):
+        launch.as_bool('use_sim_time', 'maybe')
+    with pytest.raises(RuntimeError, match='log_level'):
+        launch._actions(_context(log_level='verbose'))
+
+
+def test_launch_fails_on_a_missing_params_file(monkeypatch, tmp_path) -> None:
+    launch = _load_launch(monkeypatch, rviz_installed=True)
+    with pytest.raises(RuntimeError, match='does not exist'):
+        launch._actions(_context(params_file=str(tmp_path / 'nope.yaml')))
+
+
+def test_launch_without_rviz2_warns_and_runs_the_node_alone(monkeypatch) -> None:
+    launch = _load_launch(monkeypatch, rviz_installed=False)
+    actions = launch._actions(_context(rviz='true'))
+    assert [a.kwargs.get('executable') for a in actions if 'executable' in a.kwargs] == ['segmentation_node']
+    warnings = [a.kwargs['msg'] for a in actions if 'msg' in a.kwargs]
+    assert len(warnings) == 1 and 'rviz2 is not installed' in warnings[0]
+    launch = _load_launch(monkeypatch, rviz_installed=True)
+    rviz = _node(launch._actions(_context(rviz='True')), 'rviz2')
+    assert rviz.kwargs['parameters'] == [{'use_sim_time': False}]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# RViz config against the node's outputs
+
+_DISPLAY_TYPES = {'rviz_default_plugins/Image': 'Image', 'rviz_default_plugins/Map': 'OccupancyGrid',
+                  'rviz_default_plugins/Polygon': 'PolygonStamped'}
+_RVIZ_RELIABILITY = {'Reliable': 'reliable', 'Best Effort': 'best_effort'}
+
+
+def _node_outputs(cfg) -> dict[str, str]:
+    """Every topic the node publishes for this configuration -> message type (relative names, as in RViz)."""
+    out = {}
+    for cam in cfg.cameras:
+        base = f'segmentation/{cam.name}/'
+        for name in ('mask', 'color_mask', 'overlay', 'confidence'):
+            out[base + name] = 'Image'
+        for g, _ in cfg.drivable.groups:
+            out[f'{base}drivable/{g}/mask'] = 'Image'
+            out[f'{base}drivable/{g}/grid'] = 'OccupancyGrid'
+            out[f'{base}drivable/{g}/boundary'] = 'PolygonStamped'
+    return out
+
+
+def test_every_rviz_display_matches_a_node_output_or_the_camera() -> None:
+    from evit_ros.config import load_config
+    cfg = load_config(REPO / 'config' / 'evit_ros.yaml')
+    outputs = _node_outputs(cfg)
+    cameras = {c.subscribed_topic: c for c in cfg.cameras}
+    doc = yaml.safe_load((REPO / 'config' / 'evit_ros.rviz').read_text())
+    displays = [d for d in doc['Visualization Manager']['Displays'] if 'Topic' in d]
+    assert len(displays) >= 4
+    seen_camera = False
+    for d in displays:
+        topic = d['Topic']['Value']
+        kind = _DISPLAY_TYPES[d['Class']]
+        reliability = _RVIZ_RELIABILITY[d['Topic']['Reliability Policy']]
+        assert d['Topic']['Durability Policy'] == 'Volatile', d['Name']
+        if topic in cameras:
+            seen_camera = True
+            assert kind == 'Image' and cameras[topic].transport == 'raw'
+            # cameras publish reliable by default; RViz must subscribe as the camera publishes (a best-effort
+            # subscription to a reliable camera of large frames loses them through Fast DDS's 512 KiB segment)
+            assert reliability == 'reliable', d['Name']
+            continue
+        assert topic in outputs, f'RViz display {d["Name"]!r} subscribes {topic}, which the node does not publish'
+        assert outputs[topic] == kind, d['Name']
+        assert reliability == cfg.qos.output_reliability, d['Name']
+        if 'Update Topic' in d:   # the Map display's incremental updates: the node publishes whole grids only
+            assert d['Update Topic']['Value'] == topic + '_updates'
+    assert seen_camera
