@@ -9,9 +9,9 @@ parameters sit under ``/**`` so they apply inside any ``namespace``. ``use_sim_t
 true/false in any case (True, 1, yes). ``log_level`` applies to the node's own logger only, not to rcl/rmw.
 ``rviz:=true`` without rviz2 installed warns and runs the node alone.
 """
-from pathlib import Path
+from pathlib import Path  # noqa: I001 - launch is the ROS package, not ./launch
 
-from launch import LaunchDescription  # noqa: I001 - launch is the ROS package, not ./launch
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node

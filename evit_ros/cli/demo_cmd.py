@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--seed', type=int, default=0, help='synthetic dataset seed (held-out scenes)')
     parser.add_argument('--rate', type=float, default=10.0, help='camera rate in Hz (default 10)')
     parser.add_argument('--domain-id', type=int, default=0,
-                        help='ROS_DOMAIN_ID for the demo (default: $ROS_DOMAIN_ID when set, else a free-ish id from the pid)')
+                        help='ROS_DOMAIN_ID for the demo (default: $ROS_DOMAIN_ID if set, else one from the pid)')
     parser.add_argument('--node-timeout', type=float, default=60.0,
                         help='seconds to wait for the node to come up (default 60)')
 

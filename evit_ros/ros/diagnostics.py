@@ -151,7 +151,7 @@ class CameraStats:
         if silent_for > cfg.silence_timeout_s:
             if last_rx is None:
                 level = max(level, WARN)
-                msgs.append(f'no frames received yet on {self.topic}')
+                msgs.append(f'no frames received yet on {self.topic}' + lost_frames_hint(self.input_qos, 0))
             else:
                 level = ERROR
                 msgs.append(f'camera silent for {silent_for:.1f} s on {self.topic}')
@@ -185,15 +185,22 @@ class CameraStats:
         return st
 
 
+LOST_FRAMES_FIX = ('Fix: start the camera and the node with the shipped Fast DDS profile '
+                   '(FASTRTPS_DEFAULT_PROFILES_FILE=<share>/evit_ros/config/fastdds_large_frames.xml), or use '
+                   'compressed transport (cameras.<cam>.transport: compressed), or publish the camera reliable '
+                   '(qos.input_reliability auto follows it)')
+
+
 def lost_frames_hint(input_qos: str, frame_bytes: int) -> str:
-    """Why frames go missing and the two fixes, when the subscription is best effort and frames are large."""
-    if input_qos != 'best_effort' or frame_bytes <= SHM_SEGMENT_BYTES:
+    """Why frames go missing and the fixes, when the subscription is best effort and frames are large.
+
+    ``frame_bytes`` 0: no frame has arrived yet, so the size is unknown.
+    """
+    if input_qos != 'best_effort' or (frame_bytes and frame_bytes <= SHM_SEGMENT_BYTES):
         return ''
-    return (f': frames of {frame_bytes // 1024} KiB arrive best effort, and Fast DDS loses best-effort samples larger '
-            f'than its {SHM_SEGMENT_BYTES // 1024} KiB shared-memory segment. Fix: publish the camera reliable (the '
-            'node follows with qos.input_reliability auto), or start both processes with the shipped profile '
-            '(FASTRTPS_DEFAULT_PROFILES_FILE=<share>/evit_ros/config/fastdds_large_frames.xml), or use compressed '
-            'transport')
+    size = f'frames of {frame_bytes // 1024} KiB' if frame_bytes else 'frames larger than 512 KiB'
+    return (f': the camera publishes best effort and Fast DDS loses best-effort {size} (over its '
+            f'{SHM_SEGMENT_BYTES // 1024} KiB shared-memory segment). {LOST_FRAMES_FIX}')
 
 
 class EngineStats:
