@@ -104,6 +104,11 @@ class RoiMask:
             hit = self._cache[key] = (inside, cv2.bitwise_not(inside), int(cv2.countNonZero(inside)))
         return hit
 
+    def retain(self, sizes: set[tuple[int, int]]) -> None:
+        """Forget the masks of every other image size (an outlier frame's masks must not stay for good)."""
+        for key in [k for k in self._cache if k not in sizes]:
+            del self._cache[key]
+
     def fraction(self, group_mask: np.ndarray, scratch: np.ndarray | None = None) -> float:
         """Share of the ROI's pixels that are in the group (0.0 for an empty ROI)."""
         inside, _, count = self.masks(group_mask.shape[:2])

@@ -57,11 +57,13 @@ class _Slot:
         self.hw: tuple[int, int] | None = None
         self.buffers: dict[str, np.ndarray] = {}
 
-    def fit(self, frame_hw: tuple[int, int]) -> None:
+    def fit(self, frame_hw: tuple[int, int]) -> bool:
         """Drop every buffer when the camera frame size changes, so none sized for an outlier frame stays."""
-        if frame_hw != self.hw:
-            self.hw = frame_hw
-            self.buffers.clear()
+        if frame_hw == self.hw:
+            return False
+        self.hw = frame_hw
+        self.buffers.clear()
+        return True
 
     def get(self, name: str, shape: tuple[int, ...], dtype: type = np.uint8) -> np.ndarray:
         buf = self.buffers.get(name)
@@ -147,13 +149,20 @@ class Segmenter:
             pre_ms, inf_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
             for i, frame in enumerate(part):
                 tp = time.perf_counter()
-                self._slots[start + i].fit(frame.shape[:2])
+                if self._slots[start + i].fit(frame.shape[:2]):
+                    self._forget_other_sizes()
                 fr = self._postprocess(self._slots[start + i], frame, batch[i], plans[i], labels_b[i],
                                        None if conf_b is None else conf_b[i], want_color, want_overlay)
                 fr.timings_ms = {'preprocess': pre_ms, 'infer': inf_ms,
                                  'postprocess': (time.perf_counter() - tp) * 1e3}
                 results.append(fr)
         return results
+
+    def _forget_other_sizes(self) -> None:
+        """Size-keyed caches keep only the sizes the slots hold now (bounded memory after an outlier frame)."""
+        sizes = {s.hw for s in self._slots if s.hw is not None}
+        sizes |= {self.preprocessor.out_hw}
+        self.roi.retain(sizes)
 
     @staticmethod
     def _check_frame(frame: np.ndarray, index: int) -> None:
