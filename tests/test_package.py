@@ -33,6 +33,26 @@ def test_package_xml_declares_ament_python_and_runtime_deps() -> None:
     assert {e.text for e in root.findall('test_depend')} >= {'python3-pytest'}
 
 
+
+# rosdep keys checked against ros/rosdistro rosdep/python.yaml (snapshot of 2026-08-22): these exist there.
+# onnx, TensorRT and cuda-python have no key, so package.xml names them in a comment instead.
+ROSDEP_PYTHON_KEYS = {'python3-numpy', 'python3-opencv', 'python3-yaml', 'python3-onnxruntime-pip', 'python3-torch',
+                      'python3-pytest'}
+
+
+def test_package_xml_runtime_deps_use_real_rosdep_keys_with_a_comment_for_per_backend_ones() -> None:
+    text = (REPO / 'package.xml').read_text()
+    root = ET.parse(REPO / 'package.xml').getroot()
+    deps = [e.text for e in root.findall('exec_depend')]
+    assert 'python3-onnxruntime-pip' in deps and 'python3-torch' in deps
+    for dep in deps:
+        assert not dep.startswith('python') or dep in ROSDEP_PYTHON_KEYS, f'{dep} is not a known rosdep key'
+    for key in ('python3-onnxruntime-pip', 'python3-torch'):   # per-backend: a comment right before says who needs it
+        before = text[:text.index(f'<exec_depend>{key}</exec_depend>')].rstrip()
+        assert before.endswith('-->'), key
+    assert 'onnx' in text and 'cuda-python' in text and 'TensorRT' in text
+
+
 @pytest.mark.slow
 def test_colcon_build_installs_where_ros_expects(tmp_path: Path) -> None:
     colcon = VENV_BIN / 'colcon'

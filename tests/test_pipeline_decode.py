@@ -135,3 +135,40 @@ def test_identical_to_cv_bridge(encoding: str) -> None:
     msg = Image(height=H, width=W, encoding=encoding, step=W * bpp, is_bigendian=0, data=packed.tobytes())
     ref = cv_bridge.CvBridge().imgmsg_to_cv2(msg, desired_encoding='rgb8')
     np.testing.assert_array_equal(decode_image(packed.tobytes(), encoding, H, W, W * bpp), ref)
+
+
+def test_step_larger_than_the_data_is_refused_never_padded() -> None:
+    # 1x1 rgb8 with step 2^32-1 and 3 bytes: used to allocate 4 GB of padding
+    with pytest.raises(FrameError) as ei:
+        decode_image(b'\x01\x02\x03', 'rgb8', 1, 1, 2**32 - 1)
+    assert ei.value.reason == 'step' and 'larger than the data implies' in str(ei.value)
+    # only the last row's padding missing: refused as well (the data does not match step * height)
+    with pytest.raises(FrameError) as ei:
+        decode_image(b'\x00' * (16 + 12), 'rgb8', 2, 4, 16)
+    assert ei.value.reason == 'step'
+
+
+def test_max_pixels_refuses_raw_and_compressed_before_decoding() -> None:
+    import struct
+    with pytest.raises(FrameError) as ei:
+        decode_image(b'', 'mono8', 5000, 4000, 4000, max_pixels=16_000_000)
+    assert ei.value.reason == 'size' and 'input.max_decoded_pixels' in str(ei.value)
+    ok, enc = cv2.imencode('.jpg', np.zeros((16, 16, 3), np.uint8))
+    data = bytearray(enc.tobytes())
+    sof = data.find(b'\xff\xc0')
+    data[sof + 5:sof + 9] = struct.pack('>HH', 65500, 65500)
+    with pytest.raises(FrameError) as ei:
+        decode_compressed(bytes(data), 'jpeg')
+    assert ei.value.reason == 'size' and '65500x65500' in str(ei.value)
+    # above the limit of OpenCV itself: its cv2.error is a corrupt frame, not an engine failure
+    with pytest.raises(FrameError) as ei:
+        decode_compressed(bytes(data), 'jpeg', max_pixels=1 << 40)
+    assert ei.value.reason == 'corrupt'
+    png = cv2.imencode('.png', np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    huge = png[:16] + struct.pack('>II', 16384, 16384) + png[24:]
+    with pytest.raises(FrameError) as ei:
+        decode_compressed(huge, 'png')
+    assert ei.value.reason == 'size'
+    from evit_ros.pipeline.decode import compressed_size
+    assert compressed_size(np.frombuffer(png, np.uint8)) == ('png', 8, 8)
+    assert compressed_size(np.frombuffer(enc.tobytes(), np.uint8)) == ('jpeg', 16, 16)

@@ -69,3 +69,14 @@ def test_engine_status_reports_backend_and_failures() -> None:
     e.on_error('BackendError: boom')
     s = e.status('n', CFG)
     assert s.level == b'\x02' and 'boom' in s.message
+
+
+
+def test_lost_frames_warning_names_the_cause_and_both_fixes() -> None:
+    from evit_ros.ros.diagnostics import lost_frames_hint
+    hint = lost_frames_hint('best_effort', 6 * 1024 * 1024)
+    assert '6144 KiB' in hint and '512 KiB' in hint and 'best effort' in hint
+    assert 'fastdds_large_frames.xml' in hint and 'compressed' in hint
+    assert lost_frames_hint('reliable', 6 * 1024 * 1024) == ''          # reliable frames are not lost this way
+    assert lost_frames_hint('best_effort', 300 * 1024) == ''            # small frames fit the segment
+    assert 'larger than 512 KiB' in lost_frames_hint('best_effort', 0)  # nothing arrived yet: size unknown

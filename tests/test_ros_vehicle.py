@@ -21,13 +21,12 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from test_ros_node import export_test_onnx, wait_for  # noqa: E402
 
 from evit_ros.errors import ConfigError  # noqa: E402
 from evit_ros.ros import conversions as conv  # noqa: E402
 from evit_ros.ros.qos import decide_reliability  # noqa: E402
 from evit_ros.ros.segmentation_node import SegmentationNode  # noqa: E402
-
-from test_ros_node import export_test_onnx, wait_for  # noqa: E402
 
 RELIABLE = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 BEST_EFFORT = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)

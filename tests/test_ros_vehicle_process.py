@@ -27,10 +27,9 @@ pytest.importorskip('torch')
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from test_ros_node import export_test_onnx  # noqa: E402
 
 from evit_ros.ros import conversions as conv  # noqa: E402
-
-from test_ros_node import export_test_onnx  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RELIABLE = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
@@ -91,7 +90,8 @@ def _assert_one_fatal(text: str) -> str:
     (lambda d: ['--params-file', str(d / 'missing.yaml')], ['missing.yaml', 'does not exist']),
     (lambda d: ['--params-file', str(_write(d / 'syntax.yaml', '/**:\n  ros__parameters:\n    cameras: [front\n'))],
      ['not valid YAML', 'line']),
-    (lambda d: ['--params-file', str(_write(d / 'list.yaml', '- cameras: [front]\n'))], ['YAML list', 'ros__parameters']),
+    (lambda d: ['--params-file', str(_write(d / 'list.yaml', '- cameras: [front]\n'))],
+     ['YAML list', 'ros__parameters']),
     (lambda d: ['-p', 'backend.onnx_path:='], ['backend.onnx_path', "''"]),
 ], ids=['missing-file', 'yaml-syntax', 'yaml-list', 'empty-override'])
 def test_every_startup_failure_is_one_fatal_line_and_exit_2(tmp_path, make, needles) -> None:
