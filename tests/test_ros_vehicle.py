@@ -19,7 +19,7 @@ from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from test_ros_node import export_test_onnx, wait_for  # noqa: E402
 
@@ -145,6 +145,14 @@ def test_auto_qos_follows_the_publishers_of_image_and_camera_info(onnx) -> None:
         assert cam.info_sub.reliability == 'reliable'   # decided per topic
         t.destroy_publisher(best_effort)
         wait_for(lambda: cam.image_sub.reliability == 'reliable', 10, 'back to reliable')
+        # a latched CameraInfo (transient local, as many drivers publish it) is received although sent before
+        t.destroy_publisher(info)
+        latched_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        latched = t.create_publisher(CameraInfo, '/front/camera_info', latched_qos)
+        latched.publish(CameraInfo(height=48, width=80, k=[50.0, 0.0, 40.0, 0.0, 50.0, 24.0, 0.0, 0.0, 1.0]))
+        wait_for(lambda: cam.info_sub.transient_local, 10, 'a transient-local CameraInfo subscription')
+        wait_for(lambda: cam.info is not None and cam.info[1:] == (48, 80), 10, 'the latched CameraInfo')
         values = {kv.key: kv.value for kv in rig.camera_status(time.monotonic()).values}
         assert values['input_qos'] == 'reliable'
     finally:

@@ -22,15 +22,20 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 RELIABILITY_POLICIES = {'best_effort': ReliabilityPolicy.BEST_EFFORT, 'reliable': ReliabilityPolicy.RELIABLE}
 
 
-def qos_profile(reliability: str, depth: int) -> QoSProfile:
-    """KEEP_LAST ``depth``, volatile, with ``reliability`` ('best_effort' or 'reliable')."""
+def qos_profile(reliability: str, depth: int, transient_local: bool = False) -> QoSProfile:
+    """KEEP_LAST ``depth`` with ``reliability`` ('best_effort' or 'reliable'); volatile unless ``transient_local``."""
+    durability = DurabilityPolicy.TRANSIENT_LOCAL if transient_local else DurabilityPolicy.VOLATILE
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(depth),
-                      reliability=RELIABILITY_POLICIES[reliability], durability=DurabilityPolicy.VOLATILE)
+                      reliability=RELIABILITY_POLICIES[reliability], durability=durability)
 
 
 def offered_reliability(info: Any) -> str:
     """'reliable' or 'best_effort' offered by one publisher (``TopicEndpointInfo``)."""
     return 'reliable' if info.qos_profile.reliability == ReliabilityPolicy.RELIABLE else 'best_effort'
+
+
+def offers_transient_local(info: Any) -> bool:
+    return bool(info.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def decide_reliability(offered: Iterable[str]) -> str | None:
@@ -60,39 +65,44 @@ class InputSubscription:
         self.event_callbacks = event_callbacks
         self.on_change = on_change
         self.reliability = ''
+        self.transient_local = False
         self.subscription: Any = None
-        self.publishers: frozenset[tuple[Any, str]] = frozenset()
+        self.publishers: frozenset[tuple[Any, str, bool]] = frozenset()
         if mode != 'auto':
             self._subscribe(mode)
 
-    def _subscribe(self, reliability: str) -> None:
+    def _subscribe(self, reliability: str, transient_local: bool = False) -> None:
         if self.subscription is not None:
             self.node.destroy_subscription(self.subscription)
             self.subscription = None
         kwargs = {'event_callbacks': self.event_callbacks} if self.event_callbacks is not None else {}
-        self.subscription = self.node.create_subscription(self.msg_type, self.topic, self.callback,
-                                                          qos_profile(reliability, self.depth), **kwargs)
+        self.subscription = self.node.create_subscription(
+            self.msg_type, self.topic, self.callback, qos_profile(reliability, self.depth, transient_local), **kwargs)
         self.reliability = reliability
+        self.transient_local = transient_local
 
     def poll(self) -> bool:
         """Re-decide from the current publishers (auto mode); True when the subscription was (re)created."""
         if self.mode != 'auto':
             return False
         infos = self.node.get_publishers_info_by_topic(self.topic)
-        current = frozenset((tuple(i.endpoint_gid), offered_reliability(i)) for i in infos)
+        current = frozenset((tuple(i.endpoint_gid), offered_reliability(i), offers_transient_local(i))
+                            for i in infos)
         if current == self.publishers:
             return False
         self.publishers = current
-        decided = decide_reliability(r for _, r in current)
-        if decided is None or decided == self.reliability:
+        decided = decide_reliability(r for _, r, _ in current)
+        # transient local (latched, e.g. CameraInfo) only when every publisher keeps its last sample
+        latched = bool(current) and all(t for _, _, t in current)
+        if decided is None or (decided, latched) == (self.reliability, self.transient_local):
             return False
         before = self.reliability
-        self._subscribe(decided)
+        self._subscribe(decided, latched)
         if self.on_change is not None:
-            n_rel = sum(1 for _, r in current if r == 'reliable')
+            n_rel = sum(1 for _, r, _ in current if r == 'reliable')
             offered = f'{n_rel} of {len(current)} publisher(s) offer reliable'
             self.on_change(f'{self.topic}: {offered} -> subscribing {decided}'
-                           + (f' (was {before})' if before else ''))
+                           + (', transient local' if latched else '') + (f' (was {before})' if before else ''))
         return True
 
     def close(self) -> None:
