@@ -336,7 +336,8 @@ def _stop(proc: subprocess.Popen, sig: int) -> tuple[int, float]:
 @pytest.mark.skipif(not Path('/proc/self/status').is_file(), reason='needs /proc for RSS')
 def test_real_sizes_fuzz_corpus_bounded_memory_and_fast_sigint_after_many_frames(tmp_path, onnx, capsys) -> None:
     params = {**_base(onnx), 'cameras': '[front, rear]', 'cameras.rear.transport': 'compressed',
-              'outputs.overlay': 'false', 'outputs.confidence': 'false'}
+              'outputs.overlay': 'false', 'outputs.confidence': 'false',
+              'qos.input_depth': '5'}   # a bad frame then a good one: both reach the node, a replaced one is counted
     log = tmp_path / 'node.log'
     with open(log, 'w') as out:
         proc = subprocess.Popen(_cmd(params), stdout=out, stderr=subprocess.STDOUT, env=_env(tmp_path))
@@ -373,7 +374,7 @@ def test_real_sizes_fuzz_corpus_bounded_memory_and_fast_sigint_after_many_frames
                 pub = front if cam == 'front' else rear
                 bad.header.stamp.sec = 1
                 pub.publish(bad)
-                time.sleep(0.05)   # keep-last 1 on both sides: let the bad frame reach the worker before the good one
+                time.sleep(0.05)   # usually lets the worker see the bad frame alone (else it is counted as replaced)
                 t0 = time.monotonic()
                 t.closed_loop(pub, _rgb8((480, 640)) if cam == 'front' else good_jpeg, proc, log, timeout=20)
                 worst = max(worst, time.monotonic() - t0)
@@ -396,7 +397,7 @@ def test_real_sizes_fuzz_corpus_bounded_memory_and_fast_sigint_after_many_frames
             bad = int(fr['bad_frames']) + int(rr['bad_frames'])
             dropped = int(fr['dropped_frames']) + int(rr['dropped_frames'])
             # all but the outlier and the in-limit bogus JPEG (both decode) are bad frames; a replaced one is counted
-            assert bad + dropped >= len(corpus) - 2 and dropped <= 2, (fr, rr)
+            assert bad + dropped >= len(corpus) - 2 and bad >= len(corpus) // 2, (fr, rr)
             for key in ('bad_frames.step', 'bad_frames.size', 'bad_frames.corrupt', 'bad_frames.truncated'):
                 assert key in fr or key in rr, key
             report['bad_frames'] = {k: v for d in (fr, rr) for k, v in d.items() if k.startswith('bad_frames.')}
