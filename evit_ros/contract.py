@@ -15,6 +15,9 @@ An exported graph takes camera pixels and returns task outputs, so hosts only co
   ``labels-lowres``             ``labels`` ``[N, H/8, W/8]`` class ids at 1/8 of the model size
   ``labels+confidence``         ``labels`` as ``labels`` plus ``confidence`` uint8 ``[N, H, W]``
                                 (max softmax probability scaled to 0..255)
+  ``labels+logits``             ``labels`` as ``labels`` plus ``logits`` as ``logits`` (the node's head:
+                                exact labels in the engine; confidence only when subscribed, from
+                                the 1/8 logits on the host, so the engine never computes it)
   ============================  =====================================================================
 
   Class ids are uint8 unless the graph was exported with ``labels_dtype='int32'`` (TensorRT versions
@@ -27,12 +30,13 @@ LOGITS_NAME = 'logits'
 LABELS_NAME = 'labels'
 CONFIDENCE_NAME = 'confidence'
 
-HEADS: tuple[str, ...] = ('logits', 'labels', 'labels-lowres', 'labels+confidence')
+HEADS: tuple[str, ...] = ('logits', 'labels', 'labels-lowres', 'labels+confidence', 'labels+logits')
 HEAD_OUTPUTS: dict[str, tuple[str, ...]] = {
     'logits': (LOGITS_NAME,),
     'labels': (LABELS_NAME,),
     'labels-lowres': (LABELS_NAME,),
     'labels+confidence': (LABELS_NAME, CONFIDENCE_NAME),
+    'labels+logits': (LABELS_NAME, LOGITS_NAME),
 }
 INPUT_FORMATS: tuple[str, ...] = ('uint8-nhwc', 'float-nchw')
 

@@ -54,6 +54,7 @@ EXPECTED = {  # head -> [(name, dtype, shape)]
     'labels': [('labels', np.uint8, (1, H, W))],
     'labels-lowres': [('labels', np.uint8, (1, H // 8, W // 8))],
     'labels+confidence': [('labels', np.uint8, (1, H, W)), ('confidence', np.uint8, (1, H, W))],
+    'labels+logits': [('labels', np.uint8, (1, H, W)), ('logits', np.float32, (1, 19, H // 8, W // 8))],
 }
 
 

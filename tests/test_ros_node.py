@@ -239,9 +239,11 @@ def test_every_output_matches_the_pipeline_on_both_cameras(h, reference) -> None
     got_l = h.send('left', left_msg, [f'/segmentation/left/{o}' for o in OUTPUTS] + grid_topics)
 
     # end to end on the node clock: the sim clock stands at CLOCK_S, so latency is exactly clock - stamp
-    e2e = list(h.node.cameras['front'].stats.stages['end_to_end'].samples)
-    assert 250.0 in e2e
-    assert 400.0 in list(h.node.cameras['left'].stats.stages['end_to_end'].samples)
+    # (statistics are recorded right after the camera's last publish: wait for them, do not race them)
+    wait_for(lambda: 250.0 in list(h.node.cameras['front'].stats.stages['end_to_end'].samples),
+             what='front end-to-end sample')
+    wait_for(lambda: 400.0 in list(h.node.cameras['left'].stats.stages['end_to_end'].samples),
+             what='left end-to-end sample')
 
     left_rgb = decode_compressed(np.frombuffer(bytes(left_msg.data), np.uint8))
     for cam, rgb, got, stamp, fid in (('front', front, got_f, st_f, 'front_optical'),
@@ -378,13 +380,18 @@ def test_malformed_frames_are_counted_and_survived(h) -> None:
 def test_latest_frame_wins_and_overlay_confidence_only_while_subscribed(h) -> None:
     node = h.node
     calls: list[dict] = []
-    real = node.segmenter.process
+    real, real_derive = node.segmenter.run_labels, node.segmenter.derive
 
-    def spy(frames, **kw):
-        calls.append(dict(kw, n=len(frames)))
+    def spy(frames, **kw):   # phase 1 (labels, confidence) then derive per frame (color, overlay, groups)
+        calls.append({'n': len(frames), 'want_confidence': any(kw['want_confidence']), 'want_overlay': False})
         return real(frames, **kw)
 
-    node.segmenter.process = spy
+    def spy_derive(fr, **kw):
+        calls[-1]['want_overlay'] |= bool(kw['want_overlay'])
+        return real_derive(fr, **kw)
+
+    node.segmenter.run_labels = spy
+    node.segmenter.derive = spy_derive
     try:
         cam = node.cameras['front']
         cb = node._make_callback(cam)
@@ -415,4 +422,5 @@ def test_latest_frame_wins_and_overlay_confidence_only_while_subscribed(h) -> No
         wait_for(lambda: h.by_stamp('/segmentation/left/mask', _stamp(71)) is not None, what='batched output')
         assert calls[-1]['n'] == 2
     finally:
-        node.segmenter.process = real
+        node.segmenter.run_labels = real
+        node.segmenter.derive = real_derive

@@ -82,6 +82,7 @@ def _concrete(spec: TensorSpec, meta: dict[str, str]) -> TensorSpec:
     head = meta.get(contract.META_HEAD, '')
     hw = (mh // 8, mw // 8) if head in ('logits', 'labels-lowres') else (ih, iw)
     if spec.name == contract.LOGITS_NAME:
+        hw = (mh // 8, mw // 8)
         channels = spec.shape[1] if spec.shape[1] > 0 else len(json.loads(meta.get(contract.META_CLASSES, '[]')))
         return TensorSpec(spec.name, (spec.shape[0], channels, *hw), spec.dtype)
     return TensorSpec(spec.name, (spec.shape[0], *hw), spec.dtype)
@@ -93,10 +94,11 @@ class OnnxRuntimeBackend(InferenceBackend):
     name = 'onnxruntime'
 
     def __init__(self, onnx_path: str | Path, *, threads: int = 0, device: str = 'auto',
-                 logger: logging.Logger | None = None) -> None:
+                 logger: logging.Logger | None = None, spin_wait: bool = False) -> None:
         super().__init__()
         self.onnx_path = Path(onnx_path)
         self.threads = int(threads)
+        self.spin_wait = bool(spin_wait)
         self.device = device
         self._log = logger or log
         self._session: Any = None
@@ -120,6 +122,11 @@ class OnnxRuntimeBackend(InferenceBackend):
         if self.threads > 0:
             opts.intra_op_num_threads = self.threads
             opts.inter_op_num_threads = 1
+        if not self.spin_wait:
+            # after each run ONNX Runtime's worker threads spin-wait for more work by default, on the very cores
+            # the node's host work (postprocess, publish) and DDS need next; on a 2-core machine that slowed
+            # both inference and host work (see the README's measurements)
+            opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
         opts.log_severity_level = 3
         try:
             sess = ort.InferenceSession(str(self.onnx_path), sess_options=opts, providers=requested)

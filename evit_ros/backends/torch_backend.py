@@ -81,7 +81,7 @@ class TorchBackend(InferenceBackend):
         outputs: list[TensorSpec] = []
         for name in contract.HEAD_OUTPUTS[self.head]:
             if name == contract.LOGITS_NAME:
-                outputs.append(TensorSpec(name, (-1, ds.num_classes, *out_hw), 'float32'))
+                outputs.append(TensorSpec(name, (-1, ds.num_classes, h // 8, w // 8), 'float32'))
             else:
                 outputs.append(TensorSpec(name, (-1, *out_hw), 'uint8'))
         self._io = ModelIO(model_name=self.model_name, head=self.head, input_format='uint8-nhwc',

@@ -25,9 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--height', type=int, help='network input height (multiple of 32)')
     parser.add_argument('--width', type=int, help='network input width (multiple of 32)')
     parser.add_argument('--camera-size', metavar='HxW', help='camera frame size (default: the input size)')
-    parser.add_argument('--head', choices=('labels', 'labels+confidence', 'labels-lowres'), default='labels+confidence',
-                        help='graph head (default labels+confidence, as the node; labels compares like for like '
-                             'with torch-eager-host)')
+    parser.add_argument('--head', choices=('labels', 'labels+logits', 'labels+confidence', 'labels-lowres'),
+                        default='labels+logits',
+                        help='graph head (default labels+logits, as the node, with confidence computed from the '
+                             '1/8 logits; labels compares like for like with torch-eager-host)')
     parser.add_argument('--batch', type=int, default=1, help='frames per run (cameras sharing the engine)')
     parser.add_argument('--iters', type=int, default=20, help='timed iterations after warm-up')
     parser.add_argument('--warmup', type=int, default=3, help='untimed iterations first')

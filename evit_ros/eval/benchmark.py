@@ -98,7 +98,7 @@ class _PipelineRunner:
         from evit_ros.datasets import dataset_for_model
         from evit_ros.pipeline import Segmenter
         self.backend = create_backend(backend_cfg, model=model, input_cfg=input_cfg, head=head, max_batch=batch)
-        self.want_confidence = head == 'labels+confidence'
+        self.want_confidence = head in ('labels+confidence', 'labels+logits')
         self.backend.load()
         self.segmenter = Segmenter(self.backend, input_cfg=input_cfg, outputs=OutputConfig(),
                                    drivable=DrivableConfig(), dataset=dataset_for_model(model.name))
@@ -121,10 +121,10 @@ class _PipelineRunner:
 
 def run_benchmark(*, backend: str, model: ModelConfig, input_cfg: InputConfig, camera_hw: tuple[int, int],
                   batch: int = 1, iters: int = 20, warmup: int = 3, threads: int = 0,
-                  backend_cfg: BackendConfig | None = None, head: str = 'labels+confidence') -> dict[str, Any]:
+                  backend_cfg: BackendConfig | None = None, head: str = 'labels+logits') -> dict[str, Any]:
     """Warm up, then time ``iters`` batches; returns the JSON-ready report.
 
-    ``head`` is the graph head of the pipeline runs (the node uses ``labels+confidence``; the baseline
+    ``head`` is the graph head of the pipeline runs (the node uses ``labels+logits``; the baseline
     computes labels only, so ``labels`` is the like-for-like comparison with it).
     """
     cfg = backend_cfg or BackendConfig(type='auto' if backend == BASELINE else backend, threads=threads)

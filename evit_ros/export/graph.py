@@ -139,6 +139,8 @@ class DeployGraph(nn.Module):
             labels = self._labels(up)
         if self.head == 'labels':
             return labels
+        if self.head == 'labels+logits':
+            return labels, logits
         # max softmax = 1 / sum(exp(l - max l)); the channel sum as a 1x1 conv is far cheaper than Softmax on
         # axis 1 (runtimes transpose for it) or ReduceSum in ONNX Runtime
         peak = up.amax(dim=1, keepdim=True)

@@ -374,8 +374,9 @@ def _declare_output_shapes(model: onnx.ModelProto, head: str, logits_chw: tuple[
     With a dynamic batch the TorchScript exporter leaves the upsampled outputs' H and W symbolic
     (``Castlabels_dim_1``); runtimes that size buffers from the declared shapes need the numbers.
     """
-    spatial = {'logits': logits_chw, 'labels-lowres': logits_chw[1:]}.get(head, input_hw)
+    spatial_of_head = {'logits': logits_chw, 'labels-lowres': logits_chw[1:]}.get(head, input_hw)
     for out in model.graph.output:
+        spatial = logits_chw if out.name == contract.LOGITS_NAME else spatial_of_head
         dims = out.type.tensor_type.shape.dim
         if len(dims) != 1 + len(spatial):
             raise ExportError(f'output {out.name} has rank {len(dims)}, expected {1 + len(spatial)} (internal error)')

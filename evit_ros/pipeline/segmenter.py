@@ -1,24 +1,27 @@
 """The one perception pipeline the ROS node and the evaluator both run: frames -> batch -> backend -> results.
 
-Heads (see :mod:`evit_ros.contract`): ``labels``/``labels+confidence`` come back at the graph input size;
-``labels-lowres`` at 1/8 of it and ``logits`` as float ``[N, C, h/8, w/8]``. For the last two, class ids
-(argmax over the logits, and max-softmax confidence when asked) are computed host-side at 1/8 and upsampled
-with nearest neighbour: the cheap path (no full-resolution logits ever exist on the host).
+Heads (see :mod:`evit_ros.contract`): ``labels``/``labels+confidence``/``labels+logits`` come back at the graph
+input size; ``labels-lowres`` at 1/8 of it and ``logits`` as float ``[N, C, h/8, w/8]``. For the last two,
+class ids are the argmax at 1/8 upsampled with nearest neighbour (the cheap path). Confidence, when asked
+for, is the graph's own map (``labels+confidence``) or max softmax of the 1/8 logits, upsampled bilinearly
+(``labels+logits``, the node's head: the engine never spends time on confidence nobody subscribed to).
 
 Results hold buffers reused per camera slot (position in ``frames``): a :class:`FrameResult` is valid until the
 next :meth:`Segmenter.process` call; copy what you keep longer.
 """
 from __future__ import annotations
 
+import array
 import time
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from evit_ros.backends.base import InferenceBackend, InferenceResult
 from evit_ros.config import DrivableConfig, InputConfig, OutputConfig
-from evit_ros.contract import IMAGENET_MEAN, IMAGENET_STD
+from evit_ros.contract import CONFIDENCE_NAME, IMAGENET_MEAN, IMAGENET_STD
 from evit_ros.datasets import IGNORE_ID, DatasetInfo
 from evit_ros.errors import BackendError, FrameError
 from evit_ros.pipeline.drivable import ClassGroups, RoiMask, class_fractions, freespace_boundary, group_fraction
@@ -28,9 +31,13 @@ from evit_ros.pipeline.preprocess import Preprocessor, ResizePlan, normalize_nch
 
 @dataclass
 class GroupResult:
-    """One class group: 0/255 mask, share of the image, share of the ROI, free-space boundary row per column."""
+    """One class group: 0/255 mask, share of the image, share of the ROI, free-space boundary row per column.
 
-    mask: np.ndarray
+    ``mask`` is ``None`` when :meth:`Segmenter.derive` was told nobody needs the full-size mask (the
+    fractions and the boundary were then computed at the model size, where they are exact).
+    """
+
+    mask: np.ndarray | None
     fraction: float
     roi_fraction: float
     boundary_rows: np.ndarray
@@ -48,10 +55,24 @@ class FrameResult:
     class_fractions: np.ndarray
     timings_ms: dict[str, float] = field(default_factory=dict)
     plan: ResizePlan | None = None
+    # what derive() needs (valid until the next Segmenter.process/run_labels call)
+    frame: np.ndarray | None = field(default=None, repr=False)
+    model_rgb: np.ndarray | None = field(default=None, repr=False)
+    labels_model: np.ndarray | None = field(default=None, repr=False)
+    slot: _Slot | None = field(default=None, repr=False)
+
+
+def _message_buffer(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """A numpy array backed by an ``array.array`` (uint8): ROS messages take that object as their payload
+    without a copy (see :func:`evit_ros.ros.conversions.numpy_to_image`)."""
+    if np.dtype(dtype) != np.uint8:
+        return np.empty(shape, dtype)
+    n = int(np.prod(shape))
+    return np.frombuffer(array.array('B', bytes(n)), np.uint8, count=n).reshape(shape)
 
 
 class _Slot:
-    """Reused output buffers of one camera position, reallocated only when the output size changes."""
+    """Per-camera output buffers, reused while the camera's frame size stays the same (bounded)."""
 
     def __init__(self) -> None:
         self.hw: tuple[int, int] | None = None
@@ -68,7 +89,7 @@ class _Slot:
     def get(self, name: str, shape: tuple[int, ...], dtype: type = np.uint8) -> np.ndarray:
         buf = self.buffers.get(name)
         if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = self.buffers[name] = np.empty(shape, dtype)
+            buf = self.buffers[name] = _message_buffer(shape, dtype)
         return buf
 
 
@@ -77,14 +98,37 @@ def logits_to_labels(logits: np.ndarray, want_confidence: bool) -> tuple[np.ndar
     labels = np.argmax(logits, axis=1).astype(np.uint8)
     if not want_confidence:
         return labels, None
-    mx = logits.max(axis=1, keepdims=True)
-    denom = np.exp(logits - mx).sum(axis=1)
-    conf = np.clip(np.rint(255.0 / denom), 0, 255).astype(np.uint8)
-    return labels, conf
+    return labels, np.stack([confidence_lowres(x) for x in logits])
+
+
+def confidence_lowres(logits: np.ndarray) -> np.ndarray:
+    """float ``[C, h, w]`` logits -> uint8 ``[h, w]`` max softmax probability * 255 (rounded).
+
+    max softmax = 1 / sum(exp(l - max l)). At 1/8 of the model size this costs well under a millisecond;
+    :meth:`Segmenter.run_labels` upsamples it bilinearly, so the engine never computes confidence.
+    """
+    mx = logits.max(axis=0)
+    denom = np.exp(logits - mx).sum(axis=0)
+    return np.clip(np.rint(255.0 / denom), 0, 255).astype(np.uint8)
+
+
+def _integer_stretch(plan: ResizePlan) -> tuple[int, int] | None:
+    """(sy, sx) when camera-size nearest labels are the model labels repeated sy x sx times (exact)."""
+    if plan.mode != 'stretch':
+        return None
+    (sh, sw), (mh, mw) = plan.src_hw, plan.out_hw
+    if sh % mh or sw % mw:
+        return None
+    return sh // mh, sw // mw
 
 
 class Segmenter:
-    """Decoded RGB frames of any sizes -> per-frame labels, confidence, color, overlay, groups and fractions."""
+    """Decoded RGB frames of any sizes -> per-frame labels, confidence, color, overlay, groups and fractions.
+
+    Two phases so a node can publish the mask before anything else is computed: :meth:`run_labels`
+    (preprocess, inference, class ids and confidence at the output size) and :meth:`derive` (color,
+    overlay, groups, fractions). :meth:`process` runs both.
+    """
 
     def __init__(self, backend: InferenceBackend, *, input_cfg: InputConfig, outputs: OutputConfig,
                  drivable: DrivableConfig, dataset: DatasetInfo) -> None:
@@ -114,6 +158,11 @@ class Segmenter:
     def max_batch(self) -> int:
         return max(1, int(self.io.max_batch))
 
+    @property
+    def engine_confidence(self) -> bool:
+        """True when the graph itself computes full-size confidence every frame (legacy labels+confidence)."""
+        return any(o.name == CONFIDENCE_NAME for o in self.io.outputs)
+
     # -- processing -------------------------------------------------------------------------------------
     def process(self, frames: Sequence[np.ndarray], *, want_color: bool = True, want_overlay: bool = False,
                 want_confidence: bool = False) -> list[FrameResult]:
@@ -122,9 +171,25 @@ class Segmenter:
         ``timings_ms`` per frame: ``preprocess`` and ``infer`` of the whole chunk the frame was in,
         ``postprocess`` of the frame itself.
         """
+        results = self.run_labels(frames, want_confidence=want_confidence)
+        for fr in results:
+            self.derive(fr, want_color=want_color, want_overlay=want_overlay)
+        return results
+
+    def run_labels(self, frames: Sequence[np.ndarray], *,
+                   want_confidence: bool | Sequence[bool] = False) -> list[FrameResult]:
+        """Phase 1: class ids (and confidence when wanted) at the output size; the rest is left to :meth:`derive`.
+
+        ``want_confidence``: one flag for all frames or one per frame (per camera subscribers).
+        ``timings_ms``: ``preprocess``/``infer`` of the chunk, ``postprocess`` of this frame's labels.
+        """
         n = len(frames)
         if n == 0:
             return []
+        conf_flags = [bool(want_confidence)] * n if isinstance(want_confidence, bool) else \
+            [bool(v) for v in want_confidence]
+        if len(conf_flags) != n:
+            raise FrameError(f'want_confidence has {len(conf_flags)} flags for {n} frames', 'size')
         while len(self._slots) < n:
             self._slots.append(_Slot())
         static_batch = int(self.io.input.shape[0]) if self.io.input.shape and self.io.input.shape[0] > 0 else 0
@@ -145,14 +210,14 @@ class Segmenter:
             t1 = time.perf_counter()
             res = self.backend.infer(feed)
             t2 = time.perf_counter()
-            labels_b, conf_b = self._labels_from(res, len(part), want_confidence)
+            labels_b = self._labels_from(res, len(part))
             pre_ms, inf_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
             for i, frame in enumerate(part):
                 tp = time.perf_counter()
                 if self._slots[start + i].fit(frame.shape[:2]):
                     self._forget_other_sizes()
-                fr = self._postprocess(self._slots[start + i], frame, batch[i], plans[i], labels_b[i],
-                                       None if conf_b is None else conf_b[i], want_color, want_overlay)
+                fr = self._labels_out(self._slots[start + i], frame, batch[i], plans[i], labels_b[i],
+                                      self._confidence_from(res, i) if conf_flags[start + i] else None)
                 fr.timings_ms = {'preprocess': pre_ms, 'infer': inf_ms,
                                  'postprocess': (time.perf_counter() - tp) * 1e3}
                 results.append(fr)
@@ -178,22 +243,29 @@ class Segmenter:
             self._nchw = np.empty(shape, np.float32)
         return normalize_nchw(batch, IMAGENET_MEAN, IMAGENET_STD, out=self._nchw)
 
-    def _labels_from(self, res: InferenceResult, n: int,
-                     want_confidence: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def _labels_from(self, res: InferenceResult, n: int) -> np.ndarray:
         if res.labels is not None:
-            labels, conf = res.labels, res.confidence
+            labels = res.labels
         elif res.logits is not None:
-            labels, conf = logits_to_labels(res.logits[:n], want_confidence)
+            labels, _ = logits_to_labels(res.logits[:n], False)
         else:
             raise BackendError(f'{self.backend.name} backend returned neither labels nor logits for head '
                                f'{self.io.head!r}; check the exported graph outputs')
         if labels.ndim != 3 or labels.shape[0] < n:
             raise BackendError(f'{self.backend.name} backend returned labels {labels.shape}; expected [N>={n}, h, w]')
-        return labels, conf if want_confidence else None
+        return labels
 
-    def _postprocess(self, slot: _Slot, frame: np.ndarray, model_rgb: np.ndarray, plan: ResizePlan,
-                     labels_raw: np.ndarray, conf_raw: np.ndarray | None, want_color: bool,
-                     want_overlay: bool) -> FrameResult:
+    @staticmethod
+    def _confidence_from(res: InferenceResult, i: int) -> np.ndarray | None:
+        """Confidence of frame ``i``: the graph's own map, else computed from the 1/8 logits (uint8)."""
+        if res.confidence is not None:
+            return res.confidence[i]
+        if res.logits is not None:
+            return confidence_lowres(res.logits[i])
+        return None
+
+    def _labels_out(self, slot: _Slot, frame: np.ndarray, model_rgb: np.ndarray, plan: ResizePlan,
+                    labels_raw: np.ndarray, conf_raw: np.ndarray | None) -> FrameResult:
         model_hw = self.preprocessor.out_hw
         at_model = self.outputs.mask_resolution == 'model'
         # class ids at the model (graph input) size; low-resolution heads are upsampled by nearest neighbour
@@ -203,8 +275,13 @@ class Segmenter:
             labels_model = labels_raw
         conf_model = None
         if conf_raw is not None:
-            conf_model = conf_raw if conf_raw.shape == model_hw else upsample_nearest(
-                conf_raw, model_hw, out=slot.get('conf_model', model_hw))
+            if conf_raw.shape == model_hw:
+                conf_model = conf_raw
+            else:   # 1/8 confidence: bilinear (a probability map, unlike class ids, may be interpolated)
+                conf_model = slot.get('conf_model', model_hw)
+                res = cv2.resize(conf_raw, (model_hw[1], model_hw[0]), dst=conf_model, interpolation=cv2.INTER_LINEAR)
+                if res is not conf_model and not np.shares_memory(res, conf_model):
+                    np.copyto(conf_model, res)
         if at_model:
             out_hw = model_hw
             labels = slot.get('labels', out_hw)
@@ -215,13 +292,32 @@ class Segmenter:
                 conf = slot.get('confidence', out_hw)
                 np.copyto(conf, conf_model)
                 mask_padding(conf, plan, fill=0)
-            rgb = model_rgb
         else:
             out_hw = plan.src_hw
             labels = labels_to_source(labels_model, plan, out_hw, out=slot.get('labels', out_hw))
             conf = None if conf_model is None else labels_to_source(
                 conf_model, plan, out_hw, out=slot.get('confidence', out_hw), fill=0)
-            rgb = frame
+        return FrameResult(labels=labels, confidence=conf, color=None, overlay=None, groups={},
+                           class_fractions=np.zeros(0), plan=plan, frame=frame, model_rgb=model_rgb,
+                           labels_model=labels_model, slot=slot)
+
+    def derive(self, fr: FrameResult, *, want_color: bool = True, want_overlay: bool = False,
+               group_masks: bool | Container[str] = True) -> FrameResult:
+        """Phase 2: color, overlay, groups and class fractions of a :meth:`run_labels` result (in place).
+
+        ``group_masks``: which groups need their full-size 0/255 mask (True: all). With a camera-size
+        output that is an integer multiple of the model size (stretch), fractions and boundaries are
+        computed at the model size, where they are exact, and unneeded full-size masks are skipped.
+        Adds its time to ``timings_ms['postprocess']``.
+        """
+        t0 = time.perf_counter()
+        slot, plan, labels, labels_model = fr.slot, fr.plan, fr.labels, fr.labels_model
+        if slot is None or plan is None or labels_model is None or fr.frame is None or fr.model_rgb is None:
+            raise BackendError('derive() needs a FrameResult from run_labels() of this segmenter')
+        model_hw = self.preprocessor.out_hw
+        at_model = self.outputs.mask_resolution == 'model'
+        out_hw = (int(labels.shape[0]), int(labels.shape[1]))
+        rgb = fr.model_rgb if at_model else fr.frame
         color: np.ndarray | None = None
         ovl: np.ndarray | None = None
         if (want_color or want_overlay) and at_model:
@@ -234,16 +330,27 @@ class Segmenter:
             ovl = overlay(rgb, color, self.outputs.overlay_alpha, out=slot.get('overlay', (*out_hw, 3)))
             if not want_color:
                 color = None
+        rep = None if at_model else _integer_stretch(plan)
+        base = labels_model if rep is not None else labels
+        base_hw = (int(base.shape[0]), int(base.shape[1]))
         groups = {}
-        scratch = (slot.get('b_bool', out_hw, np.bool_), slot.get('b_u16', out_hw, np.uint16))
+        scratch = (slot.get('b_bool', base_hw, np.bool_), slot.get('b_u16', base_hw, np.uint16))
         for g in self.groups:
-            mask = g.mask(labels, out=slot.get(f'group_{g.name}', out_hw))
-            groups[g.name] = GroupResult(mask=mask, fraction=group_fraction(mask),
-                                         roi_fraction=self.roi.fraction(mask, scratch=slot.get('roi', out_hw)),
-                                         boundary_rows=freespace_boundary(mask, scratch=scratch))
-        fractions = class_fractions(labels, self.dataset.num_classes)
-        return FrameResult(labels=labels, confidence=conf, color=color, overlay=ovl, groups=groups,
-                           class_fractions=fractions, plan=plan)
+            mask = g.mask(base, out=slot.get(f'group_base_{g.name}', base_hw))
+            boundary = freespace_boundary(mask, scratch=scratch)
+            full: np.ndarray | None = mask
+            if rep is not None:
+                sy, sx = rep
+                boundary = np.repeat(boundary * sy, sx)
+                wanted = group_masks is True or (group_masks is not False and g.name in group_masks)  # type: ignore[operator]
+                full = g.mask(labels, out=slot.get(f'group_{g.name}', out_hw)) if wanted else None
+            groups[g.name] = GroupResult(mask=full, fraction=group_fraction(mask),
+                                         roi_fraction=self.roi.fraction(mask, scratch=slot.get('roi', base_hw)),
+                                         boundary_rows=boundary)
+        fr.color, fr.overlay, fr.groups = color, ovl, groups
+        fr.class_fractions = class_fractions(base, self.dataset.num_classes)
+        fr.timings_ms['postprocess'] = fr.timings_ms.get('postprocess', 0.0) + (time.perf_counter() - t0) * 1e3
+        return fr
 
 
-__all__ = ['FrameResult', 'GroupResult', 'Segmenter', 'logits_to_labels', 'IGNORE_ID']
+__all__ = ['FrameResult', 'GroupResult', 'Segmenter', 'confidence_lowres', 'logits_to_labels', 'IGNORE_ID']

@@ -25,6 +25,24 @@ def _payload(arr: np.ndarray) -> array.array:
     return buf
 
 
+def backing_array(arr: np.ndarray) -> array.array | None:
+    """The ``array.array('B')`` whose whole memory ``arr`` is (C-contiguous), or None.
+
+    The pipeline's output buffers are allocated that way, so a message can take the buffer itself as its
+    payload: no copy before ``publish`` (which serializes synchronously, so reusing the buffer for the next
+    frame afterwards is safe).
+    """
+    if arr.dtype != np.uint8 or not arr.flags.c_contiguous:
+        return None
+    base: object = arr
+    while isinstance(base, (np.ndarray, memoryview)):
+        base = base.base if isinstance(base, np.ndarray) else base.obj
+    if isinstance(base, array.array) and base.typecode == 'B' and len(base) == arr.nbytes \
+            and base.buffer_info()[0] == arr.__array_interface__['data'][0]:
+        return base
+    return None
+
+
 def image_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_DECODED_PIXELS) -> np.ndarray:
     """sensor_msgs/Image -> RGB uint8 ``[H, W, 3]`` (raises FrameError with a reason key on bad frames)."""
     return decode_image(np.frombuffer(msg.data, np.uint8) if len(msg.data) else b'', msg.encoding,
@@ -44,8 +62,12 @@ def to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_DECODED_PIXELS) -> np.ndarray
     return compressed_to_rgb(msg, max_pixels)
 
 
-def numpy_to_image(arr: np.ndarray, encoding: str, header: Any = None) -> Any:
-    """uint8 ``[H, W]`` (mono8) or ``[H, W, 3]`` (rgb8/bgr8) -> sensor_msgs/Image with ``header`` copied."""
+def numpy_to_image(arr: np.ndarray, encoding: str, header: Any = None, *, share: bool = False) -> Any:
+    """uint8 ``[H, W]`` (mono8) or ``[H, W, 3]`` (rgb8/bgr8) -> sensor_msgs/Image with ``header`` copied.
+
+    ``share=True``: when ``arr`` is backed by an ``array.array`` (:func:`backing_array`), the message uses that
+    memory as its payload without copying; publish it before ``arr`` is overwritten.
+    """
     from sensor_msgs.msg import Image
     ch = _CHANNELS.get(encoding)
     if ch is None:
@@ -61,7 +83,13 @@ def numpy_to_image(arr: np.ndarray, encoding: str, header: Any = None) -> Any:
     msg.encoding = encoding
     msg.is_bigendian = 0
     msg.step = int(arr.shape[1]) * ch
-    msg.data = _payload(arr)
+    shared = backing_array(arr) if share else None
+    if shared is not None and hasattr(msg, '_data'):
+        # what the generated setter itself does for an array.array('B') when field checks are on; with them
+        # off (Jazzy's default) it would copy the buffer with array.array('B', value)
+        msg._data = shared
+    else:
+        msg.data = shared if shared is not None else _payload(arr)
     return msg
 
 

@@ -6,7 +6,8 @@ percentiles over the last :data:`WINDOW` samples per stage. End-to-end latency i
 clock (header stamp to publish), so it is right under ``use_sim_time`` replays.
 
 Key names: ``latency.<stage>.{p50,p95,max}_ms`` for stages decode, preprocess, infer, postprocess,
-publish and end_to_end; plus greenwave-monitor compatible ``frame_rate_node``, ``frame_rate_msg``,
+publish, host (decode + preprocess + postprocess + publish of the frame) and end_to_end; plus
+greenwave-monitor compatible ``frame_rate_node``, ``frame_rate_msg``,
 ``current_delay_from_realtime_ms``, ``total_dropped_frames`` and ``expected_frequency``.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 SHM_SEGMENT_BYTES = 512 * 1024   # Fast DDS's default shared-memory segment size
-STAGES: tuple[str, ...] = ('decode', 'preprocess', 'infer', 'postprocess', 'publish', 'end_to_end')
+STAGES: tuple[str, ...] = ('decode', 'preprocess', 'infer', 'postprocess', 'publish', 'host', 'end_to_end')
 WINDOW = 256
 OK, WARN, ERROR = 0, 1, 2
 _LEVEL_BYTES = {OK: b'\x00', WARN: b'\x01', ERROR: b'\x02'}

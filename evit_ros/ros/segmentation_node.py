@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import rclpy
 import rclpy.executors
 import rclpy.logging
@@ -45,6 +44,7 @@ from evit_ros.errors import ConfigError, EngineError, EvitError, FrameError
 from evit_ros.pipeline import ClassGroups, GroundProjector, Segmenter
 from evit_ros.ros import conversions as conv
 from evit_ros.ros.diagnostics import CameraStats, EngineStats, diagnostic_array
+from evit_ros.ros.outputs import NODE_HEAD, OutputStage, pipeline_threads
 from evit_ros.ros.params import ParameterGuard, all_specs, declare_all, unknown_overrides
 from evit_ros.ros.qos import InputSubscription, qos_profile
 from evit_ros.ros.startup import Interrupted, SignalFlag, check_ros_args, one_line
@@ -61,7 +61,6 @@ except ImportError:  # pragma: no cover - older rclpy
         """Placeholder where rclpy lacks it."""
 
 NODE_NAME = 'evit_segmentation'
-BOUNDARY_MAX_POINTS = 256
 QOS_POLL_S = 0.5            # how often auto-QoS subscriptions look at the publishers of their topic
 
 
@@ -151,6 +150,10 @@ class SegmentationNode(Node):
         self.segmenter = Segmenter(self.backend, input_cfg=cfg.input, outputs=cfg.outputs, drivable=cfg.drivable,
                                    dataset=self.dataset)
         self.engine_stats = EngineStats(self.backend.describe())
+        self._outputs = OutputStage(self.segmenter, self._stop)
+        if self.segmenter.engine_confidence:
+            self._log.warning(f'the engine computes full-size confidence every frame (head {self.backend.io.head}); '
+                              f're-export with --head {NODE_HEAD} so it is computed only while subscribed')
 
         self._guard = ParameterGuard(flat, all_specs([c.name for c in cfg.cameras],
                                                      [g for g, _ in cfg.drivable.groups]),
@@ -193,6 +196,7 @@ class SegmentationNode(Node):
 
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', QoSProfile(depth=10))
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics, clock=self._steady)
+        pipeline_threads()
         self._worker = threading.Thread(target=self._run, name='evit_segmentation_worker', daemon=True)
         self._worker.start()
         d = self.backend.describe()
@@ -217,7 +221,7 @@ class SegmentationNode(Node):
                               f'so it cannot be built here. Build it on this machine with: {self._build_hint(cfg)}')
         backend = None
         try:
-            backend = create_backend(cfg.backend, model=cfg.model, input_cfg=cfg.input, head='labels+confidence',
+            backend = create_backend(cfg.backend, model=cfg.model, input_cfg=cfg.input, head=NODE_HEAD,
                                      logger=self._pylog)
             backend.load()
             if not cfg.backend.build_only:
@@ -246,7 +250,7 @@ class SegmentationNode(Node):
         onnx = Path(b.engine_path).with_suffix('.onnx')
         export = (f'evit-ros export --model {cfg.model.name}'
                   + (f' --checkpoint {cfg.model.checkpoint}' if cfg.model.checkpoint else '')
-                  + f' --height {i.height} --width {i.width} --head labels+confidence -o {onnx}')
+                  + f' --height {i.height} --width {i.width} --head {NODE_HEAD} -o {onnx}')
         return f'{export} && {build}'
 
     # -- callbacks (executor thread) ---------------------------------------------------------------------
@@ -354,116 +358,24 @@ class SegmentationNode(Node):
             decode_ms.append((time.perf_counter() - t0) * 1e3)
         if not frames:
             return
-        out = cfg.outputs
-
-        def wanted(name: str, toggle: bool) -> bool:
-            return toggle and any(c.pubs[name].get_subscription_count() > 0 for c in cams)
-
-        want_overlay = wanted('overlay', out.overlay)
-        want_conf = wanted('confidence', out.confidence)
-        want_color = wanted('color_mask', out.color_mask)
-        results = self.segmenter.process(frames, want_color=want_color, want_overlay=want_overlay,
-                                         want_confidence=want_conf)
+        self._outputs.run(cams, msgs, frames, decode_ms, cfg, self.engine_stats, self._record)
         if shrunk:   # buffers sized for an outlier (larger) frame were just replaced: give the memory back
             release_free_heap()
-        first = results[0].timings_ms
-        self.engine_stats.on_batch(len(frames), {'preprocess': first.get('preprocess', 0.0),
-                                                 'infer': first.get('infer', 0.0)})
-        for cam, msg, res, dec in zip(cams, msgs, results, decode_ms, strict=True):
-            if self._stop.is_set():
-                return
-            t0 = time.perf_counter()
-            self._publish(cam, msg.header, res, cfg)
-            timings = dict(res.timings_ms)
-            timings['decode'] = dec
-            timings['publish'] = (time.perf_counter() - t0) * 1e3
-            now_ns = self.get_clock().now().nanoseconds
-            stamp_ns = conv.stamp_to_ns(msg.header.stamp)
-            if now_ns == 0:          # use_sim_time without /clock yet: no latency to measure
-                cam.stats.on_stamp('no_clock')
-            elif stamp_ns == 0:
-                cam.stats.on_stamp('zero')
-            elif stamp_ns > now_ns:  # stamped in the future: clock skew or a broken driver; never a negative latency
-                cam.stats.on_stamp('future', (stamp_ns - now_ns) / 1e6)
-            else:
-                timings['end_to_end'] = (now_ns - stamp_ns) / 1e6
-            cam.stats.on_result(timings, res.class_fractions,
-                                {g: (r.fraction, r.roi_fraction) for g, r in res.groups.items()})
 
-    def _publish(self, cam: _Camera, header: Any, res: Any, cfg: NodeConfig) -> None:
-        out = cfg.outputs
-        p = cam.pubs
-        if out.mask and p['mask'].get_subscription_count():
-            p['mask'].publish(conv.numpy_to_image(res.labels, 'mono8', header))
-        if res.color is not None and out.color_mask and p['color_mask'].get_subscription_count():
-            p['color_mask'].publish(conv.numpy_to_image(res.color, 'rgb8', header))
-        if res.overlay is not None and out.overlay and p['overlay'].get_subscription_count():
-            p['overlay'].publish(conv.numpy_to_image(res.overlay, 'rgb8', header))
-        if res.confidence is not None and out.confidence and p['confidence'].get_subscription_count():
-            p['confidence'].publish(conv.numpy_to_image(res.confidence, 'mono8', header))
-        projector = None
-        for g, gr in res.groups.items():
-            gp = cam.group_pubs.get(g)
-            if gp is None:
-                continue
-            if gp['mask'].get_subscription_count():
-                gp['mask'].publish(conv.numpy_to_image(gr.mask, 'mono8', header))
-            want_grid = gp['grid'].get_subscription_count() > 0
-            want_boundary = gp['boundary'].get_subscription_count() > 0
-            if not (want_grid or want_boundary):
-                continue
-            projector = projector or self._projector(cam, res.labels.shape[:2], cfg)
-            if projector is None:
-                continue
-            if want_grid:
-                gp['grid'].publish(conv.occupancy_grid(projector.project(gr.mask), resolution=projector.resolution,
-                                                       origin_xy=projector.origin_xy, frame_id=cfg.grid.frame_id,
-                                                       stamp=header.stamp))
-            if want_boundary:
-                gp['boundary'].publish(conv.polygon_stamped(self._boundary(cam, projector, gr.boundary_rows),
-                                                            frame_id=cfg.grid.frame_id, stamp=header.stamp))
-
-    @staticmethod
-    def _boundary(cam: _Camera, projector: GroundProjector, rows: np.ndarray) -> np.ndarray:
-        """Free-space polygon: the camera's ground point, then the boundary points left to right in the image."""
-        pts = projector.boundary_points(rows)
-        if len(pts) > BOUNDARY_MAX_POINTS:
-            pts = pts[np.linspace(0, len(pts) - 1, BOUNDARY_MAX_POINTS).round().astype(int)]
-        if not len(pts):
-            return pts
-        mount = cam.cfg.mount
-        return np.vstack([[mount.x_m, mount.y_m], pts])
-
-    def _projector(self, cam: _Camera, mask_hw: tuple[int, int], cfg: NodeConfig) -> GroundProjector | None:
-        """The camera's GroundProjector for this mask size, rebuilt when intrinsics, mount or grid change."""
-        if not cam.cfg.camera_info_topic:
-            return None
-        if cam.info is None:
-            cam.stats.grid_status = f'waiting for CameraInfo on {cam.cfg.camera_info_topic}: no grid/boundary yet'
-            return None
-        if cfg.outputs.mask_resolution == 'model' and cfg.input.resize_mode != 'stretch':
-            cam.stats.grid_status = ('no grid: model-resolution masks with input.resize_mode='
-                                     f'{cfg.input.resize_mode} do not map to the camera intrinsics; use '
-                                     'outputs.mask_resolution=camera')
-            return None
-        k, h, w = cam.info
-        key = (cam.info, tuple(mask_hw), cam.cfg.mount, cfg.grid)
-        if key != cam.projector_key:
-            cam.projector_key = key
-            cam.projector = None
-            if h <= 0 or w <= 0 or not any(k):
-                cam.stats.grid_status = (f'CameraInfo on {cam.cfg.camera_info_topic} has no intrinsics (K all '
-                                         'zero or size 0): calibrate the camera; no grid/boundary')
-                return None
-            try:
-                cam.projector = GroundProjector(k, (h, w), mask_hw, cam.cfg.mount, cfg.grid)
-            except EvitError as exc:
-                cam.stats.grid_status = f'no grid: {exc}'
-                return None
-            rows, cols = cam.projector.shape
-            cam.stats.grid_status = (f'ok: {cols}x{rows} cells of {cfg.grid.resolution_m} m in '
-                                     f'{cfg.grid.frame_id}, {cam.projector.observed_cells} observed')
-        return cam.projector
+    def _record(self, cam: _Camera, msg: Any, res: Any, timings: dict[str, float]) -> None:
+        """Statistics of one published frame (called by the output stage after the camera's last publish)."""
+        now_ns = self.get_clock().now().nanoseconds
+        stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+        if now_ns == 0:          # use_sim_time without /clock yet: no latency to measure
+            cam.stats.on_stamp('no_clock')
+        elif stamp_ns == 0:
+            cam.stats.on_stamp('zero')
+        elif stamp_ns > now_ns:  # stamped in the future: clock skew or a broken driver; never a negative latency
+            cam.stats.on_stamp('future', (stamp_ns - now_ns) / 1e6)
+        else:
+            timings['end_to_end'] = (now_ns - stamp_ns) / 1e6
+        cam.stats.on_result(timings, res.class_fractions,
+                            {g: (r.fraction, r.roi_fraction) for g, r in res.groups.items()})
 
     # -- diagnostics ----------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
