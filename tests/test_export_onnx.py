@@ -108,6 +108,40 @@ def test_no_uint8_intermediate_tensors(exports: dict[str, ExportReport], head: s
     assert all(producers[o.name] == 'Cast' for o in model.graph.output)   # uint8 made by the very last op
 
 
+# Cast conversions TensorRT 8.6 (JetPack 6.0) builds: UINT8 only to/from FLOAT and HALF (NvInferRuntimeBase.h)
+_TRT86_UINT8_PARTNERS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+
+
+def _cast_types(model: onnx.ModelProto) -> list[tuple[str, int, int]]:
+    """(node, from, to) for every Cast, the source type taken from shape inference."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    types.update({i.name: i.data_type for i in inferred.graph.initializer})
+    out = []
+    for n in inferred.graph.node:
+        if n.op_type == 'Cast':
+            to = next(a.i for a in n.attribute if a.name == 'to')
+            out.append((n.name, types.get(n.input[0], onnx.TensorProto.UNDEFINED), to))
+    return out
+
+
+@pytest.mark.parametrize('head', contract.HEADS)
+def test_every_uint8_cast_goes_through_float(exports: dict[str, ExportReport], head: str) -> None:
+    """Every Cast to or from UINT8 pairs it with FLOAT/FLOAT16, so TensorRT 8.6 builds every head."""
+    casts = _cast_types(onnx.load(str(exports[head].path)))
+    u8 = onnx.TensorProto.UINT8
+    assert all(src != onnx.TensorProto.UNDEFINED for _n, src, _t in casts), casts
+    bad = [(n, onnx.TensorProto.DataType.Name(s), onnx.TensorProto.DataType.Name(t)) for n, s, t in casts
+           if (t == u8 and s not in _TRT86_UINT8_PARTNERS) or (s == u8 and t not in _TRT86_UINT8_PARTNERS)]
+    assert bad == []
+    outputs_u8 = [o.name for o in onnx.load(str(exports[head].path)).graph.output
+                  if o.type.tensor_type.elem_type == u8]
+    # every uint8 output is made by a FLOAT -> UINT8 cast; the uint8 input is read by a UINT8 -> FLOAT cast
+    assert sum(t == u8 for _n, _s, t in casts) == len(outputs_u8)
+    assert [(s, t) for _n, s, t in casts if s == u8] == [(u8, onnx.TensorProto.FLOAT)]
+
+
 def test_fp32_scopes_cover_every_attention_matmul_and_div(exports: dict[str, ExportReport],
                                                          b0: torch.nn.Module) -> None:
     rep = exports['labels']

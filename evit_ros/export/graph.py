@@ -111,8 +111,14 @@ class DeployGraph(nn.Module):
         return out.float() if out.dtype != torch.float32 else out
 
     def _labels(self, scores: torch.Tensor) -> torch.Tensor:
-        ids = torch.argmax(scores, dim=1)
-        return ids.to(torch.uint8 if self.labels_dtype == 'uint8' else torch.int32)
+        return self._labels_dtype(torch.argmax(scores, dim=1))
+
+    def _labels_dtype(self, ids: torch.Tensor) -> torch.Tensor:
+        """Integer class ids -> the exported labels dtype. uint8 goes through float32 (exact for ids < 2**24):
+        TensorRT 8.6 converts UINT8 only to/from FLOAT and HALF, so Cast(int32/int64 -> uint8) fails to build."""
+        if self.labels_dtype == 'uint8':
+            return ids.to(torch.float32).to(torch.uint8)
+        return ids.to(torch.int32)
 
     def _upsample(self, logits: torch.Tensor) -> torch.Tensor:
         if self.input_hw == (self.model_hw[0] // 8, self.model_hw[1] // 8):
@@ -133,7 +139,7 @@ class DeployGraph(nn.Module):
         if upsample is not None:
             up = upsample.phase_major(logits)
             ids = upsample.interleave_rows(torch.argmax(up, dim=1).to(torch.int32))
-            labels = ids.to(torch.uint8) if self.labels_dtype == 'uint8' else ids
+            labels = self._labels_dtype(ids)
         else:
             up = self._upsample(logits)
             labels = self._labels(up)
