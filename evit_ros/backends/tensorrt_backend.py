@@ -2,7 +2,8 @@
 
 Deliberately thin: everything that can run without a GPU (cache key, sidecar, rebuild decision,
 shape/dtype mapping, argument checks) lives here in plain Python or in :mod:`evit_ros.export`; the
-CUDA-only part is a handful of TensorRT and ``torch.cuda`` calls, unit-tested with fakes.
+CUDA-only part is a handful of TensorRT and cuda-python runtime calls
+(:mod:`evit_ros.backends.cuda_runtime`), unit-tested with fakes. PyTorch is never imported.
 
 * ``load()`` checks ``<engine>.json`` (:func:`evit_ros.export.engine_cache.check_engine`) against the
   installed TensorRT, the GPU, the precision and (if given) the ONNX sha256. On a mismatch it rebuilds
@@ -11,9 +12,11 @@ CUDA-only part is a handful of TensorRT and ``torch.cuda`` calls, unit-tested wi
   calibration frames, nor DLA builds, whose options only the recorded command knows), else raises
   :class:`~evit_ros.errors.EngineCacheMismatch` whose message holds the exact rebuild command.
 * Named-tensor API of TensorRT >= 8.5 (``num_io_tensors``, ``set_input_shape``, ``set_tensor_address``,
-  ``execute_async_v3``). Device buffers are torch CUDA tensors (no pycuda) allocated once for the
-  largest batch; host input/output buffers are pinned and reused; one ``torch.cuda.Stream``.
-* Optional CUDA-graph capture (one graph per batch size) removes the per-layer launch overhead.
+  ``execute_async_v3``). Device buffers (``cudaMalloc``) are allocated once for the largest batch; host
+  input/output buffers are pinned (``cudaHostAlloc``) and reused; one CUDA stream, async copies.
+* Optional CUDA-graph capture removes the per-layer launch overhead: one graph per batch size, each
+  captured on its own execution context whose input shape never changes afterwards (a graph replayed
+  after its context's shape changed would run with stale shapes).
 * Every TensorRT call that reports failure by returning ``False``/``None`` raises BackendError.
 
 Buffer contract (see :mod:`evit_ros.backends.base`): the arrays of an :class:`InferenceResult` are
@@ -31,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evit_ros import contract
+from evit_ros.backends import cuda_runtime
 from evit_ros.backends.base import InferenceBackend, InferenceResult, ModelIO, TensorSpec
 from evit_ros.errors import BackendError, BackendUnavailableError, EngineCacheMismatch
 from evit_ros.export import engine_cache
@@ -45,21 +49,22 @@ TRT_TO_NUMPY: dict[str, str] = {'FLOAT': 'float32', 'HALF': 'float16', 'INT8': '
                                 'INT64': 'int64', 'BOOL': 'bool', 'UINT8': 'uint8'}
 
 
-def tensorrt_available(trt_module: Any = None, torch_module: Any = None) -> tuple[bool, str]:
-    """(usable, reason): True only if a TensorRT runtime imports and torch sees a CUDA GPU."""
+def tensorrt_available(trt_module: Any = None) -> tuple[bool, str]:
+    """(usable, reason): True only if a TensorRT runtime and cuda-python import and a CUDA device exists."""
     from evit_ros.export.tensorrt_build import import_tensorrt, trt_version
     try:
         trt_mod = import_tensorrt(trt_module)
     except BackendUnavailableError as exc:
         return False, str(exc)
     what = f'{getattr(trt_mod, "__name__", "tensorrt")} {trt_version(trt_mod)}'
+    count, why = cuda_runtime.device_count()
+    if count < 1:
+        return False, f'{what} imports but {why}'
     try:
-        torch_mod = torch_module if torch_module is not None else __import__('torch')
-    except ImportError as exc:
-        return False, f'{what} imports but PyTorch (needed for CUDA buffers) does not: {exc}'
-    if not torch_mod.cuda.is_available():
-        return False, f'{what} imports but there is no CUDA GPU (torch.cuda.is_available() is False)'
-    return True, f'{what} on {torch_mod.cuda.get_device_name(0)}'
+        gpu = cuda_runtime.gpu_identity(0)
+    except BackendError as exc:
+        return False, f'{what} imports but {exc}'
+    return True, f'{what} on {gpu.name}'
 
 
 def numpy_dtype(trt_dtype: Any) -> str:
@@ -84,7 +89,7 @@ class TensorRTBackend(InferenceBackend):
 
     def __init__(self, engine_path: str | Path, *, onnx_path: str | Path | None = None, precision: str = 'fp16',
                  build_if_stale: bool = True, cuda_graph: bool = False, device: int = 0,
-                 logger: logging.Logger | None = None, trt_module: Any = None, torch_module: Any = None) -> None:
+                 logger: logging.Logger | None = None, trt_module: Any = None) -> None:
         super().__init__()
         if not str(engine_path):
             raise BackendError('backend.engine_path is empty; set it to the engine file (see engines/README.md)')
@@ -96,27 +101,26 @@ class TensorRTBackend(InferenceBackend):
         self.device = device
         self._log = logger or log
         self._trt_arg = trt_module
-        self._torch_arg = torch_module
         self.rebuilt = False
         self._reset()
 
     def _reset(self) -> None:
         self._trt: Any = None
-        self._torch: Any = None
         self._runtime: trt.Runtime | None = None
         self._engine: trt.ICudaEngine | None = None
         self._context: trt.IExecutionContext | None = None
-        self._stream: Any = None
+        self._graph_contexts: dict[int, trt.IExecutionContext] = {}
+        self._stream: cuda_runtime.Stream | None = None
         self._io: ModelIO | None = None
         self._dynamic = False
         self._cur_batch = 0
-        self._d_in: Any = None
-        self._h_in: Any = None
-        self._d_out: dict[str, Any] = {}
-        self._h_out: dict[str, Any] = {}
-        self._graphs: dict[int, Any] = {}
+        self._d_in: cuda_runtime.DeviceBuffer | None = None
+        self._h_in: cuda_runtime.PinnedBuffer | None = None
+        self._d_out: dict[str, cuda_runtime.DeviceBuffer] = {}
+        self._h_out: dict[str, cuda_runtime.PinnedBuffer] = {}
+        self._graphs: dict[int, cuda_runtime.CudaGraph] = {}
         self._sidecar: dict[str, Any] = {}
-        self._gpu = ('none', 'none')
+        self._gpu = engine_cache.GpuIdentity('none', 'none')
 
     # -- load ------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -124,14 +128,15 @@ class TensorRTBackend(InferenceBackend):
             return
         from evit_ros.export.tensorrt_build import import_tensorrt, trt_version
         trt_mod = import_tensorrt(self._trt_arg)
-        torch_mod = self._torch_arg if self._torch_arg is not None else _import_torch()
-        if not torch_mod.cuda.is_available():
-            raise BackendUnavailableError('the tensorrt backend needs a CUDA GPU (torch.cuda.is_available() is '
-                                          'False); use backend.type onnxruntime or auto')
-        torch_mod.cuda.set_device(self.device)
-        major, minor = torch_mod.cuda.get_device_capability(self.device)
-        self._gpu = (str(torch_mod.cuda.get_device_name(self.device)), f'{major}.{minor}')
-        self._trt, self._torch = trt_mod, torch_mod
+        cuda_runtime.runtime()
+        count, why = cuda_runtime.device_count()
+        if count <= self.device:
+            raise BackendUnavailableError(f'the tensorrt backend needs CUDA device {self.device} but this machine has '
+                                          f'{count} ({why or "device index too high"}); use backend.type '
+                                          'onnxruntime or auto')
+        cuda_runtime.set_device(self.device)
+        self._gpu = cuda_runtime.gpu_identity(self.device)
+        self._trt = trt_mod
         try:
             self._sidecar = self._checked_sidecar(trt_version(trt_mod))
             self._deserialize()
@@ -142,14 +147,14 @@ class TensorRTBackend(InferenceBackend):
             raise
         self._loaded = True
         io = self._io
-        self._log.info('tensorrt: %s loaded (TensorRT %s, %s %s, %s, batch %s, cuda_graph=%s)', self.engine_path,
-                       trt_version(trt_mod), self._gpu[0], self._gpu[1], self.precision,
-                       f'1..{io.max_batch}' if self._dynamic else io.max_batch, self.cuda_graph)
+        self._log.info('tensorrt: %s loaded (TensorRT %s, %s sm %s, %d SMs, %s, batch %s, cuda_graph=%s)',
+                       self.engine_path, trt_version(trt_mod), self._gpu.name, self._gpu.compute_capability,
+                       self._gpu.sm_count, self.precision, f'1..{io.max_batch}' if self._dynamic else io.max_batch,
+                       self.cuda_graph)
 
     def _checked_sidecar(self, version: str) -> dict[str, Any]:
         def check() -> dict[str, Any]:
-            return engine_cache.check_engine(self.engine_path, self.onnx_path, trt_version=version,
-                                             gpu_name=self._gpu[0], compute_capability=self._gpu[1],
+            return engine_cache.check_engine(self.engine_path, self.onnx_path, trt_version=version, gpu=self._gpu,
                                              precision=self.precision)
         try:
             return check()
@@ -164,9 +169,18 @@ class TensorRTBackend(InferenceBackend):
                               onnx_path)
         from evit_ros.export.tensorrt_build import build_engine
         build_engine(onnx_path, self.engine_path, precision=self.precision, trt_module=self._trt,
-                     gpu=self._gpu, timing_cache=self.engine_path.parent / 'timing.cache')
+                     gpu=self._gpu, timing_cache=self.engine_path.parent / 'timing.cache',
+                     opt_batch=self._recorded_opt_batch())
         self.rebuilt = True
         return check()
+
+    def _recorded_opt_batch(self) -> int | None:
+        """The profile's opt batch of the stale engine (the user's camera count), kept by a rebuild."""
+        try:
+            shapes = engine_cache.read_sidecar(self.engine_path)['fields'].get('shapes', {})
+            return int(shapes['profile']['opt'][0])
+        except (EngineCacheMismatch, KeyError, TypeError, ValueError, IndexError):
+            return None
 
     def _deserialize(self) -> None:
         trt_mod = self._trt
@@ -185,9 +199,14 @@ class TensorRTBackend(InferenceBackend):
             raise BackendError(f'TensorRT could not deserialize {self.engine_path} (see the TensorRT log above; '
                                f'built by another TensorRT or for another GPU?). Rebuild it with: {cmd}')
         self._engine = engine
-        context = engine.create_execution_context()
+        self._context = self._new_context()
+
+    def _new_context(self) -> trt.IExecutionContext:
+        if self._engine is None:
+            raise BackendError('internal: engine not deserialized')
+        context = self._engine.create_execution_context()
         _check(context, 'create_execution_context (out of GPU memory?)')
-        self._context = context
+        return context
 
     def _ctx(self) -> trt.IExecutionContext:
         if self._context is None or self._io is None:
@@ -236,40 +255,42 @@ class TensorRTBackend(InferenceBackend):
                        class_colors=colors)
 
     def _allocate(self) -> None:
-        """Device + pinned host buffers for the largest batch; addresses set once (they never move)."""
-        torch, context, io = self._torch, self._ctx(), self.io
+        """Device + pinned host buffers for the largest batch, allocated once (their addresses never move)."""
+        context, io = self._ctx(), self.io
         n = io.max_batch
-        self._stream = torch.cuda.Stream(device=self.device)
+        self._stream = cuda_runtime.Stream()
         in_shape = (n, *io.input.shape[1:])
-        in_dtype = getattr(torch, io.input.dtype)
-        self._d_in = torch.empty(in_shape, dtype=in_dtype, device=f'cuda:{self.device}')
-        self._h_in = torch.empty(in_shape, dtype=in_dtype, pin_memory=True)
-        _check(context.set_tensor_address(io.input.name, int(self._d_in.data_ptr())),
-               f'set_tensor_address({io.input.name!r})')
-        self._set_batch(n)
+        self._h_in = cuda_runtime.PinnedBuffer(in_shape, io.input.dtype)
+        self._d_in = cuda_runtime.DeviceBuffer(self._h_in.nbytes)
+        self._set_batch(context, n)
+        self._cur_batch = n
         for spec in io.outputs:
-            shape = self._context_shape(spec.name)
-            dtype = getattr(torch, spec.dtype)
-            self._d_out[spec.name] = torch.empty(shape, dtype=dtype, device=f'cuda:{self.device}')
-            self._h_out[spec.name] = torch.empty(shape, dtype=dtype, pin_memory=True)
-            _check(context.set_tensor_address(spec.name, int(self._d_out[spec.name].data_ptr())),
-                   f'set_tensor_address({spec.name!r})')
+            host = cuda_runtime.PinnedBuffer(self._context_shape(context, spec.name), spec.dtype)
+            self._h_out[spec.name] = host
+            self._d_out[spec.name] = cuda_runtime.DeviceBuffer(host.nbytes)
+        self._bind(context)
 
-    def _context_shape(self, name: str) -> tuple[int, ...]:
-        dims = self._ctx().get_tensor_shape(name)
+    def _bind(self, context: trt.IExecutionContext) -> None:
+        """Point every engine tensor of ``context`` at our device buffers."""
+        if self._d_in is None:
+            raise BackendError('internal: buffers not allocated')
+        _check(context.set_tensor_address(self.io.input.name, self._d_in.ptr),
+               f'set_tensor_address({self.io.input.name!r})')
+        for name, buf in self._d_out.items():
+            _check(context.set_tensor_address(name, buf.ptr), f'set_tensor_address({name!r})')
+
+    def _context_shape(self, context: trt.IExecutionContext, name: str) -> tuple[int, ...]:
+        dims = context.get_tensor_shape(name)
         shape = tuple(int(dims[j]) for j in range(len(dims)))
         if any(d < 0 for d in shape):
-            raise BackendError(f'TensorRT cannot infer the shape of {name!r} ({shape}) for batch {self._cur_batch}')
+            raise BackendError(f'TensorRT cannot infer the shape of {name!r} ({shape})')
         return shape
 
-    def _set_batch(self, n: int) -> None:
-        if n == self._cur_batch:
-            return
+    def _set_batch(self, context: trt.IExecutionContext, n: int) -> None:
         if self._dynamic:
             name = self.io.input.name
             shape = (n, *self.io.input.shape[1:])
-            _check(self._ctx().set_input_shape(name, shape), f'set_input_shape({name!r}, {shape})')
-        self._cur_batch = n
+            _check(context.set_input_shape(name, shape), f'set_input_shape({name!r}, {shape})')
 
     # -- inference -------------------------------------------------------------------------------
     @property
@@ -293,42 +314,62 @@ class TensorRTBackend(InferenceBackend):
             allowed = f'1..{io.max_batch}' if self._dynamic else str(io.max_batch)
             raise BackendError(f'tensorrt: batch of {n} frames, the engine takes {allowed}; rebuild with '
                                '`evit-ros export --max-batch N` for more cameras')
-        torch, stream, context = self._torch, self._stream, self._ctx()
+        stream, h_in, d_in = self._stream, self._h_in, self._d_in
+        if stream is None or h_in is None or d_in is None:
+            raise BackendError('internal: buffers not allocated')
         t0 = time.perf_counter()
-        self._set_batch(n)
-        h_in = self._h_in[:n]
-        h_in.numpy()[...] = batch
-        with torch.cuda.stream(stream):
-            self._d_in[:n].copy_(h_in, non_blocking=True)
-            graph = self._graphs.get(n) if self.cuda_graph else None
-            if graph is None and self.cuda_graph:
-                graph = self._capture(n)
-            if graph is not None:
-                graph.replay()
-            else:
-                _check(context.execute_async_v3(stream.cuda_stream), 'execute_async_v3')
-            views: dict[str, np.ndarray] = {}
-            for spec in io.outputs:
-                host = self._h_out[spec.name][:n]
-                host.copy_(self._d_out[spec.name][:n], non_blocking=True)
-                views[spec.name] = host.numpy()
+        h_in.array[:n] = batch
+        stream.copy_htod(d_in.ptr, h_in.array, h_in.nbytes // io.max_batch * n)
+        if self.cuda_graph:
+            graph = self._graphs.get(n) or self._capture(n)
+        else:
+            graph = None
+        if graph is not None:
+            graph.launch(stream)
+        else:
+            context = self._ctx()
+            if n != self._cur_batch:
+                self._set_batch(context, n)
+                self._cur_batch = n
+            _check(context.execute_async_v3(stream.handle), 'execute_async_v3')
+        views: dict[str, np.ndarray] = {}
+        for spec in io.outputs:
+            host = self._h_out[spec.name]
+            stream.copy_dtoh(host.array, self._d_out[spec.name].ptr, host.nbytes // io.max_batch * n)
+            views[spec.name] = host.array[:n]
         stream.synchronize()
         ms = (time.perf_counter() - t0) * 1000.0
         key = {contract.LABELS_NAME: 'labels', contract.CONFIDENCE_NAME: 'confidence',
                contract.LOGITS_NAME: 'logits'}
         return InferenceResult(**{key[name]: arr for name, arr in views.items()}, timings_ms={'infer': ms})
 
-    def _capture(self, n: int) -> Any:
-        """Capture execute_async_v3 for batch ``n`` into a CUDA graph (None, with a warning, if impossible)."""
-        torch, context, stream = self._torch, self._ctx(), self._stream
+    def _capture(self, n: int) -> cuda_runtime.CudaGraph | None:
+        """A CUDA graph of one run at batch ``n`` (None, with a warning, if capture is impossible).
+
+        A graph bakes in the shapes its context had at capture; changing the context's input shape
+        afterwards invalidates it. So with a dynamic batch every batch size gets its own execution
+        context, set to that shape once and never changed, and its own graph.
+        """
+        stream = self._stream
+        if stream is None:
+            raise BackendError('internal: stream not created')
+        if self._dynamic:
+            context = self._graph_contexts.get(n)
+            if context is None:
+                context = self._new_context()
+                self._set_batch(context, n)
+                self._bind(context)
+                self._graph_contexts[n] = context
+        else:
+            context = self._ctx()
         # one regular run first: TensorRT allocates lazily and must not do so during capture
-        _check(context.execute_async_v3(stream.cuda_stream), 'execute_async_v3 (before CUDA graph capture)')
+        _check(context.execute_async_v3(stream.handle), 'execute_async_v3 (before CUDA graph capture)')
         stream.synchronize()
-        graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, stream=stream):
-                ok = context.execute_async_v3(stream.cuda_stream)
-        except RuntimeError as exc:
+            stream.begin_capture()
+            ok = context.execute_async_v3(stream.handle)
+            graph = stream.end_capture()
+        except BackendError as exc:
             self._log.warning('tensorrt: CUDA graph capture failed (%s); running without graphs', exc)
             self.cuda_graph = False
             return None
@@ -341,30 +382,38 @@ class TensorRTBackend(InferenceBackend):
              'cuda_graph': str(self.cuda_graph), 'rebuilt': str(self.rebuilt)}
         if self._trt is not None:
             d['tensorrt'] = str(getattr(self._trt, '__version__', 'unknown'))
-            d['gpu'] = f'{self._gpu[0]} (sm {self._gpu[1]})'
+            d['gpu'] = f'{self._gpu.name} (sm {self._gpu.compute_capability}, {self._gpu.sm_count} SMs)'
         if self._sidecar:
             d['cache_key'] = str(self._sidecar.get('key', ''))[:16]
             d['fp32_layers'] = str(len(self._sidecar.get('fp32_layers', [])))
         return d
 
     def close(self) -> None:
-        """Drop the graphs, context, engine and buffers (TensorRT objects before the CUDA memory)."""
-        if self._stream is not None:
+        """Drop graphs, contexts, engine, then the CUDA memory and the stream (TensorRT objects first)."""
+        stream = self._stream
+        if stream is not None:
             try:
-                self._stream.synchronize()
-            except RuntimeError as exc:  # a failed CUDA context must not prevent the release
+                stream.synchronize()
+            except BackendError as exc:  # a failed CUDA context must not prevent the release
                 self._log.warning('tensorrt: stream synchronize during close failed: %s', exc)
+        for graph in self._graphs.values():
+            self._release(graph.destroy, 'CUDA graph')
         self._graphs.clear()
+        self._graph_contexts.clear()
         self._context = None
         self._engine = None
         self._runtime = None
+        buffers: list[Any] = [self._d_in, self._h_in, *self._d_out.values(), *self._h_out.values()]
+        for buf in buffers:
+            if buf is not None:
+                self._release(buf.free, 'buffer')
+        if stream is not None:
+            self._release(stream.destroy, 'stream')
         self._reset()
         super().close()
 
-
-def _import_torch() -> Any:
-    try:
-        import torch
-    except ImportError as exc:
-        raise BackendUnavailableError(f'the tensorrt backend needs PyTorch with CUDA for its buffers: {exc}') from exc
-    return torch
+    def _release(self, free: Any, what: str) -> None:
+        try:
+            free()
+        except BackendError as exc:
+            self._log.warning('tensorrt: releasing a %s failed: %s', what, exc)

@@ -1,11 +1,15 @@
 """INT8 calibration from real frames: an image folder or a rosbag topic, batched to the engine input.
 
-The calibrator logic (batching, cache file) is plain Python; only the device copy needs CUDA and is
-injected as ``to_device(batch) -> int`` (a device pointer), so everything else is testable on CPU.
-:func:`make_entropy_calibrator` mixes the logic into TensorRT's ``IInt8EntropyCalibrator2``.
+Implicit calibration is the TensorRT 8.6 (JetPack 6.0) path only; TensorRT 10 builds explicitly
+quantized (Q/DQ) graphs instead. The calibrator logic (batching, cache file) is plain Python; only the
+device copy needs CUDA (cuda-python, never PyTorch) and is injected as ``to_device(batch) -> int`` (a
+device pointer), so everything else is testable on CPU. :func:`make_entropy_calibrator` mixes the logic
+into TensorRT's ``IInt8EntropyCalibrator2``. The cache file is keyed by the ONNX, the calibration data
+and the precision policy (:func:`calibration_cache_path`).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -124,27 +128,56 @@ def iter_batches(frames: Iterable[np.ndarray], batch: int, input_format: str = '
         yield finish(pending)
 
 
-def torch_cuda_to_device() -> Callable[[np.ndarray], int]:
-    """Default ``to_device``: one reusable CUDA buffer via PyTorch; EngineError if CUDA is unavailable."""
+def cuda_to_device() -> Callable[[np.ndarray], int]:
+    """Default ``to_device``: one reusable device buffer through cuda-python (no PyTorch), synchronous copy."""
+    from evit_ros.backends import cuda_runtime
+    from evit_ros.errors import BackendError
     try:
-        import torch
-    except ImportError as exc:
-        raise EngineError('INT8 calibration needs a CUDA copy of each batch; install PyTorch with CUDA '
-                          '(the Jetson wheel) or pass to_device') from exc
-    if not torch.cuda.is_available():
-        raise EngineError('INT8 calibration needs a CUDA device (torch.cuda.is_available() is False); '
-                          'calibrate on the Jetson')
+        cuda_runtime.runtime()
+    except BackendError as exc:
+        raise EngineError(f'INT8 calibration copies each batch to the GPU: {exc}') from exc
+    if cuda_runtime.device_count()[0] < 1:
+        raise EngineError('INT8 calibration needs a CUDA device; calibrate on the Jetson')
     holder: dict[str, Any] = {}
 
     def to_device(batch: np.ndarray) -> int:
-        host = torch.from_numpy(batch)
         buf = holder.get('buf')
-        if buf is None or buf.shape != host.shape or buf.dtype != host.dtype:
-            buf = holder['buf'] = torch.empty(host.shape, dtype=host.dtype, device='cuda')
-        buf.copy_(host)
-        torch.cuda.synchronize()
-        return int(buf.data_ptr())
+        if buf is None or buf.nbytes != batch.nbytes:
+            if buf is not None:
+                buf.free()
+            buf = holder['buf'] = cuda_runtime.DeviceBuffer(batch.nbytes)
+            holder['stream'] = holder.get('stream') or cuda_runtime.Stream()
+        stream = holder['stream']
+        stream.copy_htod(buf.ptr, np.ascontiguousarray(batch), batch.nbytes)
+        stream.synchronize()
+        return int(buf.ptr)
     return to_device
+
+
+def calibration_cache_path(directory: str | Path, onnx_sha256: str, source: str, policy: int) -> Path:
+    """``<dir>/calib-<onnx sha>-<source hash>-p<policy>.cache``: a cache per model, data set and policy.
+
+    TensorRT's docs: recalibrate when the network or the calibration data change; one shared cache file
+    would silently reuse another model's scales.
+    """
+    src = hashlib.sha256(source.encode()).hexdigest()[:16]
+    return Path(directory) / f'calib-{onnx_sha256[:16]}-{src}-p{policy}.cache'
+
+
+def calibration_source(images: str | None = None, bag: str | None = None, topic: str | None = None,
+                       max_batches: int | None = None) -> str:
+    """A stable description of the calibration frames: folder file names/sizes/mtimes, or bag + topic."""
+    parts: list[str] = [f'max_batches={max_batches}']
+    if images:
+        d = Path(images)
+        files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if d.is_dir() else []
+        parts.append(f'images={d.resolve()}')
+        parts += [f'{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}' for p in files]
+    if bag:
+        b = Path(bag)
+        stat = [f'{p.name}:{p.stat().st_size}' for p in sorted(b.rglob('*') if b.is_dir() else [b]) if p.is_file()]
+        parts += [f'bag={b.resolve()}', f'topic={topic}', *stat]
+    return '\n'.join(parts)
 
 
 class EntropyCalibrator:
@@ -170,7 +203,7 @@ class EntropyCalibrator:
         if batch.shape[0] != self._batch_size:
             raise EngineError(f'calibration batch has {batch.shape[0]} frames, engine expects {self._batch_size}')
         if self._to_device is None:
-            self._to_device = torch_cuda_to_device()
+            self._to_device = cuda_to_device()
         self.batches_served += 1
         if self.batches_served % 10 == 1:
             log.info('calibration batch %d', self.batches_served)

@@ -19,35 +19,88 @@ import json
 import os
 import shlex
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from evit_ros.errors import EngineCacheMismatch, EngineError
 from evit_ros.fileio import file_sha256, replace_atomically
 
-SIDECAR_VERSION = 1
-KEY_FIELDS: tuple[str, ...] = ('onnx_sha256', 'trt_version', 'gpu_name', 'compute_capability', 'precision',
+SIDECAR_VERSION = 2
+# Bump whenever the precision policy of evit_ros.export.tensorrt_build changes (which layers are kept
+# FP32, strongly vs weakly typed, explicit vs implicit INT8): engines and calibration caches built under
+# another policy are then rebuilt instead of silently reused.
+PRECISION_POLICY = 2
+KEY_FIELDS: tuple[str, ...] = ('onnx_sha256', 'trt_version', 'gpu_name', 'compute_capability', 'gpu_sm_count',
+                               'gpu_memory_mb', 'board', 'precision', 'precision_policy', 'pinned_layers_sha256',
                                'shapes', 'builder_flags')
+DEVICE_TREE_MODEL = Path('/proc/device-tree/model')
 
 
-def key_fields(onnx_sha256: str, trt_version: str, gpu_name: str, compute_capability: str, precision: str,
-               shapes: Mapping[str, Any] | Sequence[Any], builder_flags: Sequence[str]) -> dict[str, Any]:
+def board_model() -> str:
+    """``/proc/device-tree/model`` (e.g. 'NVIDIA Jetson AGX Orin Developer Kit'); '' off a Jetson."""
+    try:
+        return DEVICE_TREE_MODEL.read_text(errors='ignore').strip('\x00 \n')
+    except OSError:
+        return ''
+
+
+@dataclass(frozen=True)
+class GpuIdentity:
+    """What an engine is tied to. The compute capability alone is not enough: every Orin module reports
+    8.7, but an AGX Orin engine tuned for 16 SMs and 64 GB must not be loaded on an 8 GB Orin Nano."""
+
+    name: str
+    compute_capability: str
+    sm_count: int = 0
+    total_memory_mb: int = 0
+    board: str = ''
+
+    @classmethod
+    def from_tuple(cls, gpu: GpuIdentity | tuple[str, str]) -> GpuIdentity:
+        """Accept the old ``(name, compute capability)`` pair (SM count / memory unknown = 0)."""
+        if isinstance(gpu, GpuIdentity):
+            return gpu
+        return cls(str(gpu[0]), str(gpu[1]), 0, 0, board_model())
+
+    def describe(self) -> str:
+        board = f' on {self.board}' if self.board else ''
+        return (f'{self.name} (sm {self.compute_capability}, {self.sm_count} SMs, {self.total_memory_mb} MiB)'
+                f'{board}')
+
+
+def pinned_layers_sha256(layers: Sequence[str]) -> str:
+    """Order-independent hash of the FP32-pinned layer names (the list itself is in the sidecar)."""
+    return hashlib.sha256('\n'.join(sorted(set(layers))).encode()).hexdigest()
+
+
+def key_fields(onnx_sha256: str, trt_version: str, gpu: GpuIdentity | tuple[str, str], precision: str,
+               shapes: Mapping[str, Any] | Sequence[Any], builder_flags: Sequence[str], *,
+               pinned_layers: Sequence[str] = (), precision_policy: int = PRECISION_POLICY) -> dict[str, Any]:
     """The normalized fields :func:`cache_key` hashes (JSON-serializable, order-independent flags)."""
+    g = GpuIdentity.from_tuple(gpu)
     return {
         'onnx_sha256': str(onnx_sha256),
         'trt_version': str(trt_version),
-        'gpu_name': str(gpu_name),
-        'compute_capability': str(compute_capability),
+        'gpu_name': str(g.name),
+        'compute_capability': str(g.compute_capability),
+        'gpu_sm_count': int(g.sm_count),
+        'gpu_memory_mb': int(g.total_memory_mb),
+        'board': str(g.board),
         'precision': str(precision),
+        'precision_policy': int(precision_policy),
+        'pinned_layers_sha256': pinned_layers_sha256(pinned_layers),
         'shapes': json.loads(json.dumps(shapes, sort_keys=True)),
         'builder_flags': sorted(str(f) for f in builder_flags),
     }
 
 
-def cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, compute_capability: str, precision: str,
-              shapes: Mapping[str, Any] | Sequence[Any], builder_flags: Sequence[str]) -> str:
+def cache_key(onnx_sha256: str, trt_version: str, gpu: GpuIdentity | tuple[str, str], precision: str,
+              shapes: Mapping[str, Any] | Sequence[Any], builder_flags: Sequence[str], *,
+              pinned_layers: Sequence[str] = (), precision_policy: int = PRECISION_POLICY) -> str:
     """sha256 over the canonical JSON of everything an engine depends on."""
-    fields = key_fields(onnx_sha256, trt_version, gpu_name, compute_capability, precision, shapes, builder_flags)
+    fields = key_fields(onnx_sha256, trt_version, gpu, precision, shapes, builder_flags,
+                        pinned_layers=pinned_layers, precision_policy=precision_policy)
     return key_from_fields(fields)
 
 
@@ -88,19 +141,89 @@ def build_command(onnx_path: str | Path, engine_path: str | Path, precision: str
     return shlex.join(args)
 
 
+def lock_path(path: str | Path) -> Path:
+    """``engines/x.engine`` -> ``engines/.x.engine.lock`` (hidden; it exists only while someone holds it)."""
+    p = Path(path)
+    return p.with_name(f'.{p.name}.lock')
+
+
+def _acquire(lock: Path, shared: bool, blocking: bool = True) -> int | None:
+    """An fd holding a flock on the file now named ``lock`` (or None if not ``blocking`` and it is held).
+
+    Lock files are removed by their last holder, so a waiter may wake up holding a file that is no
+    longer there; it then retries on the new one (same inode check as in Linux's ``flock(1)`` recipes).
+    """
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
+            try:
+                fcntl.flock(fd, flags)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            try:
+                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            return fd
+        os.close(fd)
+
+
+def _release(lock: Path, fd: int) -> None:
+    """Unlock, removing the lock file if nobody else holds or waits on it (exclusive try, then unlink)."""
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return       # another holder: it removes the file when it is the last one
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                os.unlink(lock)
+        except FileNotFoundError:
+            pass
+    finally:
+        os.close(fd)   # closing drops the flock
+
+
 @contextlib.contextmanager
 def file_lock(path: str | Path, *, shared: bool = False) -> Iterator[None]:
-    """Advisory lock on ``<path>.lock`` (blocks until free): exclusive for writers, shared for readers."""
+    """Advisory lock for ``path`` on ``.<name>.lock`` (blocks until free): exclusive for writers and builders,
+    shared for readers. The lock file is removed when the last holder releases it, so none pile up."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    lock = p.with_name(p.name + '.lock')
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = lock_path(p)
+    fd = _acquire(lock, shared)
+    if fd is None:  # pragma: no cover - blocking acquire never returns None
+        raise EngineError(f'could not lock {lock}')
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        _release(lock, fd)
+
+
+@contextlib.contextmanager
+def build_lock(engine_path: str | Path, *, log: Any = None) -> Iterator[None]:
+    """Exclusive lock for building ``engine_path``: a second builder of the same engine waits here, then
+    (the caller's job) re-checks the cache and finds the engine the first one built."""
+    p = Path(engine_path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    lock = lock_path(p.with_name(p.name + '.build'))
+    fd = _acquire(lock, shared=False, blocking=False)
+    if fd is None:
+        if log is not None:
+            log.info('%s is being built by another process; waiting for it (then reusing its engine)', p)
+        fd = _acquire(lock, shared=False)
+        if fd is None:  # pragma: no cover
+            raise EngineError(f'could not lock {lock}')
+    try:
+        yield
+    finally:
+        _release(lock, fd)
 
 
 @contextlib.contextmanager
@@ -172,19 +295,25 @@ def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
 
 def check_engine(engine_path: str | Path, onnx_path: str | Path | None = None, *, trt_version: str | None = None,
                  gpu_name: str | None = None, compute_capability: str | None = None,
-                 precision: str | None = None, verify_engine_hash: bool = True) -> dict[str, Any]:
+                 precision: str | None = None, verify_engine_hash: bool = True,
+                 gpu: GpuIdentity | None = None) -> dict[str, Any]:
     """Raise EngineCacheMismatch unless the engine matches the given ONNX/TensorRT/GPU/precision.
 
-    Fields passed as ``None`` are not checked. Returns the sidecar document when the engine is valid.
-    The pair is read under a shared lock, so a concurrent :func:`write_engine` is never seen half-done.
+    Fields passed as ``None`` are not checked; ``gpu`` checks name, compute capability, SM count, memory
+    and board at once. Returns the sidecar document when the engine is valid. The pair is read under a
+    shared lock, so a concurrent :func:`write_engine` is never seen half-done.
     """
+    expected: dict[str, Any] = {'trt_version': trt_version, 'gpu_name': gpu_name,
+                                'compute_capability': compute_capability, 'precision': precision}
+    if gpu is not None:
+        expected.update({'gpu_name': gpu.name, 'compute_capability': gpu.compute_capability,
+                         'gpu_sm_count': gpu.sm_count, 'gpu_memory_mb': gpu.total_memory_mb, 'board': gpu.board})
     with read_lock(engine_path):
-        return _check_engine(Path(engine_path), onnx_path, trt_version, gpu_name, compute_capability, precision,
-                             verify_engine_hash)
+        return _check_engine(Path(engine_path), onnx_path, expected, verify_engine_hash)
 
 
-def _check_engine(ep: Path, onnx_path: str | Path | None, trt_version: str | None, gpu_name: str | None,
-                  compute_capability: str | None, precision: str | None, verify_engine_hash: bool) -> dict[str, Any]:
+def _check_engine(ep: Path, onnx_path: str | Path | None, expected: Mapping[str, Any],
+                  verify_engine_hash: bool) -> dict[str, Any]:
     if not ep.is_file():
         raise EngineCacheMismatch(f'engine {ep} does not exist; build it with '
                                   f'`evit-ros build-engine --onnx {onnx_path or "MODEL.onnx"} -o {ep}`')
@@ -204,8 +333,9 @@ def _check_engine(ep: Path, onnx_path: str | Path | None, trt_version: str | Non
         if sha != fields.get('onnx_sha256'):
             built = str(fields.get('onnx_sha256'))[:12]
             problems.append(f'ONNX changed: {onnx_path} sha256 {sha[:12]} != built from {built}')
-    expected = {'trt_version': trt_version, 'gpu_name': gpu_name, 'compute_capability': compute_capability,
-                'precision': precision}
+    if doc.get('version') != SIDECAR_VERSION or fields.get('precision_policy') != PRECISION_POLICY:
+        problems.append(f'built under precision policy {fields.get("precision_policy", 1)} (sidecar version '
+                        f'{doc.get("version")}); this evit_ros uses policy {PRECISION_POLICY}')
     for name, value in expected.items():
         if value is not None and str(value) != str(fields.get(name)):
             problems.append(f'{name}: engine built for {fields.get(name)!r}, this machine has {value!r}')

@@ -155,6 +155,21 @@ def fp32_nodes(graph: onnx.GraphProto, scopes: Iterable[str], integer: set[str] 
             and not (n.output and n.output[0] in skip)]
 
 
+def fp32_scope_nodes(graph: onnx.GraphProto, scopes: Iterable[str], integer: set[str] | None = None) -> list[str]:
+    """Every float node of the attention ``scopes`` except convolutions: what the TensorRT build keeps FP32.
+
+    The whole scope, not only its MatMul/Div/Add: its Slices, Reshapes/Transposes and the eps constant
+    (1e-15, zero in FP16) must stay FP32 too. The same rule as :func:`to_mixed_precision`, so the
+    weakly typed (pinned) and strongly typed (Cast) builds keep the same layers in FP32.
+    """
+    prefixes = tuple(scopes)
+    if not prefixes:
+        return []
+    skip = integer or set()
+    return [n.name for n in graph.node if n.name.startswith(prefixes) and n.op_type not in ('Conv', 'Cast')
+            and not (n.output and all(o in skip for o in n.output))]
+
+
 def scopes_from_metadata(meta: dict[str, str]) -> list[str]:
     """The FP32 scopes recorded by the exporter (empty if the file has none)."""
     raw = meta.get(contract.META_FP32_SCOPES, '')

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -27,9 +28,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evit_ros import contract
-from evit_ros.errors import BackendUnavailableError, EngineBuildError, EngineError
+from evit_ros.errors import BackendUnavailableError, EngineBuildError, EngineError, EvitError
 from evit_ros.export import engine_cache
-from evit_ros.export.onnx_export import fp32_nodes, integer_tensors, read_metadata, scopes_from_metadata
+from evit_ros.export.onnx_export import (
+    fp32_scope_nodes,
+    integer_tensors,
+    read_metadata,
+    scopes_from_metadata,
+    to_mixed_precision,
+)
 from evit_ros.fileio import file_sha256
 
 if TYPE_CHECKING:
@@ -58,6 +65,8 @@ class BuildResult:
     engine_bytes: int
     builder_flags: tuple[str, ...] = ()
     shapes: dict[str, Any] = field(default_factory=dict)
+    inspection: dict[str, Any] = field(default_factory=dict)
+    reused: bool = False
 
     def summary(self) -> str:
         mode = 'strongly typed' if self.strongly_typed else 'weakly typed'
@@ -93,35 +102,30 @@ def trt_version(trt_mod: Any) -> str:
     return str(getattr(trt_mod, '__version__', 'unknown'))
 
 
-def detect_gpu() -> tuple[str, str]:
-    """(GPU name, compute capability) of device 0, or ('none', 'none') on a machine without one."""
+def detect_gpu() -> engine_cache.GpuIdentity:
+    """Identity of CUDA device 0 via cuda-python; else nvidia-smi; else the Jetson board; else 'none'."""
     try:
-        import torch
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(0)
-            return torch.cuda.get_device_name(0), f'{major}.{minor}'
-    except ImportError:
-        pass
+        from evit_ros.backends import cuda_runtime
+        if cuda_runtime.device_count()[0] > 0:
+            return cuda_runtime.gpu_identity(0)
+    except EvitError as exc:
+        log.debug('cuda-python GPU query failed: %s', exc)
+    board = engine_cache.board_model()
     smi = shutil.which('nvidia-smi')
     if smi:
         try:
-            out = subprocess.run([smi, '--query-gpu=name,compute_cap', '--format=csv,noheader'],
+            out = subprocess.run([smi, '--query-gpu=name,compute_cap,memory.total', '--format=csv,noheader,nounits'],
                                  capture_output=True, text=True, timeout=10, check=True).stdout.strip()
             if out:
-                name, cc = (s.strip() for s in out.splitlines()[0].split(',', 1))
-                return name, cc
+                name, cc, mem = (s.strip() for s in out.splitlines()[0].split(',', 2))
+                return engine_cache.GpuIdentity(name, cc, 0, int(float(mem)), board)
         except (OSError, subprocess.SubprocessError, ValueError):
             pass
-    model_file = Path('/proc/device-tree/model')
-    if model_file.is_file():
-        model = model_file.read_text(errors='ignore').strip('\x00 \n')
-        if 'Orin' in model:
-            return model, '8.7'
-        if 'Xavier' in model:
-            return model, '7.2'
-        if 'Thor' in model:
-            return model, '11.0'
-    return 'none', 'none'
+    if board:
+        for key, cc in (('Orin', '8.7'), ('Xavier', '7.2'), ('Thor', '11.0')):
+            if key in board:
+                return engine_cache.GpuIdentity(board, cc, 0, 0, board)
+    return engine_cache.GpuIdentity('none', 'none', 0, 0, board)
 
 
 def is_strongly_typed_only(trt_mod: Any) -> bool:
@@ -177,8 +181,12 @@ def _progress_monitor(trt_mod: Any, heartbeat: _Heartbeat) -> Any:
 
 
 def parse_onnx(trt_mod: Any, builder: trt.Builder, onnx_path: Path, strongly_typed: bool,
-               logger: trt.ILogger | None = None) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
-    """Create the network and parse the ONNX into it; EngineBuildError listing every parser error."""
+               logger: trt.ILogger | None = None, model_bytes: bytes | None = None
+               ) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
+    """Create the network and parse the ONNX into it; EngineBuildError listing every parser error.
+
+    ``model_bytes``: parse this serialized model (e.g. rewritten in memory) instead of the file.
+    """
     flags = 0
     creation = trt_mod.NetworkDefinitionCreationFlag
     if strongly_typed:
@@ -194,7 +202,10 @@ def parse_onnx(trt_mod: Any, builder: trt.Builder, onnx_path: Path, strongly_typ
     parser = trt_mod.OnnxParser(network, logger if logger is not None else builder.logger)
     if parser is None:
         raise EngineBuildError('TensorRT could not create an ONNX parser')
-    ok = parser.parse_from_file(str(onnx_path))
+    if model_bytes is not None:
+        ok = parser.parse(model_bytes, str(onnx_path))
+    else:
+        ok = parser.parse_from_file(str(onnx_path))
     if not ok:
         errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise EngineBuildError(f'TensorRT ONNX parser rejected {onnx_path} ({len(errs)} errors): ' + ' | '.join(errs)
@@ -246,8 +257,9 @@ def _set_flag(config: trt.IBuilderConfig, trt_mod: Any, name: str, flags: list[s
     return True
 
 
-def _input_shapes(network: trt.INetworkDefinition, max_batch: int | None
-                  ) -> tuple[dict[str, Any], tuple[tuple[int, ...], tuple[int, ...]] | None, tuple[int, ...]]:
+def _input_shapes(network: trt.INetworkDefinition, max_batch: int | None, opt_batch: int | None
+                  ) -> tuple[dict[str, Any], tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None,
+                             tuple[int, ...]]:
     if network.num_inputs != 1:
         raise EngineBuildError(f'expected one input {contract.INPUT_NAME!r}, the network has {network.num_inputs}')
     inp = network.get_input(0)
@@ -263,68 +275,215 @@ def _input_shapes(network: trt.INetworkDefinition, max_batch: int | None
         raise EngineBuildError(f'{inp.name} has dynamic spatial dims {shape}; export static H and W')
     if max_batch is None or max_batch < 1:
         raise EngineError(f'{inp.name} has a dynamic batch; pass max_batch (from evit.batch metadata)')
-    lo, hi = (1,) + shape[1:], (max_batch,) + shape[1:]
-    shapes['profile'] = {'min': list(lo), 'opt': list(hi), 'max': list(hi)}
-    return shapes, (lo, hi), (max_batch,) + shape[1:]
+    opt = max_batch if opt_batch is None else int(opt_batch)
+    if not 1 <= opt <= max_batch:
+        raise EngineError(f'--opt-batch {opt} must be within 1..{max_batch} (the max batch); use the number of '
+                          'cameras the node runs')
+    lo, mid, hi = (1,) + shape[1:], (opt,) + shape[1:], (max_batch,) + shape[1:]
+    shapes['profile'] = {'min': list(lo), 'opt': list(mid), 'max': list(hi)}
+    return shapes, (lo, mid, hi), (max_batch,) + shape[1:]
+
+
+def is_qdq(model: Any) -> bool:
+    """True for an explicitly quantized graph (QuantizeLinear/DequantizeLinear nodes)."""
+    return any(n.op_type in ('QuantizeLinear', 'DequantizeLinear') for n in model.graph.node)
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """How one build realizes the requested precision (decided before anything is built)."""
+
+    strongly_typed: bool
+    flags: tuple[str, ...]          # builder flags to set (FP16, INT8, OBEY_PRECISION_CONSTRAINTS)
+    pin_layers: bool                # weakly typed: constrain the attention scope to FP32
+    rewrite_mixed: bool             # fp32 ONNX -> mixed-precision ONNX in memory before parsing
+    implicit_int8: bool             # TensorRT 8.6 calibration
+    how: str
+
+
+def plan_precision(trt_mod: Any, precision: str, *, mixed: bool, qdq: bool) -> PrecisionPlan:
+    """The precision policy (``engine_cache.PRECISION_POLICY``), by TensorRT feature, never version string.
+
+    * fp16, TensorRT >= 10 / RTX (STRONGLY_TYPED exists): strongly typed from the mixed-precision graph
+      (the exporter's, or the fp32 ONNX rewritten in memory): the whole attention scope FP32 by its types.
+    * fp16, TensorRT 8.6: FP16 flag, the whole attention scope pinned with OBEY_PRECISION_CONSTRAINTS.
+    * int8 from a Q/DQ ONNX: explicit quantization; strongly typed where possible, else (8.6) INT8+FP16
+      flags with the attention scope pinned FP32 and no calibrator.
+    * int8 from a float ONNX: implicit calibration, only where TensorRT still has it and cannot build
+      strongly typed (8.6); TensorRT 10 deprecates it (10.1) and 11/RTX removed it.
+    """
+    creation = trt_mod.NetworkDefinitionCreationFlag
+    can_strong = hasattr(creation, 'STRONGLY_TYPED')
+    has_fp16_flag = hasattr(trt_mod.BuilderFlag, 'FP16')
+    version = trt_version(trt_mod)
+    quantize_fix = ('quantize the fp32 ONNX explicitly: `evit-ros quantize --onnx MODEL.onnx --calib-dir FRAMES '
+                    '-o MODEL_int8.onnx`, then `evit-ros build-engine --onnx MODEL_int8.onnx --precision int8`')
+    if qdq and precision != 'int8':
+        raise EngineError(f'the ONNX is explicitly quantized (Q/DQ INT8); build it with --precision int8, or build '
+                          f'{precision} from the float ONNX it was quantized from')
+    if precision == 'int8':
+        if mixed:
+            raise EngineError('the ONNX is a mixed-precision (strongly typed fp16) export; INT8 cannot be added to '
+                              'a strongly typed network (TensorRT forbids the INT8 flag there). Export fp32 '
+                              '(without --mixed-precision-fp16) and ' + quantize_fix)
+        if qdq:
+            if can_strong:
+                return PrecisionPlan(True, (), False, False, False, 'explicit INT8 (Q/DQ), strongly typed')
+            return PrecisionPlan(False, ('FP16', 'INT8', 'OBEY_PRECISION_CONSTRAINTS'), True, False, False,
+                                 'explicit INT8 (Q/DQ) with FP16, attention scope pinned FP32')
+        if can_strong or not hasattr(trt_mod, 'IInt8EntropyCalibrator2'):
+            raise EngineError(f'TensorRT {version} has no (or deprecated) implicit INT8 calibration; '
+                              + quantize_fix)
+        return PrecisionPlan(False, ('FP16', 'INT8', 'OBEY_PRECISION_CONSTRAINTS'), True, False, True,
+                             'implicit INT8 calibration (TensorRT 8.6), attention scope pinned FP32')
+    if precision == 'fp16':
+        if can_strong:
+            return PrecisionPlan(True, (), False, not mixed, False,
+                                 'strongly typed mixed precision: attention scope FP32 by its types')
+        if not has_fp16_flag:
+            raise EngineError(f'TensorRT {version} has neither the FP16 flag nor strongly typed networks')
+        return PrecisionPlan(False, ('FP16', 'OBEY_PRECISION_CONSTRAINTS'), True, False, False,
+                             'FP16 flag, attention scope pinned FP32 (OBEY_PRECISION_CONSTRAINTS)')
+    if mixed:
+        log.warning('a mixed-precision (fp16) export built at fp32 still runs its fp16 parts in fp16')
+    strong = is_strongly_typed_only(trt_mod) or (mixed and can_strong)
+    return PrecisionPlan(strong, (), False, False, False, 'whole network FP32')
+
+
+_LOW_PRECISION = re.compile(r'\b(fp16|half|int8|fp8|bf16|int4)\b', re.IGNORECASE)
+_FP32 = re.compile(r'\b(fp32|float)\b', re.IGNORECASE)
+_PATHLIKE = re.compile(r'/[\w./-]+')
+
+
+def _name_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(re.escape(name) + r'(?![\w])')
+
+
+def check_layer_precisions(info: dict[str, Any], pinned: list[str]) -> dict[str, Any]:
+    """Judge an engine's layer information (IEngineInspector JSON, DETAILED) against the pinned layers.
+
+    A violation is an engine layer made only of pinned network layers whose outputs are not FP32.
+    Pinned layers fused with other layers (e.g. a following Cast) or hidden inside a Myelin
+    ``ForeignNode`` cannot be judged from the engine and are counted as ``unobserved``.
+    """
+    patterns = {n: _name_pattern(n) for n in pinned}
+    seen: set[str] = set()
+    fp32: set[str] = set()
+    violations: list[str] = []
+    unknown = 0
+    for layer in info.get('Layers', []):
+        if isinstance(layer, str):        # LAYER_NAMES_ONLY verbosity: names without types
+            layer = {'Name': layer}
+        name = str(layer.get('Name', ''))
+        text = name + ' ' + str(layer.get('Metadata', ''))
+        hits = [n for n, pat in patterns.items() if pat.search(text)]
+        if not hits:
+            continue
+        if 'ForeignNode' in name or 'Myelin' in name:
+            continue
+        rest = name
+        for n in hits:
+            rest = patterns[n].sub('', rest)
+        if _PATHLIKE.search(rest):
+            continue                      # fused with a non-pinned layer: not judged
+        formats = [str(t.get('Format/Datatype', '')) for t in layer.get('Outputs', []) if isinstance(t, dict)]
+        seen.update(hits)
+        if any(_LOW_PRECISION.search(f) for f in formats):
+            violations.append(f'{name} ({", ".join(formats)})')
+        elif formats and all(_FP32.search(f) for f in formats):
+            fp32.update(hits)
+        else:
+            unknown += 1
+    return {'inspected': True, 'pinned': len(pinned), 'checked_fp32': len(fp32), 'violations': violations,
+            'unobserved': len(set(pinned) - seen), 'unknown_format_layers': unknown}
+
+
+def inspect_engine(trt_mod: Any, engine: bytes, pinned: list[str], logger: trt.ILogger,
+                   input_name: str, opt_shape: tuple[int, ...] | None) -> dict[str, Any]:
+    """Deserialize the new engine and check its pinned layers run FP32 (needs a GPU to deserialize)."""
+    if not pinned:
+        return {'inspected': False, 'reason': 'no pinned layers'}
+    runtime = trt_mod.Runtime(logger)
+    cuda_engine = runtime.deserialize_cuda_engine(engine) if runtime is not None else None
+    if cuda_engine is None:
+        return {'inspected': False, 'reason': 'the engine cannot be deserialized on this machine (no CUDA GPU); '
+                'the layer precisions are checked when it is built on the device'}
+    inspector = cuda_engine.create_engine_inspector()
+    if inspector is None:
+        return {'inspected': False, 'reason': 'this TensorRT has no engine inspector'}
+    context = None
+    if opt_shape is not None:   # dynamic shapes: formats are "N/A" until a context fixes the shape
+        context = cuda_engine.create_execution_context()
+        if context is not None and context.set_input_shape(input_name, opt_shape):
+            inspector.execution_context = context
+    raw = inspector.get_engine_information(trt_mod.LayerInformationFormat.JSON)
+    try:
+        info = json.loads(raw)
+    except (TypeError, json.JSONDecodeError) as exc:
+        return {'inspected': False, 'reason': f'engine information is not JSON ({exc})'}
+    return check_layer_precisions(info, pinned)
 
 
 def build_engine(onnx_path: str | Path, engine_path: str | Path | None = None, *, precision: str = 'fp16',
                  calib: Any = None, workspace_mb: int | None = None, dla_core: int | None = None,
                  timing_cache: str | Path | None = None, max_batch: int | None = None, trt_module: Any = None,
-                 gpu: tuple[str, str] | None = None, engines_dir: str | Path = 'engines',
+                 gpu: engine_cache.GpuIdentity | tuple[str, str] | None = None, engines_dir: str | Path = 'engines',
                  calib_factory: Callable[[tuple[int, ...], str], Any] | None = None,
-                 rebuild_command: str | None = None, command_options: dict[str, Any] | None = None) -> BuildResult:
-    """Parse ``onnx_path``, build an engine with the FP32 attention policy, write it and its sidecar.
+                 rebuild_command: str | None = None, command_options: dict[str, Any] | None = None,
+                 opt_batch: int | None = None, force: bool = True) -> BuildResult:
+    """Parse ``onnx_path``, build an engine under the precision policy, inspect it, write it and its sidecar.
 
     ``calib``: a TensorRT INT8 calibrator, or ``calib_factory(input_shape, input_format)`` building one
-    once the engine's input shape is known (INT8 only; INT8 without either raises EngineError).
-    ``command_options``: extra ``evit-ros build-engine`` options (e.g. ``calib_images``) recorded in the
-    sidecar's rebuild command, for settings that live outside this function (calibration data).
+    once the engine's input shape is known (implicit INT8 on TensorRT 8.6 only).
+    ``opt_batch``: the profile's opt batch of a dynamic-batch ONNX (the typical batch = number of
+    cameras; default the max batch). ``command_options``: extra ``evit-ros build-engine`` options
+    recorded in the sidecar's rebuild command. The build runs under an exclusive build lock; with
+    ``force=False`` an engine that another process finished meanwhile with the same key is reused.
     """
     onnx_p = Path(onnx_path)
     if precision not in PRECISIONS:
         raise EngineError(f'precision={precision!r} is not valid; use one of: {", ".join(PRECISIONS)}')
+    if dla_core is not None and precision == 'fp32':
+        raise EngineError('--dla-core needs --precision fp16 or int8: DLA runs FP16/INT8 only, an fp32 build '
+                          'would silently run on the GPU; drop --dla-core or choose fp16')
     meta = read_metadata(onnx_p)
-    if precision == 'int8' and calib is None and calib_factory is None:
-        raise EngineError('INT8 needs calibration data: pass --calib-images DIR or --calib-bag BAG --calib-topic '
-                          'TOPIC (a few hundred real camera frames), or build --precision fp16')
     batch_meta = meta.get(contract.META_BATCH, '1')
     if max_batch is None and batch_meta.startswith('dynamic:'):
         max_batch = int(batch_meta.split(':', 1)[1])
     trt_mod = import_tensorrt(trt_module)
     version = trt_version(trt_mod)
-    gpu_name, cc = gpu if gpu is not None else detect_gpu()
+    gpu_id = engine_cache.GpuIdentity.from_tuple(gpu) if gpu is not None else detect_gpu()
     exporter = json.loads(meta.get(contract.META_EXPORTER, '{}') or '{}')
     mixed = bool(exporter.get('mixed_precision_fp16', False))
-    strongly_typed = is_strongly_typed_only(trt_mod)
-    if strongly_typed and precision == 'fp16' and not mixed:
-        raise EngineError(f'this TensorRT ({version}) is strongly typed and has no FP16 builder flag; export a '
-                          'mixed-precision graph: `evit-ros export ... --mixed-precision-fp16` and build that')
-    if strongly_typed and precision == 'int8':
-        raise EngineError(f'this TensorRT ({version}) has no implicit INT8 calibration; build fp16 or fp32')
-    if mixed and precision == 'fp32':
-        log.warning('%s is a mixed-precision (fp16) export; an fp32 build still runs its fp16 parts in fp16', onnx_p)
-    if mixed and not strongly_typed and hasattr(trt_mod.NetworkDefinitionCreationFlag, 'STRONGLY_TYPED'):
-        strongly_typed = True  # honour the explicit Casts exactly
+    import onnx
+    onnx_model = onnx.load(str(onnx_p), load_external_data=False)
+    plan = plan_precision(trt_mod, precision, mixed=mixed, qdq=is_qdq(onnx_model))
+    if plan.implicit_int8 and calib is None and calib_factory is None:
+        raise EngineError('INT8 needs calibration data: pass --calib-images DIR or --calib-bag BAG --calib-topic '
+                          'TOPIC (a few hundred real camera frames), or build --precision fp16')
+    scopes = scopes_from_metadata(meta)
+    pinned_nodes = fp32_scope_nodes(onnx_model.graph, scopes, integer_tensors(onnx_model))
+    model_bytes = None
+    if plan.rewrite_mixed:
+        n_casts = to_mixed_precision(onnx_model, scopes)
+        model_bytes = onnx_model.SerializeToString()
+        log.info('%s: fp32 graph rewritten to mixed precision in memory (%d Casts; attention scope FP32)',
+                 onnx_p, n_casts)
 
     logger: trt.ILogger = trt_mod.Logger(trt_mod.Logger.WARNING)
     builder: trt.Builder = trt_mod.Builder(logger)
     if builder is None:
         raise EngineBuildError('TensorRT could not create a Builder (no CUDA device / driver?)')
     t0 = time.perf_counter()
-    network, _parser = parse_onnx(trt_mod, builder, onnx_p, strongly_typed, logger)
+    network, _parser = parse_onnx(trt_mod, builder, onnx_p, plan.strongly_typed, logger, model_bytes)
     parse_s = time.perf_counter() - t0
-    shapes, profile_dims, engine_input_shape = _input_shapes(network, max_batch)
+    shapes, profile_dims, engine_input_shape = _input_shapes(network, max_batch, opt_batch)
 
-    scopes = scopes_from_metadata(meta)
-    import onnx
-    onnx_model = onnx.load(str(onnx_p), load_external_data=False)
-    pinned_nodes = fp32_nodes(onnx_model.graph, scopes, integer_tensors(onnx_model))
     layers = select_fp32_layers(network, pinned_nodes)
     matched = {n for n in pinned_nodes if any(la.name == n or la.name.startswith(n) for la in layers)}
     unmatched = [n for n in pinned_nodes if n not in matched]
     if unmatched:
-        log.warning('%d attention nodes have no TensorRT layer of the same name: %s', len(unmatched), unmatched[:5])
+        log.debug('%d attention nodes have no TensorRT layer of the same name: %s', len(unmatched), unmatched[:5])
     if not scopes:
         log.warning('%s records no attention scopes (evit.fp32_scopes); nothing is pinned to FP32', onnx_p)
 
@@ -339,20 +498,19 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path | None = None, *
             config.set_memory_pool_limit(trt_mod.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
         else:
             config.max_workspace_size = int(workspace_mb) << 20  # type: ignore[attr-defined]  # TensorRT 8.x
-    pinned_count = 0
-    if not strongly_typed and precision in ('fp16', 'int8'):
-        _set_flag(config, trt_mod, 'FP16', flags)
-        if not (_set_flag(config, trt_mod, 'OBEY_PRECISION_CONSTRAINTS', flags)
-                or _set_flag(config, trt_mod, 'STRICT_TYPES', flags)):
-            log.warning('this TensorRT has no precision-constraint flag; FP32 pinning is a preference only')
-        pinned_count = pin_fp32(trt_mod, layers)
-    if precision == 'int8':
-        if not _set_flag(config, trt_mod, 'INT8', flags):
-            raise EngineError(f'this TensorRT ({version}) has no INT8 builder flag; build fp16')
+    if hasattr(trt_mod, 'ProfilingVerbosity'):   # layer precisions readable by the engine inspector
+        config.profiling_verbosity = trt_mod.ProfilingVerbosity.DETAILED
+    for flag in plan.flags:
+        if not _set_flag(config, trt_mod, flag, flags):
+            if flag == 'OBEY_PRECISION_CONSTRAINTS' and _set_flag(config, trt_mod, 'STRICT_TYPES', flags):
+                continue
+            raise EngineError(f'this TensorRT ({version}) has no {flag} builder flag; build fp32')
+    pinned_count = pin_fp32(trt_mod, layers) if plan.pin_layers else 0
+    if plan.implicit_int8:
         if calib is None and calib_factory is not None:
             calib = calib_factory(tuple(engine_input_shape), meta.get(contract.META_INPUT_FORMAT, 'uint8-nhwc'))
         config.int8_calibrator = calib
-    if strongly_typed:
+    if plan.strongly_typed:
         flags.append('STRONGLY_TYPED')
     if dla_core is not None:
         if builder.num_DLA_cores <= dla_core:
@@ -363,24 +521,13 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path | None = None, *
         flags.append(f'DLA{dla_core}')
     if profile_dims is not None:
         profile = builder.create_optimization_profile()
-        lo, hi = profile_dims
-        profile.set_shape(network.get_input(0).name, trt_mod.Dims(list(lo)), trt_mod.Dims(list(hi)),
+        lo, mid, hi = profile_dims
+        profile.set_shape(network.get_input(0).name, trt_mod.Dims(list(lo)), trt_mod.Dims(list(mid)),
                           trt_mod.Dims(list(hi)))
         if config.add_optimization_profile(profile) < 0:
             raise EngineBuildError(f'TensorRT rejected the optimization profile {shapes["profile"]}')
-        if precision == 'int8' and hasattr(config, 'set_calibration_profile'):
+        if plan.implicit_int8 and hasattr(config, 'set_calibration_profile'):
             config.set_calibration_profile(profile)
-
-    cache_obj = None
-    if timing_cache is not None and hasattr(config, 'create_timing_cache'):
-        tc = Path(timing_cache)
-        data = tc.read_bytes() if tc.is_file() else b''
-        cache_obj = config.create_timing_cache(data)
-        if cache_obj is None or not config.set_timing_cache(cache_obj, False):
-            log.warning('timing cache %s could not be used (other TensorRT version?); starting a new one', tc)
-            cache_obj = config.create_timing_cache(b'')
-            config.set_timing_cache(cache_obj, True)
-        log.info('timing cache %s (%d bytes loaded)', tc, len(data))
 
     model_name = meta.get(contract.META_MODEL, onnx_p.stem)
     in_size = meta.get(contract.META_INPUT_SIZE, 'x'.join(str(d) for d in engine_input_shape[1:3]))
@@ -390,41 +537,90 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path | None = None, *
         model_name, h, w, meta.get(contract.META_HEAD, 'labels'), batch_tag, precision, engines_dir)
 
     layer_names = [la.name for la in layers]
-    how = ('whole network fp32' if precision == 'fp32' else
-           'explicit Casts in the ONNX, strongly typed' if strongly_typed else 'layer precision constraints')
-    log.info('FP32 attention policy: %d layers from %d ONNX nodes in %d scopes (%s)', len(layer_names),
-             len(pinned_nodes), len(scopes), how)
+    log.info('precision policy %d: %s; %d attention layers FP32 from %d ONNX nodes in %d scopes',
+             engine_cache.PRECISION_POLICY, plan.how, len(layer_names), len(pinned_nodes), len(scopes))
     for name in layer_names:
-        log.info('  fp32: %s', name)
+        log.debug('  fp32: %s', name)
+    fields = engine_cache.key_fields(file_sha256(onnx_p), version, gpu_id, precision, shapes, flags,
+                                     pinned_layers=layer_names)
+    key = engine_cache.key_from_fields(fields)
 
-    t1 = time.perf_counter()
-    with _Heartbeat(f'building {ep.name}') as hb:
-        monitor = _progress_monitor(trt_mod, hb)
-        if monitor is not None and hasattr(config, 'progress_monitor'):
-            config.progress_monitor = monitor
-        serialized = builder.build_serialized_network(network, config)
-    build_s = time.perf_counter() - t1
-    if serialized is None:
-        raise EngineBuildError(f'TensorRT failed to build {onnx_p} at {precision} (see the TensorRT log above); '
-                               'try a larger --workspace-mb, --precision fp32, or re-export with opset 17')
-    engine = bytes(memoryview(serialized))
-    if cache_obj is not None and timing_cache is not None:
-        tc_data = config.get_timing_cache().serialize()
-        engine_cache.atomic_write(timing_cache, bytes(memoryview(tc_data)))
+    with engine_cache.build_lock(ep, log=log):
+        if not force:
+            reused = _reuse(ep, key)
+            if reused is not None:
+                log.info('%s was built meanwhile by another process with the same key; reusing it', ep)
+                return reused
+        cache_obj = None
+        if timing_cache is not None and hasattr(config, 'create_timing_cache'):
+            tc = Path(timing_cache)
+            data = tc.read_bytes() if tc.is_file() else b''
+            cache_obj = config.create_timing_cache(data)
+            if cache_obj is None or not config.set_timing_cache(cache_obj, False):
+                log.warning('timing cache %s could not be used (other TensorRT version?); starting a new one', tc)
+                cache_obj = config.create_timing_cache(b'')
+                config.set_timing_cache(cache_obj, True)
+            log.info('timing cache %s (%d bytes loaded)', tc, len(data))
+        t1 = time.perf_counter()
+        with _Heartbeat(f'building {ep.name}') as hb:
+            monitor = _progress_monitor(trt_mod, hb)
+            if monitor is not None and hasattr(config, 'progress_monitor'):
+                config.progress_monitor = monitor
+            serialized = builder.build_serialized_network(network, config)
+        build_s = time.perf_counter() - t1
+        if serialized is None:
+            raise EngineBuildError(f'TensorRT failed to build {onnx_p} at {precision} (see the TensorRT log above); '
+                                   'try a larger --workspace-mb, --precision fp32, or re-export with opset 17')
+        engine = bytes(memoryview(serialized))
+        if cache_obj is not None and timing_cache is not None:
+            tc_data = config.get_timing_cache().serialize()
+            engine_cache.atomic_write(timing_cache, bytes(memoryview(tc_data)))
+        opt_shape = tuple(profile_dims[1]) if profile_dims is not None else None
+        inspection = inspect_engine(trt_mod, engine, layer_names if precision != 'fp32' else [], logger,
+                                    network.get_input(0).name, opt_shape)
+        if inspection.get('violations'):
+            raise EngineBuildError(f'TensorRT {version} built {len(inspection["violations"])} FP32-pinned attention '
+                                   f'layers in lower precision: {inspection["violations"][:5]}. The engine was not '
+                                   'written. Build --precision fp32, or try another TensorRT version')
+        if inspection.get('inspected'):
+            log.info('engine inspection: %d pinned layers verified FP32, %d not observable (fused)',
+                     inspection['checked_fp32'], inspection['unobserved'])
+        else:
+            log.info('engine inspection skipped: %s', inspection.get('reason'))
 
-    fields = engine_cache.key_fields(file_sha256(onnx_p), version, gpu_name, cc, precision, shapes, flags)
-    options: dict[str, Any] = {'workspace_mb': workspace_mb, 'dla_core': dla_core, 'timing_cache': timing_cache,
-                               **(command_options or {})}
-    command = rebuild_command or engine_cache.build_command(onnx_p, ep, precision, **options)
-    sidecar = engine_cache.make_sidecar(
-        fields, model_metadata=meta, fp32_layers=layer_names, rebuild_command=command,
-        extra={'onnx_path': os.fspath(onnx_p), 'num_layers': network.num_layers, 'strongly_typed': strongly_typed,
-               'fp32_layers_pinned_by': 'casts' if strongly_typed else ('precision' if pinned_count else 'none'),
-               'build_seconds': round(build_s, 3)})
-    sp = engine_cache.write_engine(ep, engine, sidecar)
-    result = BuildResult(engine_path=ep, sidecar_path=sp, precision=precision, strongly_typed=strongly_typed,
+        options: dict[str, Any] = {'workspace_mb': workspace_mb, 'dla_core': dla_core, 'timing_cache': timing_cache,
+                                   **(command_options or {})}
+        command = rebuild_command or engine_cache.build_command(onnx_p, ep, precision, **options)
+        sidecar = engine_cache.make_sidecar(
+            fields, model_metadata=meta, fp32_layers=layer_names, rebuild_command=command,
+            extra={'onnx_path': os.fspath(onnx_p), 'num_layers': network.num_layers,
+                   'strongly_typed': plan.strongly_typed, 'precision_plan': plan.how,
+                   'fp32_layers_pinned_by': ('casts' if plan.strongly_typed else
+                                             'precision' if pinned_count else 'none'),
+                   'fp32_inspection': inspection, 'gpu': gpu_id.describe(),
+                   'build_seconds': round(build_s, 3)})
+        sp = engine_cache.write_engine(ep, engine, sidecar)
+    result = BuildResult(engine_path=ep, sidecar_path=sp, precision=precision, strongly_typed=plan.strongly_typed,
                          trt_version=version, cache_key=sidecar['key'], num_layers=network.num_layers,
                          fp32_layers=tuple(layer_names), parse_seconds=parse_s, build_seconds=build_s,
-                         engine_bytes=len(engine), builder_flags=tuple(flags), shapes=shapes)
+                         engine_bytes=len(engine), builder_flags=tuple(flags), shapes=shapes,
+                         inspection=inspection)
     log.info('%s', result.summary())
     return result
+
+
+def _reuse(ep: Path, key: str) -> BuildResult | None:
+    """The engine at ``ep`` if its sidecar has exactly ``key`` and the engine bytes match it."""
+    try:
+        doc = engine_cache.check_engine(ep)
+    except EngineError:
+        return None
+    if doc.get('key') != key:
+        return None
+    f = doc['fields']
+    return BuildResult(engine_path=ep, sidecar_path=engine_cache.sidecar_path(ep), precision=f['precision'],
+                       strongly_typed=bool(doc.get('strongly_typed')), trt_version=f['trt_version'], cache_key=key,
+                       num_layers=int(doc.get('num_layers', 0)), fp32_layers=tuple(doc.get('fp32_layers', ())),
+                       parse_seconds=0.0, build_seconds=0.0, engine_bytes=int(doc.get('engine_bytes', 0)),
+                       builder_flags=tuple(f['builder_flags']), shapes=dict(f['shapes']),
+                       inspection=dict(doc.get('fp32_inspection', {})), reused=True)
