@@ -117,8 +117,8 @@ class PinnedBuffer:
         self.ptr = int(check(runtime().cudaHostAlloc(max(1, self.nbytes), cudart.cudaHostAllocDefault),
                              f'cudaHostAlloc({self.nbytes})'))
         raw = (ctypes.c_byte * max(1, self.nbytes)).from_address(self.ptr)
-        self.array: np.ndarray = np.frombuffer(memoryview(raw).cast("B"), dtype=np.uint8, count=self.nbytes).view(self.dtype).reshape(
-            self.shape)
+        flat = np.frombuffer(memoryview(raw).cast('B'), dtype=np.uint8, count=self.nbytes)
+        self.array: np.ndarray = flat.view(self.dtype).reshape(self.shape)
 
     def free(self) -> None:
         if self.ptr:

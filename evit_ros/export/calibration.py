@@ -129,7 +129,7 @@ def iter_batches(frames: Iterable[np.ndarray], batch: int, input_format: str = '
 
 
 def cuda_to_device() -> Callable[[np.ndarray], int]:
-    """Default ``to_device``: one reusable device buffer through cuda-python (no PyTorch), synchronous copy."""
+    """Default ``to_device``: one reusable pinned + device buffer pair through cuda-python (no PyTorch)."""
     from evit_ros.backends import cuda_runtime
     from evit_ros.errors import BackendError
     try:
@@ -141,14 +141,17 @@ def cuda_to_device() -> Callable[[np.ndarray], int]:
     holder: dict[str, Any] = {}
 
     def to_device(batch: np.ndarray) -> int:
-        buf = holder.get('buf')
-        if buf is None or buf.nbytes != batch.nbytes:
-            if buf is not None:
-                buf.free()
-            buf = holder['buf'] = cuda_runtime.DeviceBuffer(batch.nbytes)
+        buf, host = holder.get('buf'), holder.get('host')
+        if buf is None or host is None or host.array.shape != batch.shape or host.dtype != batch.dtype:
+            for old in (buf, host):
+                if old is not None:
+                    old.free()
+            host = holder['host'] = cuda_runtime.PinnedBuffer(batch.shape, batch.dtype)
+            buf = holder['buf'] = cuda_runtime.DeviceBuffer(host.nbytes)
             holder['stream'] = holder.get('stream') or cuda_runtime.Stream()
         stream = holder['stream']
-        stream.copy_htod(buf.ptr, np.ascontiguousarray(batch), batch.nbytes)
+        host.array[...] = batch
+        stream.copy_htod(buf.ptr, host.array, host.nbytes)
         stream.synchronize()
         return int(buf.ptr)
     return to_device
