@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -16,6 +17,7 @@ from evit_ros import contract
 from evit_ros.errors import EngineBuildError, EngineError
 from evit_ros.export import engine_cache
 from evit_ros.export.onnx_export import export_onnx
+from evit_ros.fileio import file_sha256
 
 trt: Any = pytest.importorskip('tensorrt_rtx_bindings', reason='TensorRT-RTX bindings (tensorrt-rtx-cu12-bindings) '
                                'are not installed; engine builds cannot be tested here')
@@ -41,6 +43,36 @@ def onnx_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     files['float-nchw'] = export_onnx(MODEL, d / 'fnchw.onnx', height=H, width=W, model=model, head='labels-lowres',
                                       input_format='float-nchw').path
     return files
+
+
+@pytest.fixture(scope='module')
+def qdq_files(onnx_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small Q/DQ INT8 graphs made with ONNX Runtime's quantizer on CPU: TensorRT's form and ORT's defaults."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from evit_ros.export.onnx_export import fp32_scope_nodes, read_metadata, scopes_from_metadata
+
+    class Frames(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rng, self.left = np.random.default_rng(0), 3
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            self.left -= 1
+            return None if self.left < 0 else {'images': self.rng.integers(0, 256, (1, H, W, 3), np.uint8)}
+
+    src = onnx_files['labels']
+    graph = onnx.load(str(src)).graph
+    keep = fp32_scope_nodes(graph, scopes_from_metadata(read_metadata(src)))
+    keep += [n.name for n in graph.node if not n.name.startswith('/model/')]   # pre/post-processing stays float
+    d = tmp_path_factory.mktemp('qdq')
+    good, defaults = d / 'q.onnx', d / 'q_ort_defaults.onnx'
+    quantize_static(str(src), str(good), Frames(), quant_format=QuantFormat.QDQ, op_types_to_quantize=['Conv'],
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    nodes_to_exclude=keep, extra_options={'ActivationSymmetric': True, 'WeightSymmetric': True,
+                                                          'QuantizeBias': False})
+    quantize_static(str(src), str(defaults), Frames(), quant_format=QuantFormat.QDQ, op_types_to_quantize=['Conv'],
+                    nodes_to_exclude=keep)
+    return {'good': good, 'ort-defaults': defaults}
 
 
 def test_import_prefers_a_real_runtime() -> None:
@@ -138,14 +170,60 @@ def test_weakly_typed_selection_and_pinning(onnx_files: dict[str, Path]) -> None
     assert pin_fp32(trt, layers) == 0    # TensorRT-RTX layers have no precision attribute: nothing to pin
 
 
-def test_policy_errors_name_the_fix(onnx_files: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(EngineError, match='--mixed-precision-fp16'):
-        build_engine(onnx_files['labels'], tmp_path / 'x.engine', precision='fp16', gpu=GPU)
-    with pytest.raises(EngineError, match='--calib-images'):
+def test_policy_errors_name_the_fix(onnx_files: dict[str, Path], qdq_files: dict[str, Path],
+                                    tmp_path: Path) -> None:
+    # implicit calibration is gone from strongly typed TensorRT (10.x deprecates it, RTX/11 removed it)
+    with pytest.raises(EngineError, match='implicit INT8 calibration.*evit-ros quantize --onnx'):
         build_engine(onnx_files['labels'], tmp_path / 'x.engine', precision='int8', gpu=GPU)
+    # INT8 on a strongly typed (mixed-precision) export is refused up front, with the fix
+    with pytest.raises(EngineError, match='mixed-precision.*strongly typed.*Export fp32.*evit-ros quantize'):
+        build_engine(onnx_files['mixed'], tmp_path / 'x.engine', precision='int8', gpu=GPU,
+                     calib_factory=lambda shape, fmt: None)
+    with pytest.raises(EngineError, match='explicitly quantized.*--precision int8'):
+        build_engine(qdq_files['good'], tmp_path / 'x.engine', precision='fp16', gpu=GPU)
+    with pytest.raises(EngineError, match='INT32-quantized biases.*non-zero zero point.*evit-ros quantize'):
+        build_engine(qdq_files['ort-defaults'], tmp_path / 'x.engine', precision='int8', gpu=GPU)
+    with pytest.raises(EngineError, match='DLA runs FP16/INT8 only'):
+        build_engine(onnx_files['labels'], tmp_path / 'x.engine', precision='fp32', gpu=GPU, dla_core=0)
     with pytest.raises(EngineError, match='precision'):
         build_engine(onnx_files['labels'], tmp_path / 'x.engine', precision='bf16', gpu=GPU)
+    with pytest.raises(EngineError, match='--opt-batch 3 must be within 1..2'):
+        build_engine(onnx_files['mixed'], tmp_path / 'x.engine', precision='fp16', gpu=GPU, opt_batch=3)
     assert not (tmp_path / 'x.engine').exists()
+
+
+def test_fp16_from_an_fp32_onnx_is_strongly_typed_with_the_whole_scope_fp32(onnx_files: dict[str, Path],
+                                                                           tmp_path: Path) -> None:
+    """TensorRT >= 10 (and RTX): the fp32 graph is rewritten to mixed precision in memory, built strongly typed."""
+    res = build_engine(onnx_files['labels'], tmp_path / 'h.engine', precision='fp16', gpu=GPU)
+    assert res.strongly_typed and res.builder_flags == ('STRONGLY_TYPED',)
+    side = engine_cache.read_sidecar(res.engine_path)
+    assert 'strongly typed mixed precision' in side['precision_plan']
+    assert side['fields']['precision_policy'] == engine_cache.PRECISION_POLICY
+    assert side['fields']['pinned_layers_sha256'] == engine_cache.pinned_layers_sha256(res.fp32_layers)
+    # the whole attention scope, not only MatMul/Div: its Slices, Reshapes/Transposes and constants too
+    graph = onnx.load(str(onnx_files['labels'])).graph
+    kinds = {n.op_type for n in graph.node if n.name in set(res.fp32_layers)}
+    assert {'MatMul', 'Div', 'Add', 'Slice', 'Reshape', 'Transpose'} <= kinds and 'Conv' not in kinds
+    # the file on disk is untouched (the rewrite happened in memory) and keys the engine
+    assert side['fields']['onnx_sha256'] == file_sha256(onnx_files['labels'])
+    assert not side['fp32_inspection']['inspected'] and 'no CUDA GPU' in side['fp32_inspection']['reason']
+
+
+def test_qdq_onnx_builds_as_explicitly_quantized_strongly_typed_network(qdq_files: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    res = build_engine(qdq_files['good'], tmp_path / 'q.engine', precision='int8', gpu=GPU, opt_batch=1)
+    assert res.strongly_typed and res.builder_flags == ('STRONGLY_TYPED',)   # no INT8 flag, no calibrator
+    side = engine_cache.read_sidecar(res.engine_path)
+    assert side['precision_plan'] == 'explicit INT8 (Q/DQ), strongly typed'
+    qdq_names = {n.name for n in onnx.load(str(qdq_files['good'])).graph.node
+                 if n.op_type in ('QuantizeLinear', 'DequantizeLinear')}
+    assert res.fp32_layers and not qdq_names & set(res.fp32_layers)   # Q/DQ is INT8 by definition, never pinned
+    # the network really holds INT8 quantize layers (parsed by TensorRT-RTX, strongly typed)
+    _b, network, _p = _network(qdq_files['good'])
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    assert any(la.type == trt.LayerType.QUANTIZE for la in layers)
+    assert any(la.get_output(0).dtype == trt.DataType.INT8 for la in layers if la.type == trt.LayerType.QUANTIZE)
 
 
 def test_parser_errors_are_collected(tmp_path: Path) -> None:
@@ -174,9 +252,30 @@ def test_build_engine_cli(onnx_files: dict[str, Path], tmp_path: Path, capsys: p
     assert side['build_command'].startswith('evit-ros build-engine --onnx ')
     assert (tmp_path / 'timing.cache').is_file()
     assert main(['build-engine', '--onnx', str(onnx_files['labels']), '--precision', 'int8', '-o', str(out)]) == 1
-    assert 'calib' in capsys.readouterr().err
-    # with calibration frames, a strongly typed TensorRT (RTX, 11.x) still refuses implicit INT8, naming the fix
+    assert 'evit-ros quantize' in capsys.readouterr().err
+    # with calibration frames, a strongly typed TensorRT (RTX, 10.x, 11.x) still refuses implicit INT8, naming the fix
     assert main(['build-engine', '--onnx', str(onnx_files['labels']), '--precision', 'int8', '--calib-images',
                  str(tmp_path), '-o', str(tmp_path / 'i8.engine')]) == 1
-    assert 'no implicit INT8 calibration; build fp16 or fp32' in capsys.readouterr().err
+    assert 'implicit INT8 calibration; quantize the fp32 ONNX explicitly' in capsys.readouterr().err
     assert not (tmp_path / 'i8.engine').exists()
+    # the same build again reuses the engine (same key); --force rebuilds
+    assert main(['build-engine', '--onnx', str(onnx_files['labels-lowres']), '--precision', 'fp32',
+                 '-o', str(out)]) == 0
+    assert 'is up to date' in capsys.readouterr().out
+    assert main(['build-engine', '--onnx', str(onnx_files['labels-lowres']), '--precision', 'fp32', '--force',
+                 '-o', str(out)]) == 0
+    assert 'built' in capsys.readouterr().out
+    assert not list(tmp_path.glob('.*.lock'))
+
+
+def test_cli_opt_batch_defaults_to_the_camera_count(onnx_files: dict[str, Path], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from evit_ros.cli.main import main
+    params = tmp_path / 'p.yaml'
+    params.write_text('evit_segmentation:\n  ros__parameters:\n    cameras: [front]\n')
+    out = tmp_path / 'm.engine'
+    assert main(['build-engine', '--params-file', str(params), '--onnx', str(onnx_files['mixed']),
+                 '--precision', 'fp16', '-o', str(out)]) == 0, capsys.readouterr().err
+    prof = engine_cache.read_sidecar(out)['fields']['shapes']['profile']
+    assert prof == {'min': [1, H, W, 3], 'opt': [1, H, W, 3], 'max': [2, H, W, 3]}   # 1 camera, max batch 2
+    assert '--opt-batch 1' in engine_cache.read_sidecar(out)['build_command']

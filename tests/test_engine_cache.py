@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +13,23 @@ import pytest
 from evit_ros.errors import EngineCacheMismatch
 from evit_ros.export import engine_cache as ec
 
-BASE = dict(onnx_sha256='a' * 64, trt_version='10.3.0', gpu_name='Orin', compute_capability='8.7',
-            precision='fp16', shapes={'input': 'images', 'shape': [1, 512, 1024, 3]},
-            builder_flags=['FP16', 'OBEY_PRECISION_CONSTRAINTS'])
-CHANGES = {
-    'onnx_sha256': 'b' * 64,
-    'trt_version': '8.6.2',
-    'gpu_name': 'Xavier',
-    'compute_capability': '7.2',
-    'precision': 'int8',
-    'shapes': {'input': 'images', 'shape': [2, 512, 1024, 3]},
-    'builder_flags': ['FP16'],
+AGX = ec.GpuIdentity('Orin', '8.7', 16, 62800, 'NVIDIA Jetson AGX Orin Developer Kit')
+BASE: dict[str, Any] = dict(onnx_sha256='a' * 64, trt_version='10.3.0', gpu=AGX, precision='fp16',
+                            shapes={'input': 'images', 'shape': [1, 512, 1024, 3]},
+                            builder_flags=['FP16', 'OBEY_PRECISION_CONSTRAINTS'], pinned_layers=['/a/MatMul'])
+CHANGES: dict[str, tuple[str, dict[str, Any]]] = {   # key field -> (what changed, cache_key arguments)
+    'onnx_sha256': ('onnx', {'onnx_sha256': 'b' * 64}),
+    'trt_version': ('trt', {'trt_version': '8.6.2'}),
+    'gpu_name': ('gpu', {'gpu': ec.GpuIdentity('Xavier', '8.7', 16, 62800, AGX.board)}),
+    'compute_capability': ('cc', {'gpu': ec.GpuIdentity('Orin', '7.2', 16, 62800, AGX.board)}),
+    'gpu_sm_count': ('sms', {'gpu': ec.GpuIdentity('Orin', '8.7', 8, 62800, AGX.board)}),
+    'gpu_memory_mb': ('memory', {'gpu': ec.GpuIdentity('Orin', '8.7', 16, 7620, AGX.board)}),
+    'board': ('board', {'gpu': ec.GpuIdentity('Orin', '8.7', 16, 62800, 'NVIDIA Jetson Orin NX')}),
+    'precision': ('precision', {'precision': 'int8'}),
+    'precision_policy': ('policy', {'precision_policy': ec.PRECISION_POLICY + 1}),
+    'pinned_layers_sha256': ('pinned', {'pinned_layers': ['/a/MatMul', '/a/Slice']}),
+    'shapes': ('shapes', {'shapes': {'input': 'images', 'shape': [2, 512, 1024, 3]}}),
+    'builder_flags': ('flags', {'builder_flags': ['FP16']}),
 }
 
 
@@ -31,11 +38,13 @@ def test_cache_key_changes_with_every_field() -> None:
     assert len(base) == 64 and base == ec.cache_key(**BASE)
     assert set(CHANGES) == set(ec.KEY_FIELDS)
     keys = {base}
-    for name, value in CHANGES.items():
-        k = ec.cache_key(**{**BASE, name: value})
+    for name, (_what, change) in CHANGES.items():
+        k = ec.cache_key(**{**BASE, **change})
         assert k != base, name
         keys.add(k)
     assert len(keys) == len(CHANGES) + 1
+    # the pinned set is a set: order and duplicates do not matter
+    assert ec.cache_key(**{**BASE, 'pinned_layers': ['/a/MatMul', '/a/MatMul']}) == base
     # builder flag order does not matter; profiles do
     assert ec.cache_key(**{**BASE, 'builder_flags': ['OBEY_PRECISION_CONSTRAINTS', 'FP16']}) == base
     prof = {**BASE['shapes'], 'profile': {'min': [1], 'opt': [4], 'max': [4]}}
@@ -67,8 +76,7 @@ def test_sidecar_round_trip_and_check(tmp_path: Path) -> None:
     assert side['key'] == doc['key'] == ec.key_from_fields(side['fields'])
     assert side['fp32_layers'] == ['/a/MatMul', '/a/Div'] and side['model_metadata'] == {'evit.model': 'm'}
     assert side['engine_bytes'] == 600
-    ok = ec.check_engine(engine, onnx, trt_version='10.3.0', gpu_name='Orin', compute_capability='8.7',
-                         precision='fp16')
+    ok = ec.check_engine(engine, onnx, trt_version='10.3.0', gpu=AGX, precision='fp16')
     assert ok['key'] == doc['key']
     assert not list(engine.parent.glob('*.tmp'))
 
@@ -78,13 +86,16 @@ def test_sidecar_round_trip_and_check(tmp_path: Path) -> None:
     ('gpu_name', 'RTX 4090', 'gpu_name'),
     ('compute_capability', '8.9', 'compute_capability'),
     ('precision', 'fp32', 'precision'),
+    ('gpu', ec.GpuIdentity('Orin', '8.7', 8, 7620, 'NVIDIA Jetson Orin Nano Developer Kit'), 'gpu_sm_count: '
+     "engine built for 16, this machine has 8; gpu_memory_mb: engine built for 62800, this machine has 7620; "
+     "board: engine built for 'NVIDIA Jetson AGX Orin Developer Kit'"),
 ])
-def test_mismatch_names_field_and_rebuild_command(tmp_path: Path, field: str, value: str, needle: str) -> None:
+def test_mismatch_names_field_and_rebuild_command(tmp_path: Path, field: str, value: Any, needle: str) -> None:
     onnx, engine, doc = _write(tmp_path)
     with pytest.raises(EngineCacheMismatch) as ei:
         ec.check_engine(engine, onnx, **{field: value})
     msg = str(ei.value)
-    assert needle in msg and value in msg
+    assert needle in msg and str(getattr(value, 'name', value)) in msg
     assert f'evit-ros build-engine --onnx {onnx} --precision fp16 --workspace-mb 1024 -o {engine}' in msg
 
 
@@ -175,7 +186,68 @@ def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:
     ec.atomic_write(p, b'x' * 10)
     ec.atomic_write(p, b'y' * 3)
     assert p.read_bytes() == b'yyy'
-    assert (tmp_path / 'sub' / 'timing.cache.lock').exists()
+    assert sorted(x.name for x in p.parent.iterdir()) == ['timing.cache']   # no lock or temp file left
+
+
+def test_engine_built_under_an_older_policy_is_rebuilt(tmp_path: Path) -> None:
+    onnx, engine, doc = _write(tmp_path)
+    side = ec.sidecar_path(engine)
+    d = json.loads(side.read_text())
+    d['fields']['precision_policy'] = ec.PRECISION_POLICY - 1
+    d['key'] = ec.key_from_fields(d['fields'])
+    side.write_text(json.dumps(d))
+    with pytest.raises(EngineCacheMismatch, match=f'precision policy {ec.PRECISION_POLICY - 1}.*uses policy '
+                                                  f'{ec.PRECISION_POLICY}.*evit-ros build-engine'):
+        ec.check_engine(engine, onnx)
+    d = json.loads(side.read_text())
+    del d['fields']['board']    # a version-1 sidecar: no GPU identity beyond name + capability
+    d['version'] = 1
+    side.write_text(json.dumps(d))
+    with pytest.raises(EngineCacheMismatch, match="cache key fields missing: \\['board'\\]"):
+        ec.check_engine(engine, onnx)
+
+
+def _hold_build_lock(path: str, entered: Any, release: Any) -> None:
+    with ec.build_lock(path):
+        entered.set()
+        release.wait(30)
+
+
+def test_build_lock_is_exclusive_across_processes_and_leaves_no_file(tmp_path: Path) -> None:
+    engine = tmp_path / 'e.engine'
+    ctx = mp.get_context('spawn')
+    entered, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_build_lock, args=(str(engine), entered, release))
+    holder.start()
+    assert entered.wait(30)
+    lock = ec.lock_path(engine.with_name(engine.name + '.build'))
+    assert lock.exists()
+    fd = ec._acquire(lock, shared=False, blocking=False)
+    assert fd is None             # held by the other process
+    release.set()
+    holder.join(30)
+    assert holder.exitcode == 0
+    assert not lock.exists()      # removed by its last holder
+    with ec.build_lock(engine):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lock_waiter_retries_when_the_file_was_removed(tmp_path: Path) -> None:
+    """A waiter that wakes up on an unlinked lock file must not think it holds the lock."""
+    target = tmp_path / 'x.engine'
+    lock = ec.lock_path(target)
+    fd1 = ec._acquire(lock, shared=False)
+    assert fd1 is not None
+    stale = os.open(lock, os.O_RDWR)        # a waiter that opened the file before it was removed
+    ec._release(lock, fd1)
+    assert not lock.exists()
+    fd2 = ec._acquire(lock, shared=False)   # a new holder makes a new file
+    assert fd2 is not None and lock.exists()
+    assert os.fstat(stale).st_ino != os.stat(lock).st_ino
+    os.close(stale)
+    ec._release(lock, fd2)
+    assert not lock.exists()
 
 
 def test_build_heartbeat_logs_until_stopped(caplog: pytest.LogCaptureFixture) -> None:

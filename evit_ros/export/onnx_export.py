@@ -166,7 +166,8 @@ def fp32_scope_nodes(graph: onnx.GraphProto, scopes: Iterable[str], integer: set
     if not prefixes:
         return []
     skip = integer or set()
-    return [n.name for n in graph.node if n.name.startswith(prefixes) and n.op_type not in ('Conv', 'Cast')
+    excluded = ('Conv', 'Cast', 'QuantizeLinear', 'DequantizeLinear')   # Q/DQ: INT8 by definition
+    return [n.name for n in graph.node if n.name.startswith(prefixes) and n.op_type not in excluded
             and not (n.output and all(o in skip for o in n.output))]
 
 

@@ -220,6 +220,8 @@ def select_fp32_layers(network: trt.INetworkDefinition, node_names: list[str]) -
     layers = []
     for i in range(network.num_layers):
         layer = network.get_layer(i)
+        if layer.name.endswith(('QuantizeLinear', 'DequantizeLinear')):
+            continue     # Q/DQ inserted after a pinned node (``<node>_output_0_QuantizeLinear``): INT8 by design
         if layer.name in exact or (prefixes and layer.name.startswith(prefixes)):
             layers.append(layer)
     return layers
@@ -287,6 +289,46 @@ def _input_shapes(network: trt.INetworkDefinition, max_batch: int | None, opt_ba
 def is_qdq(model: Any) -> bool:
     """True for an explicitly quantized graph (QuantizeLinear/DequantizeLinear nodes)."""
     return any(n.op_type in ('QuantizeLinear', 'DequantizeLinear') for n in model.graph.node)
+
+
+def check_qdq_for_tensorrt(model: Any) -> None:
+    """EngineError unless every Q/DQ pair is what TensorRT builds: signed INT8, zero point 0, float biases.
+
+    ONNX Runtime's defaults (uint8 activations with a zero point, INT32-quantized Conv biases) give a
+    graph the CPU runs but TensorRT's parser rejects or mis-handles.
+    """
+    from onnx import TensorProto, numpy_helper
+    inits = {i.name: i for i in model.graph.initializer}
+    consts = {n.output[0]: n for n in model.graph.node if n.op_type == 'Constant'}
+    int32_dq, asymmetric, unsigned = 0, 0, 0
+    for n in model.graph.node:
+        if n.op_type not in ('QuantizeLinear', 'DequantizeLinear'):
+            continue
+        if n.op_type == 'DequantizeLinear' and n.input[0] in inits and inits[n.input[0]].data_type == TensorProto.INT32:
+            int32_dq += 1
+            continue
+        if len(n.input) < 3 or not n.input[2]:
+            continue    # no zero point: int8, 0
+        zp = inits.get(n.input[2])
+        if zp is None and n.input[2] in consts:
+            zp = next((a.t for a in consts[n.input[2]].attribute if a.name == 'value'), None)
+        if zp is None:
+            continue
+        if zp.data_type != TensorProto.INT8:
+            unsigned += 1
+        elif numpy_helper.to_array(zp).any():
+            asymmetric += 1
+    problems = []
+    if int32_dq:
+        problems.append(f'{int32_dq} INT32-quantized biases (quantize without bias quantization)')
+    if unsigned:
+        problems.append(f'{unsigned} Q/DQ nodes with a non-INT8 zero point (use signed INT8, QuantType.QInt8)')
+    if asymmetric:
+        problems.append(f'{asymmetric} Q/DQ nodes with a non-zero zero point (use symmetric quantization)')
+    if problems:
+        raise EngineError('this Q/DQ ONNX is not buildable by TensorRT: ' + '; '.join(problems) + '. Re-quantize '
+                          'with `evit-ros quantize` (symmetric signed INT8 activations, per-channel symmetric '
+                          'weights, float biases)')
 
 
 @dataclass(frozen=True)
@@ -457,7 +499,10 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path | None = None, *
     mixed = bool(exporter.get('mixed_precision_fp16', False))
     import onnx
     onnx_model = onnx.load(str(onnx_p), load_external_data=False)
-    plan = plan_precision(trt_mod, precision, mixed=mixed, qdq=is_qdq(onnx_model))
+    qdq = is_qdq(onnx_model)
+    plan = plan_precision(trt_mod, precision, mixed=mixed, qdq=qdq)
+    if qdq:
+        check_qdq_for_tensorrt(onnx_model)
     if plan.implicit_int8 and calib is None and calib_factory is None:
         raise EngineError('INT8 needs calibration data: pass --calib-images DIR or --calib-bag BAG --calib-topic '
                           'TOPIC (a few hundred real camera frames), or build --precision fp16')
