@@ -279,3 +279,144 @@ def test_cli_opt_batch_defaults_to_the_camera_count(onnx_files: dict[str, Path],
     prof = engine_cache.read_sidecar(out)['fields']['shapes']['profile']
     assert prof == {'min': [1, H, W, 3], 'opt': [1, H, W, 3], 'max': [2, H, W, 3]}   # 1 camera, max batch 2
     assert '--opt-batch 1' in engine_cache.read_sidecar(out)['build_command']
+
+
+# ---------------------------------------------------------------------------------------------
+# after-build inspection: the engine's own layer precisions (IEngineInspector, DETAILED verbosity)
+
+A = '/model/backbone/stages.3/op_list.1/context_module/main/attention'
+
+
+def test_layer_precision_check_reads_inspector_json() -> None:
+    from evit_ros.export.tensorrt_build import check_layer_precisions
+    pinned = [f'{A}/MatMul', f'{A}/MatMul_1', f'{A}/Div', f'{A}/Add', f'{A}/Slice', f'{A}/Relu']
+    info = {'Layers': [
+        {'Name': f'{A}/MatMul', 'Outputs': [{'Format/Datatype': 'Row major linear FP32'}]},
+        {'Name': f'{A}/MatMul_1 + {A}/Div', 'Outputs': [{'Format/Datatype': 'Row major linear FP16 format'}]},
+        {'Name': f'{A}/Add + /evit_cast_fp16/x', 'Outputs': [{'Format/Datatype': 'Half'}]},   # fused with a Cast
+        {'Name': '{ForeignNode[' + f'{A}/Slice...{A}/Relu' + ']}', 'Outputs': [{'Format/Datatype': 'Half'}]},
+        {'Name': '/model/head/Conv', 'Outputs': [{'Format/Datatype': 'Half'}]},               # not pinned
+    ]}
+    rep = check_layer_precisions(info, pinned)
+    assert rep['violations'] == [f'{A}/MatMul_1 + {A}/Div (Row major linear FP16 format)']
+    assert rep['checked_fp32'] == 1                      # '/MatMul' did not match '/MatMul_1'
+    assert rep['unobserved'] == 3                        # Add (fused with a Cast), Slice, Relu (Myelin)
+    ok = check_layer_precisions({'Layers': [{'Name': f'{A}/Div', 'Outputs': [{'Format/Datatype': 'Float'}]}]},
+                                [f'{A}/Div'])
+    assert ok['violations'] == [] and ok['checked_fp32'] == 1
+
+
+class _InspectingTRT:
+    """TensorRT-RTX for parsing and building; a fake Runtime whose engine reports the given layer formats
+    (deserializing needs a GPU). Records the profiling verbosity the builder config was given."""
+
+    def __init__(self, fmt: str) -> None:
+        self.fmt, self.verbosity, self.inspected = fmt, None, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(trt, name)
+
+    def Builder(self, logger: Any) -> Any:  # noqa: N802 (TensorRT API name)
+        outer, builder = self, trt.Builder(logger)
+
+        class B:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(builder, name)
+
+            def build_serialized_network(self, network: Any, config: Any) -> Any:
+                outer.verbosity = config.profiling_verbosity
+                outer.pinned = [network.get_layer(i).name for i in range(network.num_layers)]
+                return builder.build_serialized_network(network, config)
+        return B()
+
+    def Runtime(self, logger: Any) -> Any:  # noqa: N802
+        outer = self
+
+        class Inspector:
+            execution_context = None
+
+            def get_engine_information(self, fmt: Any) -> str:
+                import json
+                outer.inspected += 1
+                return json.dumps({'Layers': [{'Name': n, 'Outputs': [{'Format/Datatype': outer.fmt}]}
+                                              for n in outer.pinned if '/attention/' in n]})
+
+        class Engine:
+            def create_engine_inspector(self) -> Inspector:
+                return Inspector()
+
+            def create_execution_context(self) -> Any:
+                return type('Ctx', (), {'set_input_shape': lambda s, n, shape: True})()
+
+        return type('R', (), {'deserialize_cuda_engine': lambda s, data: Engine()})()
+
+
+def test_build_fails_when_a_pinned_layer_is_not_fp32_and_records_the_check(onnx_files: dict[str, Path],
+                                                                           tmp_path: Path) -> None:
+    bad = _InspectingTRT('Row major linear FP16 format')
+    with pytest.raises(EngineBuildError, match='FP32-pinned attention layers in lower precision.*not written'):
+        build_engine(onnx_files['mixed'], tmp_path / 'bad.engine', precision='fp16', gpu=GPU, trt_module=bad)
+    assert bad.verbosity == trt.ProfilingVerbosity.DETAILED and bad.inspected == 1
+    assert not (tmp_path / 'bad.engine').exists() and not list(tmp_path.glob('.*.lock'))
+    good = _InspectingTRT('Row major linear FP32')
+    res = build_engine(onnx_files['mixed'], tmp_path / 'good.engine', precision='fp16', gpu=GPU, trt_module=good)
+    check = engine_cache.read_sidecar(res.engine_path)['fp32_inspection']
+    assert check['inspected'] and check['violations'] == [] and check['checked_fp32'] > 0
+    assert res.inspection == check
+
+
+def _features(strong: bool, fp16: bool, calibrator: bool) -> Any:
+    """A TensorRT module reduced to the features plan_precision looks at (8.6 / 10.x / RTX)."""
+    from types import SimpleNamespace
+    creation = SimpleNamespace(**({'STRONGLY_TYPED': 5} if strong else {}), EXPLICIT_BATCH=0)
+    flags = SimpleNamespace(**({'FP16': 0, 'INT8': 1, 'OBEY_PRECISION_CONSTRAINTS': 2} if fp16 else {}))
+    mod = SimpleNamespace(NetworkDefinitionCreationFlag=creation, BuilderFlag=flags, __version__='x')
+    if calibrator:
+        mod.IInt8EntropyCalibrator2 = object
+    return mod
+
+
+def test_precision_plan_per_tensorrt_generation() -> None:
+    from evit_ros.export.tensorrt_build import plan_precision
+    trt86, trt10, rtx_like = _features(False, True, True), _features(True, True, True), _features(True, False, False)
+    p = plan_precision(trt86, 'fp16', mixed=False, qdq=False)           # 8.6: pin the whole scope
+    assert not p.strongly_typed and p.pin_layers and p.flags == ('FP16', 'OBEY_PRECISION_CONSTRAINTS')
+    p = plan_precision(trt86, 'int8', mixed=False, qdq=False)           # 8.6: implicit calibration stays
+    assert p.implicit_int8 and 'INT8' in p.flags and p.pin_layers
+    p = plan_precision(trt86, 'int8', mixed=False, qdq=True)            # 8.6 + Q/DQ: no calibrator
+    assert not p.implicit_int8 and not p.strongly_typed and {'INT8', 'FP16'} <= set(p.flags)
+    for mod in (trt10, rtx_like):
+        p = plan_precision(mod, 'fp16', mixed=False, qdq=False)         # >= 10: strongly typed, rewritten
+        assert p.strongly_typed and p.rewrite_mixed and p.flags == () and not p.pin_layers
+        assert not plan_precision(mod, 'fp16', mixed=True, qdq=False).rewrite_mixed
+        p = plan_precision(mod, 'int8', mixed=False, qdq=True)
+        assert p.strongly_typed and p.flags == ()
+        with pytest.raises(EngineError, match='implicit INT8 calibration'):
+            plan_precision(mod, 'int8', mixed=False, qdq=False)
+    for mod in (trt86, trt10):
+        with pytest.raises(EngineError, match='mixed-precision'):
+            plan_precision(mod, 'int8', mixed=True, qdq=False)
+
+
+def _build_in_process(onnx_path: str, engine_path: str, results: Any) -> None:
+    from evit_ros.export.tensorrt_build import build_engine as build
+    res = build(onnx_path, engine_path, precision='fp32', gpu=GPU, force=False)
+    results.put((res.reused, res.cache_key))
+
+
+def test_two_processes_build_one_engine(onnx_files: dict[str, Path], tmp_path: Path) -> None:
+    """Two nodes starting after a JetPack upgrade: one builds under the lock, the other waits and reuses it."""
+    import multiprocessing as mp
+    ctx = mp.get_context('spawn')
+    results = ctx.Queue()
+    engine = tmp_path / 'shared.engine'
+    procs = [ctx.Process(target=_build_in_process, args=(str(onnx_files['labels']), str(engine), results))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+        assert p.exitcode == 0
+    got = sorted(results.get(timeout=5) for _ in procs)
+    assert [r[0] for r in got] == [False, True] and got[0][1] == got[1][1]   # one build, one reuse, same key
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['shared.engine', 'shared.engine.json']

@@ -170,7 +170,7 @@ class TensorRTBackend(InferenceBackend):
         from evit_ros.export.tensorrt_build import build_engine
         build_engine(onnx_path, self.engine_path, precision=self.precision, trt_module=self._trt,
                      gpu=self._gpu, timing_cache=self.engine_path.parent / 'timing.cache',
-                     opt_batch=self._recorded_opt_batch())
+                     opt_batch=self._recorded_opt_batch(), force=False)
         self.rebuilt = True
         return check()
 
