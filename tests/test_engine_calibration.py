@@ -146,3 +146,44 @@ def test_bag_topic_batches_feed_the_calibrator(tmp_path: Path) -> None:
     assert c.get_batch(['images']) == [0 * 1000 + 20]
     assert c.get_batch(['images']) == [40 * 1000 + 40]   # partial last batch completed with its own frame
     assert c.get_batch(['images']) is None and c.batches_served == 2
+
+
+def test_default_device_copy_goes_through_cuda_python(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ``to_device`` the calibrator copies each batch with cuda-python (pinned staging, one device buffer)."""
+    from trt_fakes import FakeCudart
+
+    from evit_ros.backends import cuda_runtime
+    fake = FakeCudart()
+    monkeypatch.setattr(cuda_runtime, 'cudart', fake)
+    c = cal.EntropyCalibrator(cal.iter_batches(cal.iter_image_folder(folder, HW), 2), 2, None)
+    first = c.get_batch(['images'])
+    assert first is not None
+    dev = fake.block_of(first[0], 2 * HW[0] * HW[1] * 3, 'device').reshape(2, *HW, 3)
+    assert [int(v) for v in dev[:, 0, 0, 0]] == [0, 10]
+    second = c.get_batch(['images'])
+    assert second == first and fake.live('device') == fake.live('pinned') == 1    # buffers reused
+    assert [int(v) for v in dev[:, 0, 0, 0]] == [20, 30]
+    monkeypatch.setattr(cuda_runtime, 'cudart', FakeCudart(devices=0))
+    with pytest.raises(EngineError, match='needs a CUDA device'):
+        cal.EntropyCalibrator(iter([np.zeros((1, *HW, 3), np.uint8)]), 1, None).get_batch(['images'])
+    monkeypatch.setattr(cuda_runtime, 'cudart', None)
+    with pytest.raises(EngineError, match='cuda-python is not installed'):
+        cal.EntropyCalibrator(iter([np.zeros((1, *HW, 3), np.uint8)]), 1, None).get_batch(['images'])
+
+
+def test_calibration_cache_is_keyed_by_model_data_and_policy(folder: Path, tmp_path: Path) -> None:
+    src = cal.calibration_source(str(folder), max_batches=64)
+    base = cal.calibration_cache_path(tmp_path, 'a' * 64, src, 2)
+    assert base.parent == tmp_path and base.name.startswith('calib-aaaaaaaaaaaaaaaa-')
+    assert base.name.endswith('-p2.cache')
+    assert cal.calibration_cache_path(tmp_path, 'a' * 64, src, 2) == base                  # stable
+    assert cal.calibration_cache_path(tmp_path, 'b' * 64, src, 2) != base                  # another ONNX
+    assert cal.calibration_cache_path(tmp_path, 'a' * 64, src, 3) != base                  # another policy
+    assert cal.calibration_cache_path(tmp_path, 'a' * 64, cal.calibration_source(str(folder), max_batches=8),
+                                      2) != base                                           # fewer frames
+    bag = tmp_path / 'bag'
+    _write_bag(bag, 2)
+    assert cal.calibration_source(bag=str(bag), topic='/a') != cal.calibration_source(bag=str(bag), topic='/b')
+    cv2.imwrite(str(folder / 'f99.png'), np.zeros((4, 4, 3), np.uint8))                  # the data set changed
+    assert cal.calibration_cache_path(tmp_path, 'a' * 64, cal.calibration_source(str(folder), max_batches=64),
+                                      2) != base

@@ -1,4 +1,5 @@
-"""mypy really checks the TensorRT code against the TensorRT 10 stubs (tools/fix_trt_stubs.py made them readable)."""
+"""mypy really checks the TensorRT code against the TensorRT 10 stubs (tools/fix_trt_stubs.py made them readable)
+and the CUDA runtime calls against stubs generated from cuda-python (tools/make_cuda_stubs.py)."""
 from __future__ import annotations
 
 import ast
@@ -55,3 +56,54 @@ def test_mypy_reads_the_stubs_and_reports_a_wrong_call(tmp_path: Path) -> None:
     assert 'probe.py:6: error: Missing positional argument "stream_handle"' in text
     assert 'probe.py:7' not in text
     assert 'Found 2 errors in 1 file' in text
+
+
+def test_mypy_checks_cuda_python_calls_against_generated_stubs(tmp_path: Path) -> None:
+    """tools/make_cuda_stubs.py turns cuda-python's shipped Cython source into stubs mypy really uses."""
+    pytest.importorskip('mypy')
+    try:
+        metadata.distribution('cuda-bindings')
+    except metadata.PackageNotFoundError:
+        pytest.skip('cuda-python is not installed')
+    probe = tmp_path / 'probe_cuda.py'
+    probe.write_text('from cuda.bindings import runtime as cudart\n\n'
+                     'err, ptr = cudart.cudaMalloc(16)\n'
+                     'ptr2 = cudart.cudaMalloc()\n'
+                     'a, b = cudart.cudaStreamSynchronize(0)\n'
+                     'cudart.cudaMemcpyAsync(ptr, 0, 16, 1, 0)\n'
+                     'props = cudart.cudaGetDeviceProperties(0)[1]\n'
+                     'n: int = props.multiProcessorCount\n'
+                     'props.smCount\n'
+                     'ok = cudart.cudaError_t.cudaSuccess\n')
+    out = subprocess.run([sys.executable, '-m', 'mypy', '--config-file', str(REPO / 'mypy.ini'),
+                          '--cache-dir', str(tmp_path / 'cache'), str(probe)],
+                         capture_output=True, text=True, cwd=REPO, timeout=180)
+    text = out.stdout + out.stderr
+    assert out.returncode == 1, text
+    assert 'probe_cuda.py:4: error: Missing positional argument "size" in call to "cudaMalloc"' in text
+    assert 'probe_cuda.py:5: error: Need more than 1 value to unpack (2 expected)' in text
+    assert 'probe_cuda.py:6: error: Argument 4 to "cudaMemcpyAsync" has incompatible type "int"' in text
+    assert 'probe_cuda.py:9: error: "cudaDeviceProp" has no attribute "smCount"' in text
+    assert 'Found 4 errors in 1 file' in text
+
+
+def test_cuda_stub_generator_reads_signatures_and_returns() -> None:
+    spec = importlib.util.spec_from_file_location('make_cuda_stubs', REPO / 'tools' / 'make_cuda_stubs.py')
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    src = ('class cudaError_t(_FastEnum):\n    cudaSuccess = (\n        0, "ok")\n\n'
+           'class cudaMemcpyKind(_FastEnum):\n    cudaMemcpyHostToDevice = 1\n\n'
+           'cdef class cudaDeviceProp:\n    def __init__(self, void_ptr _ptr = 0):\n        pass\n'
+           '    @property\n    def totalGlobalMem(self):\n        return 0\n\n'
+           'cudaHostAllocDefault = cyruntime.cudaHostAllocDefault\n\n'
+           'def cudaMemcpyAsync(dst, src, size_t count, kind not None : cudaMemcpyKind, stream):\n'
+           '    """ Copies.\n\n    Returns\n    -------\n    cudaError_t\n        ok\n    """\n'
+           'def cudaGetDeviceProperties(int device):\n'
+           '    """ Props.\n\n    Returns\n    -------\n    cudaError_t\n        ok\n'
+           '    prop : :py:obj:`~.cudaDeviceProp`\n        props\n    """\n')
+    out = mod.generate(src)
+    assert ('def cudaMemcpyAsync(dst: Any, src: Any, count: int, kind: cudaMemcpyKind, stream: Any) '
+            '-> tuple[cudaError_t]: ...') in out
+    assert 'def cudaGetDeviceProperties(device: int) -> tuple[cudaError_t, cudaDeviceProp]: ...' in out
+    assert '    cudaSuccess = ...' in out and '    totalGlobalMem: Any' in out and 'cudaHostAllocDefault: Any' in out
