@@ -35,7 +35,8 @@ def test_package_xml_declares_ament_python_and_runtime_deps() -> None:
 
 
 # rosdep keys checked against ros/rosdistro rosdep/python.yaml (snapshot of 2026-08-22): these exist there.
-# onnx, TensorRT and cuda-python have no key, so package.xml names them in a comment instead.
+# onnx and TensorRT have no key, so package.xml names them in a comment instead; cuda-python has none either,
+# so this package defines python3-cuda-python-pip in config/rosdep.yaml (accepted below from that file).
 ROSDEP_PYTHON_KEYS = {'python3-numpy', 'python3-opencv', 'python3-yaml', 'python3-onnxruntime-pip', 'python3-torch',
                       'python3-pytest'}
 
@@ -45,9 +46,12 @@ def test_package_xml_runtime_deps_use_real_rosdep_keys_with_a_comment_for_per_ba
     root = ET.parse(REPO / 'package.xml').getroot()
     deps = [e.text for e in root.findall('exec_depend')]
     assert 'python3-onnxruntime-pip' in deps and 'python3-torch' in deps
+    import yaml
+    own_keys = set(yaml.safe_load((REPO / 'config' / 'rosdep.yaml').read_text()))
     for dep in deps:
-        assert not dep.startswith('python') or dep in ROSDEP_PYTHON_KEYS, f'{dep} is not a known rosdep key'
-    for key in ('python3-onnxruntime-pip', 'python3-torch'):   # per-backend: a comment right before says who needs it
+        assert not dep.startswith('python') or dep in ROSDEP_PYTHON_KEYS | own_keys, f'{dep} is not a known rosdep key'
+    for key in ('python3-onnxruntime-pip', 'python3-torch', 'python3-cuda-python-pip'):   # per-backend: a comment
+        # right before says who needs it
         before = text[:text.index(f'<exec_depend>{key}</exec_depend>')].rstrip()
         assert before.endswith('-->'), key
     assert 'onnx' in text and 'cuda-python' in text and 'TensorRT' in text
@@ -141,3 +145,15 @@ def test_cli_lists_every_command() -> None:
     assert proc.returncode == 0, proc.stderr
     for cmd in ('export', 'build-engine', 'bench', 'eval', 'train-synthetic', 'demo'):
         assert cmd in proc.stdout
+
+
+def test_cuda_python_is_declared_with_a_rosdep_key_this_package_defines() -> None:
+    """rosdistro has no cuda-python key: package.xml's key must resolve through config/rosdep.yaml."""
+    import yaml
+    deps = {e.text for e in ET.parse(REPO / 'package.xml').getroot().findall('exec_depend')}
+    assert 'python3-cuda-python-pip' in deps
+    rules = yaml.safe_load((REPO / 'config' / 'rosdep.yaml').read_text())['python3-cuda-python-pip']['ubuntu']
+    assert rules['jammy']['pip']['packages'] == ['cuda-python>=12.2,<13']     # JetPack 6: CUDA 12
+    assert rules['noble']['pip']['packages'] == ['cuda-python>=13,<14']       # JetPack 7: CUDA 13
+    reqs = (REPO / 'requirements.txt').read_text()
+    assert 'cuda-python==12.' in reqs
