@@ -441,3 +441,29 @@ print('ok without torch')
                          env={**os.environ, 'PYTHONPATH': str(REPO)})
     assert out.returncode == 0, out.stdout + out.stderr
     assert 'ok without torch' in out.stdout
+
+
+@pytest.mark.parametrize('layout,expected', [
+    ('old', 'cuda.cudart'),      # cuda-python < 12.6: only `from cuda import cudart`
+    ('none', 'None'),            # not installed: the backend reports the install line instead of crashing
+])
+def test_both_cuda_python_import_paths(tmp_path: Path, layout: str, expected: str) -> None:
+    pkg = tmp_path / 'cuda'
+    pkg.mkdir()
+    (pkg / '__init__.py').write_text('')          # shadows the installed (namespace) package
+    if layout == 'old':
+        (pkg / 'cudart.py').write_text('class cudaError_t:\n    cudaSuccess = 0\n'
+                                       'def cudaGetDeviceCount():\n    return (0, 3)\n')
+    code = ('from evit_ros.backends import cuda_runtime as c\n'
+            'print(c.cudart.__name__ if c.cudart is not None else None, c.device_count())\n'
+            'from evit_ros.errors import BackendUnavailableError\n'
+            'try:\n    c.runtime()\nexcept BackendUnavailableError as e:\n    print("unavailable:", e)\n')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env={**os.environ, 'PYTHONPATH': f'{tmp_path}:{REPO}'})
+    assert out.returncode == 0, out.stderr
+    first = out.stdout.splitlines()[0]
+    assert first.startswith(expected)
+    if layout == 'old':
+        assert first.endswith("(3, '')")
+    else:
+        assert 'unavailable: cuda-python is not installed' in out.stdout and 'cuda-python==' not in first
