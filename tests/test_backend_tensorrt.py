@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from trt_fakes import GPU_CC, GPU_MEM_MB, GPU_NAME, GPU_SMS, DataType, FakeCudart, FakeTRT, pinned_view, rtx
+from trt_fakes import GPU_CC, GPU_MEM_MB, GPU_NAME, GPU_SMS, DataType, FakeCudart, FakeEngine, FakeTRT, pinned_view, rtx
 
 from evit_ros.backends import cuda_runtime
 from evit_ros.backends.base import InferenceBackend
@@ -137,8 +137,9 @@ def test_addresses_buffers_and_dynamic_batch(engine: Path, onnx_file: Path, cuda
     per_frame = {'images': H * W * 3, 'labels': H * W, 'confidence': H * W}
     for name, ptr in ctx.addresses.items():     # every address is the start of a device buffer of the max batch
         cudart.block_of(ptr, 2 * per_frame[name], 'device')
+    scratch = [('device', FakeEngine.device_memory_size_v2)]    # activation memory, shared by every context
     assert sorted(cudart.allocs) == sorted([('device', 2 * v) for v in per_frame.values()]
-                                           + [('pinned', 2 * v) for v in per_frame.values()])
+                                           + [('pinned', 2 * v) for v in per_frame.values()] + scratch)
     assert ctx.input_shapes == [(2, H, W, 3)]
     n_allocs = len(cudart.allocs)
     r = be.infer(_frames(1))
@@ -331,7 +332,9 @@ def test_cuda_graph_per_batch_size_on_its_own_context(engine: Path, onnx_file: P
         # one context for plain runs + one per captured batch size, each with a fixed shape
         assert len(trt.contexts) == 3 and [c.input_shapes[-1][0] for c in trt.contexts[1:]] == [2, 1]
         assert all(len(c.input_shapes) == 1 for c in trt.contexts[1:])
-    assert cudart.graphs_destroyed == 2
+        # ... all sharing one activation buffer (they run one after another on one stream)
+        assert len({c.device_memory for c in trt.contexts}) == 1 and trt.contexts[0].device_memory is not None
+    assert cudart.graphs_destroyed == 2 and cudart.live('device') == 0
 
 
 def test_fake_graph_replay_after_a_shape_switch_fails(engine: Path, onnx_file: Path, cudart: FakeCudart) -> None:

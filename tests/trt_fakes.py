@@ -209,7 +209,15 @@ class TensorIOMode(enum.Enum):
 _NP = {DataType.UINT8: np.uint8, DataType.FLOAT: np.float32, DataType.INT32: np.int32}
 
 
+class ExecutionContextAllocationStrategy(enum.Enum):
+    STATIC = 0
+    ON_PROFILE_CHANGE = 1
+    USER_MANAGED = 2
+
+
 class FakeEngine:
+    device_memory_size_v2 = 1 << 16
+
     def __init__(self, trt: FakeTRT, tensors: list[tuple[str, TensorIOMode, tuple[int, ...], DataType]],
                  max_batch: int) -> None:
         self.trt, self.tensors, self.max_batch = trt, tensors, max_batch
@@ -234,10 +242,10 @@ class FakeEngine:
         shape = self._t(name)[2]
         return [(1, *shape[1:]), (self.max_batch, *shape[1:]), (self.max_batch, *shape[1:])]
 
-    def create_execution_context(self) -> FakeContext | None:
+    def create_execution_context(self, strategy: Any = None) -> FakeContext | None:
         if self.trt.fail == 'create_execution_context':
             return None
-        ctx = FakeContext(self)
+        ctx = FakeContext(self, user_managed=strategy == ExecutionContextAllocationStrategy.USER_MANAGED)
         self.trt.contexts.append(ctx)
         return ctx
 
@@ -245,8 +253,10 @@ class FakeEngine:
 class FakeContext:
     """Runs the exported ONNX with ONNX Runtime on the tensors found at the addresses it was given."""
 
-    def __init__(self, engine: FakeEngine) -> None:
+    def __init__(self, engine: FakeEngine, user_managed: bool = False) -> None:
         self.engine, self.trt = engine, engine.trt
+        self.user_managed = user_managed
+        self.device_memory: int | None = None
         self.addresses: dict[str, int] = {}
         self.input_shapes: list[tuple[int, ...]] = []
         self.executions = 0
@@ -262,6 +272,11 @@ class FakeContext:
             return False
         self.addresses[name] = ptr
         return True
+
+    def set_device_memory(self, ptr: int, size: int) -> None:
+        assert self.user_managed and size >= self.engine.device_memory_size_v2
+        self.trt.cudart.block_of(ptr, size, 'device')
+        self.device_memory = ptr
 
     def current_shape(self) -> tuple[int, ...]:
         shape = self.engine.get_tensor_shape(contract.INPUT_NAME)
@@ -289,6 +304,8 @@ class FakeContext:
             return False
         if set(self.addresses) != {t[0] for t in self.engine.tensors}:
             return False   # TensorRT refuses to run with an unbound tensor
+        if self.user_managed and self.device_memory is None:
+            return False   # USER_MANAGED context without its activation memory
         graph = self.trt.cudart.capturing.get(int(stream_handle))
         if graph is not None:
             graph.work.append((self._run, self, self.current_shape()))
@@ -314,6 +331,7 @@ class FakeTRT:
     Logger = rtx.Logger if rtx is not None else type('Logger', (), {'WARNING': 2, '__init__': lambda s, lvl=2: None})
     DataType = DataType
     TensorIOMode = TensorIOMode
+    ExecutionContextAllocationStrategy = ExecutionContextAllocationStrategy
 
     def __init__(self, cudart: FakeCudart, onnx_path: Path, version: str, *, static_batch: int | None = None,
                  fail: str = '', reorder: bool = True) -> None:

@@ -119,6 +119,7 @@ class TensorRTBackend(InferenceBackend):
         self._d_out: dict[str, cuda_runtime.DeviceBuffer] = {}
         self._h_out: dict[str, cuda_runtime.PinnedBuffer] = {}
         self._graphs: dict[int, cuda_runtime.CudaGraph] = {}
+        self._scratch: cuda_runtime.DeviceBuffer | None = None
         self._sidecar: dict[str, Any] = {}
         self._gpu = engine_cache.GpuIdentity('none', 'none')
 
@@ -202,10 +203,23 @@ class TensorRTBackend(InferenceBackend):
         self._context = self._new_context()
 
     def _new_context(self) -> trt.IExecutionContext:
-        if self._engine is None:
+        """An execution context. Where TensorRT lets us (10.x: USER_MANAGED + set_device_memory), every
+        context shares one activation buffer: they all run one after another on our single stream, so the
+        per-batch-size contexts of CUDA-graph mode cost no extra GPU memory (TensorRT 8.6: one each)."""
+        engine = self._engine
+        if engine is None:
             raise BackendError('internal: engine not deserialized')
-        context = self._engine.create_execution_context()
-        _check(context, 'create_execution_context (out of GPU memory?)')
+        strategy = getattr(getattr(self._trt, 'ExecutionContextAllocationStrategy', None), 'USER_MANAGED', None)
+        size = int(getattr(engine, 'device_memory_size_v2', 0) or 0)
+        if strategy is None or size <= 0:
+            context = engine.create_execution_context()
+            _check(context, 'create_execution_context (out of GPU memory?)')
+            return context
+        context = engine.create_execution_context(strategy)
+        _check(context, 'create_execution_context(USER_MANAGED)')
+        if self._scratch is None:
+            self._scratch = cuda_runtime.DeviceBuffer(size)
+        context.set_device_memory(self._scratch.ptr, size)
         return context
 
     def _ctx(self) -> trt.IExecutionContext:
@@ -403,7 +417,7 @@ class TensorRTBackend(InferenceBackend):
         self._context = None
         self._engine = None
         self._runtime = None
-        buffers: list[Any] = [self._d_in, self._h_in, *self._d_out.values(), *self._h_out.values()]
+        buffers: list[Any] = [self._d_in, self._h_in, *self._d_out.values(), *self._h_out.values(), self._scratch]
         for buf in buffers:
             if buf is not None:
                 self._release(buf.free, 'buffer')

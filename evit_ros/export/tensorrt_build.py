@@ -1,16 +1,19 @@
-"""Build cached TensorRT engines from our ONNX graphs with an FP32 policy for the attention core.
+"""Build cached TensorRT engines from our ONNX graphs under one precision policy (``engine_cache.PRECISION_POLICY``).
 
-Supported TensorRT flavours are detected by feature (``hasattr``), never by version string:
+TensorRT flavours are told apart by feature (``hasattr``), never by version string (see :func:`plan_precision`):
 
-* TensorRT 8.6 / 10.x (JetPack 6 / 7): weakly typed network, ``BuilderFlag.FP16`` (and ``INT8`` with an
-  entropy calibrator); the linear-attention MatMul/Div/Add(eps)/Pad/ReLU layers are pinned to FP32 with
-  ``layer.precision`` + ``set_output_type`` under ``OBEY_PRECISION_CONSTRAINTS`` (``STRICT_TYPES`` on
-  older releases).
-* Strongly typed TensorRT (11.x, TensorRT-RTX): no FP16 flag; precision comes from the ONNX itself, so
-  fp16 needs a graph exported with ``mixed_precision_fp16=True`` (explicit Casts keep the attention fp32).
+* fp16 on TensorRT >= 10 / TensorRT-RTX (``STRONGLY_TYPED`` exists): a strongly typed network from the
+  mixed-precision graph (the exporter's ``--mixed-precision-fp16`` file, or the fp32 ONNX rewritten in
+  memory): the whole attention scope is FP32 by its types.
+* fp16 on TensorRT 8.6: ``BuilderFlag.FP16`` and the same layers pinned with ``layer.precision`` +
+  ``set_output_type`` under ``OBEY_PRECISION_CONSTRAINTS``.
+* int8: a Q/DQ ONNX (``evit-ros quantize``) builds explicitly quantized (strongly typed where possible);
+  implicit calibration of a float ONNX only on TensorRT 8.6. INT8 on a mixed-precision export is refused.
 
-The pinned layers are selected from the ONNX name scopes recorded by the exporter (``evit.fp32_scopes``),
-logged, and written into the engine's sidecar. Every TensorRT call result is checked.
+The pinned layers are the attention scopes recorded by the exporter (``evit.fp32_scopes``). After every
+build the engine is deserialized and its layer information (``IEngineInspector``, DETAILED profiling
+verbosity) must show them in FP32, else the build fails; the result goes into the sidecar. Builds run
+under an exclusive per-engine lock and re-check the cache first. Every TensorRT call result is checked.
 """
 from __future__ import annotations
 
