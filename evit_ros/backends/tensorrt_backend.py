@@ -179,9 +179,14 @@ class TensorRTBackend(InferenceBackend):
         """The profile's opt batch of the stale engine (the user's camera count), kept by a rebuild."""
         try:
             shapes = engine_cache.read_sidecar(self.engine_path)['fields'].get('shapes', {})
-            return int(shapes['profile']['opt'][0])
+            opt = int(shapes['profile']['opt'][0])
         except (EngineCacheMismatch, KeyError, TypeError, ValueError, IndexError):
             return None
+        if self.onnx_path is None:
+            return opt
+        from evit_ros.export.onnx_export import read_metadata
+        batch = read_metadata(self.onnx_path).get(contract.META_BATCH, '1')
+        return min(opt, int(batch.split(':', 1)[1])) if batch.startswith('dynamic:') else None
 
     def _deserialize(self) -> None:
         trt_mod = self._trt
