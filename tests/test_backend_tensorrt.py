@@ -124,6 +124,7 @@ def test_load_maps_engine_tensors_to_model_io(engine: Path, onnx_file: Path, cud
     assert io.num_classes == 19 and io.class_names[0] == 'road' and len(io.class_colors[0]) == 3
     d = be.describe()
     assert d['backend'] == 'tensorrt' and d['gpu'] == 'Fake Orin (sm 8.7, 16 SMs)' and d['tensorrt'] == TRT_VERSION
+    assert d['fp32_check'].startswith('not inspected')     # fp32 build (or no GPU at build time): nothing pinned
     be.close()
     assert cudart.live('device') == cudart.live('pinned') == 0 and not cudart.streams   # everything released
 

@@ -420,3 +420,17 @@ def test_two_processes_build_one_engine(onnx_files: dict[str, Path], tmp_path: P
     got = sorted(results.get(timeout=5) for _ in procs)
     assert [r[0] for r in got] == [False, True] and got[0][1] == got[1][1]   # one build, one reuse, same key
     assert sorted(p.name for p in tmp_path.iterdir()) == ['shared.engine', 'shared.engine.json']
+
+
+def test_pinned_layer_list_goes_to_the_debug_log(onnx_files: dict[str, Path], tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    with caplog.at_level(logging.INFO, logger='evit_ros.export.tensorrt_build'):
+        res = build_engine(onnx_files['labels-lowres'], tmp_path / 'l.engine', precision='fp16', gpu=GPU)
+    info = [r.getMessage() for r in caplog.records]
+    assert res.fp32_layers and not any(res.fp32_layers[0] in m for m in info)   # one summary line, no list
+    assert any('attention layers FP32' in m for m in info)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger='evit_ros.export.tensorrt_build'):
+        build_engine(onnx_files['labels-lowres'], tmp_path / 'l.engine', precision='fp16', gpu=GPU)
+    assert any(r.levelno == logging.DEBUG and res.fp32_layers[0] in r.getMessage() for r in caplog.records)

@@ -405,6 +405,9 @@ class TensorRTBackend(InferenceBackend):
         if self._sidecar:
             d['cache_key'] = str(self._sidecar.get('key', ''))[:16]
             d['fp32_layers'] = str(len(self._sidecar.get('fp32_layers', [])))
+            check = self._sidecar.get('fp32_inspection', {})
+            d['fp32_check'] = (f'{check.get("checked_fp32", 0)} verified FP32, {len(check.get("violations", []))} not'
+                               if check.get('inspected') else f'not inspected ({check.get("reason", "old sidecar")})')
         return d
 
     def close(self) -> None:
