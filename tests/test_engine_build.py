@@ -434,3 +434,101 @@ def test_pinned_layer_list_goes_to_the_debug_log(onnx_files: dict[str, Path], tm
     with caplog.at_level(logging.DEBUG, logger='evit_ros.export.tensorrt_build'):
         build_engine(onnx_files['labels-lowres'], tmp_path / 'l.engine', precision='fp16', gpu=GPU)
     assert any(r.levelno == logging.DEBUG and res.fp32_layers[0] in r.getMessage() for r in caplog.records)
+
+
+class _Trt86:
+    """The TensorRT 8.6 (JetPack 6.0) builder surface over TensorRT-RTX: the ONNX parse is real, the weakly
+    typed config (flags, calibrator, profiles) is recorded, the build returns placeholder bytes (RTX cannot
+    build weakly typed networks) and deserializing needs a GPU (None)."""
+
+    __version__ = '8.6.2'
+    NetworkDefinitionCreationFlag = type('NDCF', (), {'EXPLICIT_BATCH': 0})
+    BuilderFlag = type('BF', (), {'FP16': 'FP16', 'INT8': 'INT8', 'OBEY_PRECISION_CONSTRAINTS': 'OBEY',
+                                  'GPU_FALLBACK': 'GPU_FALLBACK'})
+
+    class IInt8EntropyCalibrator2:
+        def __init__(self) -> None:
+            pass
+
+    def __init__(self) -> None:
+        self.flags: list[Any] = []
+        self.network_flags: list[int] = []
+        self.config: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(trt, name)
+
+    def Builder(self, logger: Any) -> Any:  # noqa: N802 (TensorRT API name)
+        outer, real = self, trt.Builder(logger)
+
+        class Config:
+            int8_calibrator = None
+            calibration_profile = None
+            profiling_verbosity = None
+
+            def __init__(self) -> None:
+                self.profiles: list[Any] = []
+
+            def set_flag(self, flag: Any) -> None:
+                outer.flags.append(flag)
+
+            def add_optimization_profile(self, profile: Any) -> int:
+                self.profiles.append(profile)
+                return 0
+
+            def set_calibration_profile(self, profile: Any) -> None:
+                self.calibration_profile = profile
+
+        class B:
+            logger = real.logger
+            num_DLA_cores = 0
+
+            def create_network(self, flags: int) -> Any:
+                outer.network_flags.append(flags)
+                return real.create_network(0)
+
+            def create_builder_config(self) -> Any:
+                outer.config = Config()
+                return outer.config
+
+            def create_optimization_profile(self) -> Any:
+                return real.create_optimization_profile()
+
+            def build_serialized_network(self, network: Any, config: Any) -> bytes:
+                return b'TensorRT 8.6 engine placeholder'
+        return B()
+
+    def Runtime(self, logger: Any) -> Any:  # noqa: N802
+        return type('R', (), {'deserialize_cuda_engine': lambda s, data: None})()
+
+
+def test_tensorrt_86_path_weakly_typed_fp16_and_int8(onnx_files: dict[str, Path], qdq_files: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    t86 = _Trt86()
+    res = build_engine(onnx_files['labels'], tmp_path / 'h.engine', precision='fp16', gpu=GPU, trt_module=t86)
+    assert not res.strongly_typed and t86.flags == ['FP16', 'OBEY'] and t86.network_flags == [1]  # EXPLICIT_BATCH
+    assert t86.config.profiling_verbosity == trt.ProfilingVerbosity.DETAILED
+    side = engine_cache.read_sidecar(res.engine_path)
+    assert side['precision_plan'].startswith('FP16 flag, attention scope pinned FP32')
+    assert sorted(side['fields']['builder_flags']) == ['FP16', 'OBEY_PRECISION_CONSTRAINTS']
+    # implicit INT8 stays on 8.6: the calibrator is built for the engine's input shape and attached
+    t86 = _Trt86()
+    seen: list[tuple[tuple[int, ...], str]] = []
+
+    def factory(shape: tuple[int, ...], fmt: str) -> Any:
+        seen.append((shape, fmt))
+        return 'calibrator'
+    res = build_engine(onnx_files['labels'], tmp_path / 'i8.engine', precision='int8', gpu=GPU, trt_module=t86,
+                       calib_factory=factory)
+    assert t86.flags == ['FP16', 'INT8', 'OBEY'] and t86.config.int8_calibrator == 'calibrator'
+    assert seen == [((1, H, W, 3), 'uint8-nhwc')]
+    # a Q/DQ ONNX on 8.6: explicit quantization (INT8 + FP16 flags, attention pinned), no calibrator
+    t86 = _Trt86()
+    res = build_engine(qdq_files['good'], tmp_path / 'q8.engine', precision='int8', gpu=GPU, trt_module=t86,
+                       calib_factory=factory)
+    assert t86.flags == ['FP16', 'INT8', 'OBEY'] and t86.config.int8_calibrator is None and len(seen) == 1
+    assert engine_cache.read_sidecar(res.engine_path)['precision_plan'].startswith('explicit INT8 (Q/DQ) with FP16')
+    # and INT8 on a mixed-precision export is refused here too
+    with pytest.raises(EngineError, match='mixed-precision'):
+        build_engine(onnx_files['mixed'], tmp_path / 'x.engine', precision='int8', gpu=GPU, trt_module=_Trt86(),
+                     calib_factory=factory)
