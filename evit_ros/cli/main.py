@@ -16,6 +16,8 @@ from evit_ros.errors import EvitError
 COMMANDS: dict[str, tuple[str, str]] = {
     'export': ('evit_ros.cli.export_cmd', 'export a model to a verified ONNX graph'),
     'build-engine': ('evit_ros.cli.build_engine_cmd', 'build a cached TensorRT engine from an ONNX graph'),
+    'quantize': ('evit_ros.cli.quantize_cmd', 'explicit INT8: a Q/DQ ONNX calibrated on camera frames'),
+    'verify-engine': ('evit_ros.cli.verify_engine_cmd', 'check an engine against ONNX Runtime on real frames'),
     'bench': ('evit_ros.cli.bench_cmd', 'benchmark a backend and the pipeline stages'),
     'eval': ('evit_ros.cli.eval_cmd', 'evaluate mIoU, drivable IoU and latency on ROS 2 bags'),
     'generate-synthetic': ('evit_ros.cli.synthetic_cmd', 'write synthetic driving scenes and a bag'),

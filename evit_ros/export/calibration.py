@@ -24,20 +24,26 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 
 
-def _resize(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+def _resize(rgb: np.ndarray, hw: tuple[int, int] | None) -> np.ndarray:
+    """``hw=None`` keeps the camera size (the caller runs the node's own preprocessing)."""
     import cv2
-    if rgb.shape[:2] == hw:
+    if hw is None or rgb.shape[:2] == hw:
         return rgb
     return cv2.resize(rgb, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def iter_image_folder(folder: str | Path, hw: tuple[int, int]) -> Iterator[np.ndarray]:
-    """RGB uint8 ``[H, W, 3]`` frames from the images in ``folder`` (sorted by name), resized to ``hw``."""
+def iter_image_folder(folder: str | Path, hw: tuple[int, int] | None,
+                      recursive: bool = False) -> Iterator[np.ndarray]:
+    """RGB uint8 ``[H, W, 3]`` frames from the images in ``folder`` (sorted by path), resized to ``hw``.
+
+    ``recursive`` also reads sub-folders (e.g. one folder per camera).
+    """
     import cv2
     d = Path(folder)
     if not d.is_dir():
         raise DataError(f'calibration folder {d} does not exist; pass a folder of camera images')
-    files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    found = d.rglob('*') if recursive else d.iterdir()
+    files = sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f'calibration folder {d} has no images ({", ".join(IMAGE_SUFFIXES)})')
     for f in files:
@@ -73,7 +79,7 @@ def decode_image_msg(msg: Any) -> np.ndarray:
     return cv2.cvtColor(img, code)
 
 
-def iter_bag_frames(bag: str | Path, topic: str, hw: tuple[int, int], every: int = 1) -> Iterator[np.ndarray]:
+def iter_bag_frames(bag: str | Path, topic: str, hw: tuple[int, int] | None, every: int = 1) -> Iterator[np.ndarray]:
     """RGB frames of an Image/CompressedImage ``topic`` in a ROS 2 bag (every ``every``-th message)."""
     from rosbags.highlevel import AnyReader
     p = Path(bag)

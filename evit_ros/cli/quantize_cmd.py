@@ -1,0 +1,60 @@
+"""``evit-ros quantize``: an explicitly quantized (Q/DQ INT8) ONNX for TensorRT, calibrated on camera frames."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from evit_ros.errors import ConfigError
+
+DEFAULT_MAX_FRAMES = 64
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--onnx', required=True, help='FP32 ONNX written by `evit-ros export`')
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument('--calib-bag', help='ROS 2 bag (directory, .mcap or .db3) with camera frames')
+    src.add_argument('--calib-dir', help='folder of camera images (sub-folders included, e.g. one per camera)')
+    parser.add_argument('--calib-topic', action='append', default=[],
+                        help='Image/CompressedImage topic in --calib-bag; repeat per camera (frames interleaved)')
+    parser.add_argument('--max-frames', type=int, default=DEFAULT_MAX_FRAMES,
+                        help=f'calibration frames in total (default {DEFAULT_MAX_FRAMES})')
+    parser.add_argument('--calib-method', choices=('minmax', 'percentile', 'entropy'), default='minmax',
+                        help='activation range estimator (default minmax)')
+    parser.add_argument('--params-file', help='node YAML: input.resize_mode / input.interpolation of the node')
+    parser.add_argument('--threads', type=int, default=0, help='ONNX Runtime CPU threads (default: runtime)')
+    parser.add_argument('-o', '--output', required=True, help='Q/DQ INT8 ONNX to write')
+
+
+def run(args: argparse.Namespace) -> int:
+    from evit_ros.config import load_config
+    from evit_ros.export import calibration
+    from evit_ros.export.quantize import interleave, quantize_onnx
+
+    if args.calib_bag and not args.calib_topic:
+        raise ConfigError('--calib-bag needs --calib-topic (the camera Image or CompressedImage topic; repeat it '
+                          'for several cameras)')
+    if args.calib_dir and args.calib_topic:
+        raise ConfigError('--calib-topic belongs to --calib-bag; drop it or give --calib-bag instead of --calib-dir')
+    if args.max_frames < 1:
+        raise ConfigError(f'--max-frames {args.max_frames} must be >= 1')
+    cfg = load_config(args.params_file)
+    if args.calib_bag:
+        frames = interleave([calibration.iter_bag_frames(args.calib_bag, t, None) for t in args.calib_topic])
+        source = f'bag {Path(args.calib_bag).name} topics {",".join(args.calib_topic)}'
+    else:
+        frames = calibration.iter_image_folder(args.calib_dir, None, recursive=True)
+        source = f'folder {Path(args.calib_dir).name}'
+    report = quantize_onnx(args.onnx, args.output, frames, max_frames=args.max_frames,
+                           calib_method=args.calib_method, resize_mode=cfg.input.resize_mode,
+                           interpolation=cfg.input.interpolation, calib_source=source, threads=args.threads)
+    print(f'quantized {args.onnx} -> {report.path}')
+    print(f'  {len(report.quantized_nodes)} convolutions INT8 (symmetric: per-channel weights, per-tensor '
+          f'activations); {len(report.kept_fp32_nodes)} network nodes kept FP32 (linear attention, exact upsampling); '
+          'input normalization and the output head untouched')
+    print(f'  calibration: {report.frames} frames from {source} through the node preprocessing '
+          f'({cfg.input.resize_mode}, {cfg.input.interpolation}), {report.calib_method}; {report.seconds:.1f} s')
+    print(f'  INT8 vs FP32 labels on the calibration frames: {100 * report.label_agreement:.2f}% agree '
+          '(measure held-out accuracy with `evit-ros eval --onnx ...`)')
+    print(f'  next: evit-ros build-engine --onnx {report.path} --precision int8  (on the Jetson), then '
+          f'evit-ros verify-engine')
+    return 0
