@@ -161,7 +161,8 @@ def test_quantize_refuses_bad_inputs(fp32_onnx: Path, int8: tuple[Path, Any], tm
     assert not (tmp_path / 'x.onnx').exists()
 
 
-def test_cli_quantizes_from_an_image_folder(fp32_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_quantizes_from_an_image_folder(fp32_onnx: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
     for cam in ('front', 'rear'):
         (tmp_path / 'imgs' / cam).mkdir(parents=True)
         for i, f in enumerate(_scenes(range(3000 + 10 * len(cam), 3003 + 10 * len(cam)))):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from evit_ros.errors import ConfigError
 
@@ -18,8 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='Image/CompressedImage topic in --calib-bag; repeat per camera (frames interleaved)')
     parser.add_argument('--max-frames', type=int, default=DEFAULT_MAX_FRAMES,
                         help=f'calibration frames in total (default {DEFAULT_MAX_FRAMES})')
-    parser.add_argument('--calib-method', choices=('minmax', 'percentile', 'entropy'), default='minmax',
-                        help='activation range estimator (default minmax)')
+    parser.add_argument('--calib-method', choices=('percentile', 'minmax', 'entropy'), default='percentile',
+                        help='activation range estimator (default percentile: 99.99th of |x|)')
     parser.add_argument('--params-file', help='node YAML: input.resize_mode / input.interpolation of the node')
     parser.add_argument('--threads', type=int, default=0, help='ONNX Runtime CPU threads (default: runtime)')
     parser.add_argument('-o', '--output', required=True, help='Q/DQ INT8 ONNX to write')
@@ -40,10 +39,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.params_file)
     if args.calib_bag:
         frames = interleave([calibration.iter_bag_frames(args.calib_bag, t, None) for t in args.calib_topic])
-        source = f'bag {Path(args.calib_bag).name} topics {",".join(args.calib_topic)}'
+        source = f'{args.calib_bag} ({", ".join(args.calib_topic)})'
     else:
         frames = calibration.iter_image_folder(args.calib_dir, None, recursive=True)
-        source = f'folder {Path(args.calib_dir).name}'
+        source = str(args.calib_dir)
     report = quantize_onnx(args.onnx, args.output, frames, max_frames=args.max_frames,
                            calib_method=args.calib_method, resize_mode=cfg.input.resize_mode,
                            interpolation=cfg.input.interpolation, calib_source=source, threads=args.threads)
@@ -55,6 +54,6 @@ def run(args: argparse.Namespace) -> int:
           f'({cfg.input.resize_mode}, {cfg.input.interpolation}), {report.calib_method}; {report.seconds:.1f} s')
     print(f'  INT8 vs FP32 labels on the calibration frames: {100 * report.label_agreement:.2f}% agree '
           '(measure held-out accuracy with `evit-ros eval --onnx ...`)')
-    print(f'  next: evit-ros build-engine --onnx {report.path} --precision int8  (on the Jetson), then '
-          f'evit-ros verify-engine')
+    print(f'  on the Jetson: evit-ros build-engine --onnx {report.path} (explicitly quantized: no calibration '
+          'there), then evit-ros verify-engine --engine ENGINE --onnx ' + str(report.path) + ' ...')
     return 0

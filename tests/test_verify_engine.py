@@ -1,0 +1,184 @@
+"""`evit-ros verify-engine` on a CPU machine.
+
+The engine side is the node's real TensorRTBackend with the GPU-only calls faked (tests/test_backend_tensorrt.py:
+TensorRT's runtime/engine/context and the CUDA memory); the fake execution context computes its outputs with
+ONNX Runtime. An engine whose outputs equal ONNX Runtime's must pass; one whose labels are perturbed on a known
+share of the pixels must fail with a non-zero exit, at the threshold of its precision.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from test_backend_tensorrt import GPU_NAME, TRT_VERSION, FakeTorch, FakeTRT
+
+from evit_ros import contract
+from evit_ros.backends import SYNTHETIC_CHECKPOINT
+from evit_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+from evit_ros.backends.tensorrt_backend import TensorRTBackend
+from evit_ros.cli import verify_engine_cmd
+from evit_ros.cli.main import main
+from evit_ros.eval.verify_engine import Thresholds, compare, onnx_from_sidecar
+from evit_ros.export import engine_cache
+from evit_ros.export.onnx_export import export_onnx, read_metadata
+from evit_ros.fileio import file_sha256
+from evit_ros.synthetic.scenes import generate_scene
+
+MODEL = 'efficientvit-seg-b0-cityscapes'
+H, W = 64, 128
+
+
+@pytest.fixture(scope='module')
+def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp('verify')
+    return export_onnx(MODEL, d / 'b0.onnx', height=H, width=W, checkpoint=str(SYNTHETIC_CHECKPOINT),
+                       head='labels+confidence', max_batch=2).path
+
+
+@pytest.fixture(scope='module')
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp('frames')
+    for i in range(4):   # camera frames of another size: both runners get the node's preprocessing
+        rgb = generate_scene(4000 + i, 96, 192)[0]
+        cv2.imwrite(str(d / f'{i:03d}.png'), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return d
+
+
+def _engine(onnx_file: Path, directory: Path, precision: str) -> Path:
+    """Engine bytes the fake runtime accepts, with a real sidecar for this fake GPU and TensorRT."""
+    ep = directory / f'b0_{precision}.engine'
+    shapes = {'input': 'images', 'shape': [-1, H, W, 3],
+              'profile': {'min': [1, H, W, 3], 'opt': [1, H, W, 3], 'max': [2, H, W, 3]}}
+    fields = engine_cache.key_fields(file_sha256(onnx_file), TRT_VERSION, GPU_NAME, '8.7', precision, shapes, [])
+    doc = engine_cache.make_sidecar(fields, model_metadata=read_metadata(onnx_file), fp32_layers=[],
+                                    rebuild_command=engine_cache.build_command(onnx_file, ep, precision))
+    engine_cache.write_engine(ep, b'serialized engine', doc)
+    return ep
+
+
+class PerturbedSession:
+    """The fake engine's ONNX Runtime session, with the class id changed on a fixed share of the label pixels."""
+
+    def __init__(self, session: Any, fraction: float) -> None:
+        self.session, self.fraction = session, fraction
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        outs = self.session.run(names, feeds)
+        for i, name in enumerate(names):
+            if name == contract.LABELS_NAME:
+                labels = outs[i].copy()
+                flat = labels.reshape(labels.shape[0], -1)   # every (1/fraction)-th pixel: spread over all classes
+                step = int(round(1 / self.fraction))
+                flat[:, ::step] = (flat[:, ::step] + 1) % 19
+                outs[i] = labels
+        return outs
+
+
+def _trt_backend(engine: Path, onnx_file: Path, precision: str, perturb: float = 0.0) -> TensorRTBackend:
+    ft = FakeTorch()
+    trt = FakeTRT(ft, onnx_file)
+    if perturb:
+        trt.session = PerturbedSession(trt.session, perturb)
+    return TensorRTBackend(engine, precision=precision, build_if_stale=False, trt_module=trt, torch_module=ft)
+
+
+def _frames(images: Path) -> list[np.ndarray]:
+    return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted(images.iterdir())]
+
+
+def test_identical_engine_passes_with_full_report(onnx_file: Path, images: Path, tmp_path: Path) -> None:
+    ep = _engine(onnx_file, tmp_path, 'fp16')
+    with _trt_backend(ep, onnx_file, 'fp16') as eng, OnnxRuntimeBackend(onnx_file, threads=1, device='cpu') as ref:
+        report = compare(eng, ref, _frames(images), thresholds=Thresholds.for_precision('fp16'), precision='fp16',
+                         class_names=ref.io.class_names)
+    assert report.passed and report.failures == [] and report.frames == 4 and report.pixels == 4 * H * W
+    assert report.label_agreement == 100.0 and report.miou_vs_reference == 100.0
+    assert report.outputs['confidence']['max_abs_err'] == 0.0
+    present = {k: v for k, v in report.per_class_iou.items() if v is not None}
+    assert {'road', 'sky'} <= set(present) and all(v == 100.0 for v in present.values())
+    assert set(report.latency_ms) == {'engine', 'onnxruntime'} and report.latency_ms['engine']['p50'] > 0
+    assert report.thresholds == {'min_label_agreement': 99.5, 'max_miou_delta': None}
+    assert 'PASSED' in report.table() and report.engine_info['backend'] == 'tensorrt'
+
+
+@pytest.mark.parametrize('precision,perturb,passed', [
+    ('fp16', 0.002, True),     # 99.8 % >= 99.5 %
+    ('fp16', 0.02, False),     # 98 % < 99.5 %
+    ('fp32', 0.002, False),    # 99.8 % < 99.9 %
+    ('int8', 0.002, True),     # a few boundary flips: mIoU vs reference within 1 point
+    ('int8', 0.05, False),
+])
+def test_thresholds_follow_the_engine_precision(onnx_file: Path, images: Path, tmp_path: Path, precision: str,
+                                                perturb: float, passed: bool) -> None:
+    ep = _engine(onnx_file, tmp_path, precision)
+    with _trt_backend(ep, onnx_file, precision, perturb) as eng, \
+            OnnxRuntimeBackend(onnx_file, threads=1, device='cpu') as ref:
+        report = compare(eng, ref, _frames(images), thresholds=Thresholds.for_precision(precision),
+                         precision=precision, class_names=ref.io.class_names)
+    assert report.label_agreement == pytest.approx(100 * (1 - perturb), abs=0.01)
+    assert report.passed is passed, report.table()
+    if not passed:
+        assert report.failures and 'FAILED' in report.table()
+
+
+def test_cli_exit_codes_table_and_json(onnx_file: Path, images: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    ep = _engine(onnx_file, tmp_path, 'fp16')
+    assert onnx_from_sidecar(engine_cache.read_sidecar(ep)) == str(onnx_file)
+    perturb = {'value': 0.0}
+    monkeypatch.setattr(verify_engine_cmd, 'open_engine',
+                        lambda engine, precision: _trt_backend(engine, onnx_file, precision, perturb['value']))
+    out = tmp_path / 'ok.json'
+    # no --onnx: the reference is the ONNX the engine was built from (its sidecar's build command)
+    assert main(['verify-engine', '--engine', str(ep), '--images', str(images), '--max-frames', '3',
+                 '--threads', '1', '--json', str(out)]) == 0
+    text = capsys.readouterr().out
+    assert 'labels agree (%)' in text and 'PASSED' in text and 'engine infer p50' in text
+    doc = json.loads(out.read_text())
+    assert doc['passed'] and doc['frames'] == 3 and doc['precision'] == 'fp16' and doc['reference'] == str(onnx_file)
+
+    perturb['value'] = 0.02
+    bad = tmp_path / 'bad.json'
+    rc = main(['verify-engine', '--engine', str(ep), '--onnx', str(onnx_file), '--images', str(images),
+               '--json', str(bad)])
+    assert rc == verify_engine_cmd.EXIT_FAILED != 0
+    assert 'FAILED: labels agree on 97.998% < 99.5%' in capsys.readouterr().out
+    assert json.loads(bad.read_text())['passed'] is False
+    # a looser stated threshold passes the same engine
+    assert main(['verify-engine', '--engine', str(ep), '--images', str(images), '--min-agreement', '97',
+                 '--json', str(bad)]) == 0
+
+
+def test_cli_reads_camera_frames_from_a_bag(onnx_file: Path, images: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from eval_support import write_bag
+    frames = _frames(images)
+    bag = write_bag(tmp_path / 'cams.mcap', [
+        {'topic': '/front/image_raw', 'stamp': 10**9 + i, 'rgb': f} for i, f in enumerate(frames)] + [
+        {'topic': '/rear/image_raw/compressed', 'stamp': 10**9 + i, 'rgb': f, 'compressed': 'jpeg'}
+        for i, f in enumerate(frames)])
+    ep = _engine(onnx_file, tmp_path, 'fp32')
+    monkeypatch.setattr(verify_engine_cmd, 'open_engine',
+                        lambda engine, precision: _trt_backend(engine, onnx_file, precision))
+    out = tmp_path / 'bag.json'
+    assert main(['verify-engine', '--engine', str(ep), '--bag', str(bag), '--image-topic', '/front/image_raw',
+                 '--image-topic', '/rear/image_raw/compressed', '--json', str(out)]) == 0
+    assert json.loads(out.read_text())['frames'] == 8
+
+
+def test_cli_usage_errors(onnx_file: Path, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(['verify-engine', '--engine', str(tmp_path / 'none.engine'), '--images', str(images)]) == 1
+    assert 'does not exist' in capsys.readouterr().err
+    ep = _engine(onnx_file, tmp_path, 'fp16')
+    assert main(['verify-engine', '--engine', str(ep), '--bag', str(tmp_path)]) == 1
+    assert '--image-topic' in capsys.readouterr().err
+    assert main(['verify-engine', '--engine', str(ep), '--onnx', str(tmp_path / 'x.onnx'),
+                 '--images', str(images)]) == 1
+    assert 'reference ONNX' in capsys.readouterr().err
