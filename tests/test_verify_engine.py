@@ -103,7 +103,8 @@ def test_identical_engine_passes_with_full_report(onnx_file: Path, images: Path,
     assert report.outputs['confidence']['max_abs_err'] == 0.0
     present = {k: v for k, v in report.per_class_iou.items() if v is not None}
     assert {'road', 'sky'} <= set(present) and all(v == 100.0 for v in present.values())
-    assert set(report.latency_ms) == {'engine', 'onnxruntime'} and report.latency_ms['engine']['p50'] > 0
+    assert set(report.latency_ms) == {'engine', 'reference'} and report.latency_ms['engine']['p50'] > 0
+    assert report.latency_ratio_p50 > 0
     assert report.thresholds == {'min_label_agreement': 99.5, 'max_miou_delta': None}
     assert 'PASSED' in report.table() and report.engine_info['backend'] == 'tensorrt'
 
@@ -171,6 +172,29 @@ def test_cli_reads_camera_frames_from_a_bag(onnx_file: Path, images: Path, tmp_p
     assert main(['verify-engine', '--engine', str(ep), '--bag', str(bag), '--image-topic', '/front/image_raw',
                  '--image-topic', '/rear/image_raw/compressed', '--json', str(out)]) == 0
     assert json.loads(out.read_text())['frames'] == 8
+
+
+def test_default_thresholds_never_skip_the_check() -> None:
+    assert Thresholds.for_precision('fp32') == Thresholds(99.9, None)
+    assert Thresholds.for_precision('fp16') == Thresholds(99.5, None)
+    assert Thresholds.for_precision('int8') == Thresholds(None, 1.0)
+    assert Thresholds.for_precision('int8-qdq') == Thresholds(None, 1.0)
+    assert Thresholds.for_precision('best') == Thresholds(99.5, None)
+    assert Thresholds.for_precision('fp16', max_miou_delta=3.0) == Thresholds(None, 3.0)
+
+
+def test_candidate_onnx_int8_against_fp32_on_the_cpu(onnx_file: Path, images: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from evit_ros.export.quantize import quantize_onnx
+    int8 = quantize_onnx(onnx_file, tmp_path / 'int8.onnx', iter(_frames(images)), max_frames=4, threads=1).path
+    out = tmp_path / 'cand.json'
+    rc = main(['verify-engine', '--candidate-onnx', str(int8), '--onnx', str(onnx_file), '--images', str(images),
+               '--max-miou-delta', '50', '--threads', '1', '--json', str(out)])
+    doc = json.loads(out.read_text())
+    assert rc == 0 and doc['precision'] == 'int8' and doc['frames'] == 4
+    assert doc['label_agreement'] > 90 and doc['latency_ratio_p50'] > 0
+    assert 'latency ratio engine / reference' in capsys.readouterr().out
+    assert main(['verify-engine', '--candidate-onnx', str(int8), '--images', str(images)]) == 1
 
 
 def test_cli_usage_errors(onnx_file: Path, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,6 +1,7 @@
 """``evit-ros verify-engine``: the engine against ONNX Runtime on real frames; non-zero exit when it is off.
 
-Run it on the device after every engine build (see README, "Verify every engine").
+Run it on the device after every engine build (see README, "Verify every engine"). ``--candidate-onnx``
+compares two ONNX graphs on the CPU instead (e.g. INT8 against FP32, with the latency ratio).
 """
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ EXIT_FAILED = 3   # ran fine, the engine is outside the thresholds (1: usage/set
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--engine', required=True, help='TensorRT engine (with its .json sidecar)')
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument('--engine', help='TensorRT engine (with its .json sidecar)')
+    what.add_argument('--candidate-onnx', help='check an ONNX instead of an engine, on ONNX Runtime CPU (e.g. the '
+                                               'INT8 graph of `evit-ros quantize` against --onnx FP32)')
     parser.add_argument('--onnx', help='reference ONNX (default: the one the engine was built from, per its sidecar)')
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument('--bag', help='ROS 2 bag with camera frames')
@@ -43,17 +47,14 @@ def open_engine(engine: Path, precision: str) -> Any:
 def run(args: argparse.Namespace) -> int:
     from evit_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
     from evit_ros.config import load_config
-    from evit_ros.eval.verify_engine import Thresholds, compare, onnx_from_sidecar, write_report
-    from evit_ros.export import calibration, engine_cache
-    from evit_ros.export.quantize import interleave
+    from evit_ros.eval.verify_engine import Thresholds, compare, onnx_from_sidecar
+    from evit_ros.export import engine_cache
 
+    if args.candidate_onnx:
+        return _run_candidate(args)
     engine = Path(args.engine)
     if not engine.is_file():
         raise ConfigError(f'--engine {engine} does not exist; build it with `evit-ros build-engine`')
-    if args.bag and not args.image_topic:
-        raise ConfigError('--bag needs --image-topic (the camera Image or CompressedImage topic)')
-    if args.max_frames < 0:
-        raise ConfigError(f'--max-frames {args.max_frames} must be >= 0')
     sidecar = engine_cache.read_sidecar(engine)
     precision = str(sidecar.get('fields', {}).get('precision', 'fp16'))
     onnx = args.onnx or onnx_from_sidecar(sidecar)
@@ -61,17 +62,60 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f'reference ONNX {onnx!r} not found; pass --onnx (the file the engine was built from)')
     cfg = load_config(args.params_file)
     thresholds = Thresholds.for_precision(precision, args.min_agreement, args.max_miou_delta)
-    if args.bag:
-        frames: Any = interleave([calibration.iter_bag_frames(args.bag, t, None) for t in args.image_topic])
-    else:
-        frames = calibration.iter_image_folder(args.images, None, recursive=True)
+    frames = _frames(args)
     with open_engine(engine, precision) as trt_backend, \
             OnnxRuntimeBackend(onnx, threads=args.threads, device='cpu') as ort_backend:
+        trt_backend.warmup(2)   # first runs pay TensorRT's lazy allocations: not the engine's latency
+        ort_backend.warmup(2)
         report = compare(trt_backend, ort_backend, frames, thresholds=thresholds, precision=precision,
                          class_names=ort_backend.io.class_names, resize_mode=cfg.input.resize_mode,
                          interpolation=cfg.input.interpolation, max_frames=args.max_frames,
                          engine_label=str(engine), reference_label=str(onnx))
+    return _finish(report, args.json)
+
+
+def _frames(args: argparse.Namespace) -> Any:
+    from evit_ros.export import calibration
+    from evit_ros.export.quantize import interleave
+    if args.bag and not args.image_topic:
+        raise ConfigError('--bag needs --image-topic (the camera Image or CompressedImage topic)')
+    if args.max_frames < 0:
+        raise ConfigError(f'--max-frames {args.max_frames} must be >= 0')
+    if args.bag:
+        return interleave([calibration.iter_bag_frames(args.bag, t, None) for t in args.image_topic])
+    return calibration.iter_image_folder(args.images, None, recursive=True)
+
+
+def _finish(report: Any, json_path: str) -> int:
+    from evit_ros.eval.verify_engine import write_report
     print(report.table())
-    path = write_report(report, args.json)
+    path = write_report(report, json_path)
     print(f'report: {path}')
     return 0 if report.passed else EXIT_FAILED
+
+
+def _run_candidate(args: argparse.Namespace) -> int:
+    """An ONNX (e.g. INT8 Q/DQ) against the reference ONNX, both on ONNX Runtime CPU, interleaved frame by frame."""
+    from evit_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from evit_ros.config import load_config
+    from evit_ros.eval.verify_engine import Thresholds, compare
+    from evit_ros.export.onnx_export import read_metadata
+    from evit_ros.export.quantize import META_QUANTIZATION
+    if not args.onnx:
+        raise ConfigError('--candidate-onnx needs --onnx (the reference graph, e.g. the FP32 export)')
+    for p in (args.candidate_onnx, args.onnx):
+        if not Path(p).is_file():
+            raise ConfigError(f'{p} does not exist')
+    precision = 'int8' if META_QUANTIZATION in read_metadata(args.candidate_onnx) else 'fp32'
+    cfg = load_config(args.params_file)
+    thresholds = Thresholds.for_precision(precision, args.min_agreement, args.max_miou_delta)
+    frames = _frames(args)
+    with OnnxRuntimeBackend(args.candidate_onnx, threads=args.threads, device='cpu') as cand, \
+            OnnxRuntimeBackend(args.onnx, threads=args.threads, device='cpu') as ref:
+        cand.warmup(2)
+        ref.warmup(2)
+        report = compare(cand, ref, frames, thresholds=thresholds, precision=precision,
+                         class_names=ref.io.class_names, resize_mode=cfg.input.resize_mode,
+                         interpolation=cfg.input.interpolation, max_frames=args.max_frames,
+                         engine_label=str(args.candidate_onnx), reference_label=str(args.onnx))
+    return _finish(report, args.json)

@@ -13,7 +13,12 @@ Thresholds by engine precision (the sidecar's), overridable:
 * int8: the mIoU of the engine's labels scored against ONNX Runtime's labels is >= 100 - ``max_miou_delta``
   (default 1.0 point), with ONNX Runtime running the ONNX the engine was built from (the Q/DQ graph of
   ``evit-ros quantize``: both runtimes then execute the same quantized arithmetic). Against the FP32
-  graph, pass a delta measured for your model (the README gives the one measured on the demo model).
+  graph, pass a delta measured for your model: the demo model's INT8 graph scores 97.2 against its FP32 graph
+  (ONNX Runtime, 400 held-out frames) while its ground-truth mIoU is only 0.17 points lower, so a reference
+  mIoU is a strict measure.
+
+``candidate`` may also be another ONNX (``--candidate-onnx``, e.g. the INT8 graph against FP32 on the CPU before
+going to the device); then "engine" in the report means that graph on ONNX Runtime.
 """
 from __future__ import annotations
 
@@ -45,9 +50,12 @@ class Thresholds:
     @classmethod
     def for_precision(cls, precision: str, min_label_agreement: float | None = None,
                       max_miou_delta: float | None = None) -> Thresholds:
-        if min_label_agreement is None and max_miou_delta is None:
-            return cls(DEFAULT_MIN_AGREEMENT.get(precision), DEFAULT_MAX_MIOU_DELTA.get(precision))
-        return cls(min_label_agreement, max_miou_delta)
+        if min_label_agreement is not None or max_miou_delta is not None:
+            return cls(min_label_agreement, max_miou_delta)
+        if 'int8' in precision:   # int8, and explicit-quantization names a builder may record
+            return cls(None, DEFAULT_MAX_MIOU_DELTA['int8'])
+        # fp32 is strict; anything else (fp16, best, unknown) gets the FP16 rule rather than no check at all
+        return cls(DEFAULT_MIN_AGREEMENT.get(precision, DEFAULT_MIN_AGREEMENT['fp16']), None)
 
     def describe(self) -> str:
         parts = []
@@ -71,7 +79,8 @@ class VerifyReport:
     miou_vs_reference: float                    # %, over the classes present in the reference labels
     per_class_iou: dict[str, float | None]      # %, None where a class occurs in neither
     outputs: dict[str, dict[str, float]]        # per compared output: error statistics
-    latency_ms: dict[str, dict[str, float]]     # runner -> p50/p95/mean/max of infer
+    latency_ms: dict[str, dict[str, float]]     # engine / reference -> p50/p95/mean/max of infer (interleaved)
+    latency_ratio_p50: float                    # engine p50 / reference p50, measured in the same run
     thresholds: dict[str, float | None]
     passed: bool
     failures: list[str] = field(default_factory=list)
@@ -81,7 +90,7 @@ class VerifyReport:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     def table(self) -> str:
-        lines = [f'engine    {self.engine} ({self.precision})', f'reference {self.reference} (ONNX Runtime)',
+        lines = [f'engine    {self.engine} ({self.precision})', f'reference {self.reference} (ONNX Runtime CPU)',
                  f'frames    {self.frames} ({self.pixels} pixels compared)', '',
                  f'{"check":34s} {"value":>12s}', f'{"-" * 34} {"-" * 12}',
                  f'{"labels agree (%)":34s} {self.label_agreement:12.3f}',
@@ -91,6 +100,7 @@ class VerifyReport:
                 lines.append(f'{name + " " + k:34s} {v:12.4g}')
         for runner, stats in self.latency_ms.items():
             lines.append(f'{runner + " infer p50 / p95 (ms)":34s} {stats["p50"]:6.2f} / {stats["p95"]:.2f}')
+        lines.append(f'{"latency ratio engine / reference":34s} {self.latency_ratio_p50:12.3f}')
         lines += ['', f'{"class":16s} {"IoU vs reference (%)":>20s}']
         for name, iou in self.per_class_iou.items():
             if iou is not None:
@@ -173,7 +183,7 @@ def compare(engine: InferenceBackend, reference: InferenceBackend, frames: Itera
     n_classes = len(class_names)
     cm = ConfusionMatrix(n_classes)
     agree = pixels = n = 0
-    lat: dict[str, list[float]] = {'engine': [], 'onnxruntime': []}
+    lat: dict[str, list[float]] = {'engine': [], 'reference': []}
     errs: dict[str, _ErrorStats] = {}
     buf = np.empty((rows, *io.input_hw, 3), np.uint8)
     for frame in frames:
@@ -192,7 +202,7 @@ def compare(engine: InferenceBackend, reference: InferenceBackend, frames: Itera
         r_ref = reference.infer(feed)
         t3 = time.perf_counter()
         lat['engine'].append(r_eng.timings_ms.get('infer', (t1 - t0) * 1e3))
-        lat['onnxruntime'].append(r_ref.timings_ms.get('infer', (t3 - t2) * 1e3))
+        lat['reference'].append(r_ref.timings_ms.get('infer', (t3 - t2) * 1e3))
         ref_labels = _labels(r_ref, 1)
         if eng_labels.shape != ref_labels.shape:
             raise EngineError(f'engine labels {eng_labels.shape} vs ONNX Runtime {ref_labels.shape}: not the same '
@@ -224,6 +234,7 @@ def compare(engine: InferenceBackend, reference: InferenceBackend, frames: Itera
     return VerifyReport(engine=engine_label, reference=reference_label, precision=precision, frames=n, pixels=pixels,
                         label_agreement=agreement, miou_vs_reference=miou, per_class_iou=per_class, outputs=outputs,
                         latency_ms={k: _pct(v) for k, v in lat.items()},
+                        latency_ratio_p50=float(np.median(lat['engine']) / max(1e-9, np.median(lat['reference']))),
                         thresholds={'min_label_agreement': thresholds.min_label_agreement,
                                     'max_miou_delta': thresholds.max_miou_delta},
                         passed=not failures, failures=failures, engine_info=dict(engine.describe()))

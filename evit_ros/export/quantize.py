@@ -101,7 +101,7 @@ def interleave(sources: Sequence[Iterable[np.ndarray]]) -> Iterator[np.ndarray]:
     for group in itertools.zip_longest(*iterators, fillvalue=sentinel):
         for frame in group:
             if frame is not sentinel:
-                yield frame  # type: ignore[misc]
+                yield frame
 
 
 def _graph_inputs(session: Any) -> tuple[str, tuple[int, ...], str]:
@@ -273,7 +273,7 @@ def quantize_onnx(onnx_in: str | Path, output: str | Path, frames: Iterable[np.n
              feeds.frames, len(feeds.batches), len(to_quantize), len(kept))
     method = {'minmax': CalibrationMethod.MinMax, 'percentile': CalibrationMethod.Percentile,
               'entropy': CalibrationMethod.Entropy}[calib_method]
-    extra = {
+    extra: dict[str, Any] = {
         'ActivationSymmetric': True,       # TensorRT: zero point 0
         'WeightSymmetric': True,
         'AddQDQPairToWeight': True,        # FP32 weight -> Q -> DQ (TensorRT 8.6 parser)
