@@ -143,7 +143,8 @@ def _pct(samples: Sequence[float]) -> dict[str, float]:
 class _ErrorStats:
     """Running absolute-error statistics of one output (Polygraphy's mean / max; p99 from a bounded histogram)."""
 
-    def __init__(self, bins: int = 1024, hi: float = 256.0) -> None:
+    def __init__(self, bins: int = 1024, hi: float = 256.0, integer: bool = False) -> None:
+        self.integer = integer   # integer outputs: one bin per value, so p99 is exact
         self.hist = np.zeros(bins, np.int64)
         self.hi = hi
         self.sum = 0.0
@@ -161,8 +162,9 @@ class _ErrorStats:
     def summary(self) -> dict[str, float]:
         cdf = np.cumsum(self.hist)
         p99_bin = int(np.searchsorted(cdf, 0.99 * max(1, self.count)))
-        return {'mean_abs_err': self.sum / max(1, self.count), 'p99_abs_err': (p99_bin + 1) * self.hi / len(self.hist),
-                'max_abs_err': self.max}
+        width = self.hi / len(self.hist)
+        p99 = p99_bin * width if self.integer else min((p99_bin + 1) * width, self.max)
+        return {'mean_abs_err': self.sum / max(1, self.count), 'p99_abs_err': p99, 'max_abs_err': self.max}
 
 
 def compare(engine: InferenceBackend, reference: InferenceBackend, frames: Iterable[np.ndarray], *,
@@ -211,7 +213,7 @@ def compare(engine: InferenceBackend, reference: InferenceBackend, frames: Itera
         pixels += int(ref_labels.size)
         cm.update(ref_labels, eng_labels)   # engine ids outside the classes count as wrong
         if eng_conf is not None and r_ref.confidence is not None:
-            errs.setdefault('confidence', _ErrorStats(256, 256.0)).add(eng_conf, r_ref.confidence[:1])
+            errs.setdefault('confidence', _ErrorStats(256, 256.0, integer=True)).add(eng_conf, r_ref.confidence[:1])
         if eng_logits is not None and r_ref.logits is not None:
             errs.setdefault('logits', _ErrorStats(1024, 64.0)).add(eng_logits, r_ref.logits[:1])
         n += 1

@@ -205,10 +205,12 @@ def _session(model_path: str | Path, threads: int = 0) -> Any:
 
 
 class _DropPreprocessHint(logging.Filter):
-    """ONNX Runtime advises its shape-inference pre-processing on every call; it would rename the nodes we select."""
+    """ONNX Runtime advises its shape-inference pre-processing on every call (it would rename the nodes we
+    select), and warns about biases computed by a node (graphs exported with random weights): both harmless."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return 'pre-processing' not in record.getMessage()
+        msg = record.getMessage()
+        return 'pre-processing' not in msg and not msg.startswith('Expected bias')
 
 
 @contextlib.contextmanager
