@@ -174,3 +174,19 @@ def test_cli_quantizes_from_an_image_folder(fp32_onnx: Path, tmp_path: Path,
     assert 'convolutions INT8' in text and '4 frames' in text and out.is_file()
     assert main(['quantize', '--onnx', str(fp32_onnx), '--calib-bag', str(tmp_path), '-o', str(out)]) == 1
     assert '--calib-topic' in capsys.readouterr().err
+
+
+def test_camera_frames_interleave_cameras_and_skip_bad_files(tmp_path: Path) -> None:
+    from evit_ros.export.quantize import camera_frames
+    for cam, value in (('front', 10), ('rear', 200)):
+        (tmp_path / cam).mkdir()
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / cam / f'{i}.png'), np.full((8, 16, 3), value + i, np.uint8))
+    (tmp_path / 'front' / '9.png').write_bytes(b'not a png')        # unreadable: skipped with a warning
+    got = [int(f[0, 0, 0]) for f in camera_frames(folder=tmp_path)]
+    assert got == [10, 200, 11, 201, 12, 202]
+    (tmp_path / 'empty' / 'sub').mkdir(parents=True)
+    with pytest.raises(DataError, match='has no images'):
+        camera_frames(folder=tmp_path / 'empty')
+    with pytest.raises(DataError, match='does not exist'):
+        camera_frames(folder=tmp_path / 'missing')

@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--onnx', required=True, help='FP32 ONNX written by `evit-ros export`')
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument('--calib-bag', help='ROS 2 bag (directory, .mcap or .db3) with camera frames')
-    src.add_argument('--calib-dir', help='folder of camera images (sub-folders included, e.g. one per camera)')
+    src.add_argument('--calib-dir', help='folder of camera images (sub-folders are cameras, interleaved)')
     parser.add_argument('--calib-topic', action='append', default=[],
                         help='Image/CompressedImage topic in --calib-bag; repeat per camera (frames interleaved)')
     parser.add_argument('--max-frames', type=int, default=DEFAULT_MAX_FRAMES,
@@ -26,8 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from evit_ros.config import load_config
-    from evit_ros.export import calibration
-    from evit_ros.export.quantize import interleave, quantize_onnx
+    from evit_ros.export.quantize import camera_frames, quantize_onnx
 
     if args.calib_bag and not args.calib_topic:
         raise ConfigError('--calib-bag needs --calib-topic (the camera Image or CompressedImage topic; repeat it '
@@ -37,11 +36,10 @@ def run(args: argparse.Namespace) -> int:
     if args.max_frames < 1:
         raise ConfigError(f'--max-frames {args.max_frames} must be >= 1')
     cfg = load_config(args.params_file)
+    frames = camera_frames(bag=args.calib_bag, topics=args.calib_topic, folder=args.calib_dir)
     if args.calib_bag:
-        frames = interleave([calibration.iter_bag_frames(args.calib_bag, t, None) for t in args.calib_topic])
         source = f'{args.calib_bag} ({", ".join(args.calib_topic)})'
     else:
-        frames = calibration.iter_image_folder(args.calib_dir, None, recursive=True)
         source = str(args.calib_dir)
     report = quantize_onnx(args.onnx, args.output, frames, max_frames=args.max_frames,
                            calib_method=args.calib_method, resize_mode=cfg.input.resize_mode,

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--onnx', help='reference ONNX (default: the one the engine was built from, per its sidecar)')
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument('--bag', help='ROS 2 bag with camera frames')
-    src.add_argument('--images', help='folder of camera images (sub-folders included)')
+    src.add_argument('--images', help='folder of camera images (sub-folders are cameras, interleaved)')
     parser.add_argument('--image-topic', action='append', default=[],
                         help='Image/CompressedImage topic in --bag; repeat per camera')
     parser.add_argument('--max-frames', type=int, default=100, help='frames to compare (default 100; 0: all)')
@@ -75,15 +75,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _frames(args: argparse.Namespace) -> Any:
-    from evit_ros.export import calibration
-    from evit_ros.export.quantize import interleave
+    from evit_ros.export.quantize import camera_frames
     if args.bag and not args.image_topic:
         raise ConfigError('--bag needs --image-topic (the camera Image or CompressedImage topic)')
     if args.max_frames < 0:
         raise ConfigError(f'--max-frames {args.max_frames} must be >= 0')
-    if args.bag:
-        return interleave([calibration.iter_bag_frames(args.bag, t, None) for t in args.image_topic])
-    return calibration.iter_image_folder(args.images, None, recursive=True)
+    return camera_frames(bag=args.bag, topics=args.image_topic, folder=None if args.bag else args.images)
 
 
 def _finish(report: Any, json_path: str) -> int:

@@ -32,24 +32,19 @@ def _resize(rgb: np.ndarray, hw: tuple[int, int] | None) -> np.ndarray:
     return cv2.resize(rgb, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def iter_image_folder(folder: str | Path, hw: tuple[int, int] | None,
-                      recursive: bool = False) -> Iterator[np.ndarray]:
-    """RGB uint8 ``[H, W, 3]`` frames from the images in ``folder`` (sorted by path), resized to ``hw``.
-
-    ``recursive`` also reads sub-folders (e.g. one folder per camera).
-    """
+def iter_image_folder(folder: str | Path, hw: tuple[int, int] | None) -> Iterator[np.ndarray]:
+    """RGB uint8 ``[H, W, 3]`` frames from the images in ``folder`` (sorted by name), resized to ``hw``."""
     import cv2
     d = Path(folder)
     if not d.is_dir():
-        raise DataError(f'calibration folder {d} does not exist; pass a folder of camera images')
-    found = d.rglob('*') if recursive else d.iterdir()
-    files = sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        raise DataError(f'image folder {d} does not exist; pass a folder of camera images')
+    files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise DataError(f'calibration folder {d} has no images ({", ".join(IMAGE_SUFFIXES)})')
+        raise DataError(f'image folder {d} has no images ({", ".join(IMAGE_SUFFIXES)})')
     for f in files:
         bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
         if bgr is None:
-            log.warning('skipping unreadable calibration image %s', f)
+            log.warning('skipping unreadable image %s', f)
             continue
         yield _resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), hw)
 
@@ -84,7 +79,7 @@ def iter_bag_frames(bag: str | Path, topic: str, hw: tuple[int, int] | None, eve
     from rosbags.highlevel import AnyReader
     p = Path(bag)
     if not p.exists():
-        raise DataError(f'calibration bag {p} does not exist')
+        raise DataError(f'bag {p} does not exist; pass a ROS 2 bag directory, .mcap or .db3')
     with AnyReader([p]) as reader:
         conns = [c for c in reader.connections if c.topic == topic]
         if not conns:
@@ -96,7 +91,7 @@ def iter_bag_frames(bag: str | Path, topic: str, hw: tuple[int, int] | None, eve
             try:
                 yield _resize(decode_image_msg(reader.deserialize(raw, conn.msgtype)), hw)
             except DataError as exc:
-                log.warning('skipping calibration frame %d: %s', i, exc)
+                log.warning('skipping frame %d of %s: %s', i, topic, exc)
 
 
 def iter_batches(frames: Iterable[np.ndarray], batch: int, input_format: str = 'uint8-nhwc',

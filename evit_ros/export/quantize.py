@@ -104,6 +104,28 @@ def interleave(sources: Sequence[Iterable[np.ndarray]]) -> Iterator[np.ndarray]:
                 yield frame
 
 
+def camera_frames(*, bag: str | Path | None = None, topics: Sequence[str] = (),
+                  folder: str | Path | None = None) -> Iterator[np.ndarray]:
+    """Decoded RGB frames at the camera size, from bag topics or an image folder, cameras interleaved.
+
+    A folder's sub-folders (e.g. ``images/front``, ``images/rear``) count as cameras.
+    """
+    from evit_ros.export import calibration
+    if bag is not None:
+        return interleave([calibration.iter_bag_frames(bag, t, None) for t in topics])
+    if folder is None:
+        raise DataError('give a bag with topics or an image folder')
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f'image folder {root} does not exist; pass a folder of camera images')
+    dirs = [d for d in (root, *sorted(p for p in root.rglob('*') if p.is_dir()))
+            if any(f.is_file() and f.suffix.lower() in calibration.IMAGE_SUFFIXES for f in d.iterdir())]
+    if not dirs:
+        raise DataError(f'image folder {root} has no images ({", ".join(calibration.IMAGE_SUFFIXES)}), '
+                        'not even in sub-folders')
+    return interleave([calibration.iter_image_folder(d, None) for d in dirs])
+
+
 def _graph_inputs(session: Any) -> tuple[str, tuple[int, ...], str]:
     inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].name != contract.INPUT_NAME:
@@ -384,5 +406,6 @@ def check_qdq(model: Any, fp32_scopes: Sequence[str]) -> dict[str, int]:
     return counts
 
 
-__all__ = ['CALIB_METHODS', 'DEFAULT_CALIB_METHOD', 'META_QUANTIZATION', 'QuantizeReport', 'check_qdq', 'interleave',
+__all__ = ['CALIB_METHODS', 'DEFAULT_CALIB_METHOD', 'META_QUANTIZATION', 'QuantizeReport', 'camera_frames', 'check_qdq',
+           'interleave',
            'quantize_onnx', 'rename_boundary_quantizers', 'select_nodes']
