@@ -52,6 +52,6 @@ def run(args: argparse.Namespace) -> int:
           f'({cfg.input.resize_mode}, {cfg.input.interpolation}), {report.calib_method}; {report.seconds:.1f} s')
     print(f'  INT8 vs FP32 labels on the calibration frames: {100 * report.label_agreement:.2f}% agree '
           '(measure held-out accuracy with `evit-ros eval --onnx ...`)')
-    print(f'  on the Jetson: evit-ros build-engine --onnx {report.path} (explicitly quantized: no calibration '
-          'there), then evit-ros verify-engine --engine ENGINE --onnx ' + str(report.path) + ' ...')
+    print(f'  on the Jetson: evit-ros build-engine --onnx {report.path} --precision int8 (explicitly quantized: '
+          f'no calibration there), then evit-ros verify-engine --engine ENGINE --onnx {report.path} ...')
     return 0
