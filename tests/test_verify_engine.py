@@ -14,7 +14,6 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from test_backend_tensorrt import GPU_NAME, TRT_VERSION, FakeTorch, FakeTRT
 
 from evit_ros import contract
 from evit_ros.backends import SYNTHETIC_CHECKPOINT
@@ -27,6 +26,15 @@ from evit_ros.export import engine_cache
 from evit_ros.export.onnx_export import export_onnx, read_metadata
 from evit_ros.fileio import file_sha256
 from evit_ros.synthetic.scenes import generate_scene
+
+try:   # the cuda-python TensorRT backend's fakes (tests/trt_fakes.py)
+    import trt_fakes
+except ImportError:   # the torch.cuda backend's fakes
+    trt_fakes = None
+    from test_backend_tensorrt import GPU_NAME, TRT_VERSION, FakeTorch, FakeTRT
+else:
+    from trt_fakes import GPU_CC, GPU_MEM_MB, GPU_NAME, GPU_SMS, FakeCudart, FakeTRT, rtx
+    TRT_VERSION = str(rtx.__version__) if rtx is not None else '10.3.0'
 
 MODEL = 'efficientvit-seg-b0-cityscapes'
 H, W = 64, 128
@@ -53,7 +61,12 @@ def _engine(onnx_file: Path, directory: Path, precision: str) -> Path:
     ep = directory / f'b0_{precision}.engine'
     shapes = {'input': 'images', 'shape': [-1, H, W, 3],
               'profile': {'min': [1, H, W, 3], 'opt': [1, H, W, 3], 'max': [2, H, W, 3]}}
-    fields = engine_cache.key_fields(file_sha256(onnx_file), TRT_VERSION, GPU_NAME, '8.7', precision, shapes, [])
+    if trt_fakes is None:
+        fields = engine_cache.key_fields(file_sha256(onnx_file), TRT_VERSION, GPU_NAME, '8.7', precision, shapes, [])
+    else:
+        gpu = engine_cache.GpuIdentity(GPU_NAME, f'{GPU_CC[0]}.{GPU_CC[1]}', GPU_SMS, GPU_MEM_MB,
+                                       engine_cache.board_model())
+        fields = engine_cache.key_fields(file_sha256(onnx_file), TRT_VERSION, gpu, precision, shapes, [])
     doc = engine_cache.make_sidecar(fields, model_metadata=read_metadata(onnx_file), fp32_layers=[],
                                     rebuild_command=engine_cache.build_command(onnx_file, ep, precision))
     engine_cache.write_engine(ep, b'serialized engine', doc)
@@ -81,12 +94,27 @@ class PerturbedSession:
         return outs
 
 
+@pytest.fixture(autouse=True)
+def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake CUDA runtime behind the TensorRT backend (cuda-python backend only)."""
+    if trt_fakes is not None:
+        from evit_ros.backends import cuda_runtime
+        monkeypatch.setattr(cuda_runtime, 'cudart', FakeCudart())
+
+
 def _trt_backend(engine: Path, onnx_file: Path, precision: str, perturb: float = 0.0) -> TensorRTBackend:
-    ft = FakeTorch()
-    trt = FakeTRT(ft, onnx_file)
+    """The node's TensorRT backend; only TensorRT's runtime and the CUDA calls are fakes."""
+    if trt_fakes is None:
+        ft = FakeTorch()
+        trt = FakeTRT(ft, onnx_file)
+        kw: dict[str, Any] = {'torch_module': ft}
+    else:
+        from evit_ros.backends import cuda_runtime
+        trt = FakeTRT(cuda_runtime.cudart, onnx_file, TRT_VERSION)
+        kw = {}
     if perturb:
         trt.session = PerturbedSession(trt.session, perturb)
-    return TensorRTBackend(engine, precision=precision, build_if_stale=False, trt_module=trt, torch_module=ft)
+    return TensorRTBackend(engine, precision=precision, build_if_stale=False, trt_module=trt, **kw)
 
 
 def _frames(images: Path) -> list[np.ndarray]:
