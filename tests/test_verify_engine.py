@@ -234,3 +234,12 @@ def test_cli_usage_errors(onnx_file: Path, images: Path, tmp_path: Path, capsys:
     assert main(['verify-engine', '--engine', str(ep), '--onnx', str(tmp_path / 'x.onnx'),
                  '--images', str(images)]) == 1
     assert 'reference ONNX' in capsys.readouterr().err
+
+
+def test_reference_of_another_graph_is_refused(onnx_file: Path, images: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    other = export_onnx(MODEL, tmp_path / 'labels_only.onnx', height=H, width=W, checkpoint=str(SYNTHETIC_CHECKPOINT),
+                        head='labels').path
+    assert main(['verify-engine', '--candidate-onnx', str(other), '--onnx', str(onnx_file), '--images',
+                 str(images)]) == 1
+    assert "pass the --onnx the engine was built from" in capsys.readouterr().err
