@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--calib-topic', action='append', default=[],
                         help='Image/CompressedImage topic in --calib-bag; repeat per camera (frames interleaved)')
     parser.add_argument('--max-frames', type=int, default=DEFAULT_MAX_FRAMES,
-                        help=f'calibration frames in total (default {DEFAULT_MAX_FRAMES})')
+                        help=f'calibration frames in total, all cameras (default {DEFAULT_MAX_FRAMES}, at most 1024)')
     parser.add_argument('--calib-method', choices=('percentile', 'minmax', 'entropy'), default='percentile',
                         help='activation range estimator (default percentile: 99.99th of |x|)')
     parser.add_argument('--params-file', help='node YAML: input.resize_mode / input.interpolation of the node')
@@ -33,8 +33,6 @@ def run(args: argparse.Namespace) -> int:
                           'for several cameras)')
     if args.calib_dir and args.calib_topic:
         raise ConfigError('--calib-topic belongs to --calib-bag; drop it or give --calib-bag instead of --calib-dir')
-    if args.max_frames < 1:
-        raise ConfigError(f'--max-frames {args.max_frames} must be >= 1')
     cfg = load_config(args.params_file)
     frames = camera_frames(bag=args.calib_bag, topics=args.calib_topic, folder=args.calib_dir)
     if args.calib_bag:

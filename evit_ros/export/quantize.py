@@ -48,6 +48,7 @@ CALIB_METHODS: tuple[str, ...] = ('percentile', 'minmax', 'entropy')
 DEFAULT_CALIB_METHOD = 'percentile'   # measured: minmax loses 1.05 mIoU points on the demo model, percentile 0.2
 CALIB_PERCENTILE = 99.99
 CALIB_CHUNK = 8   # frames whose intermediate tensors ONNX Runtime holds at once
+MAX_CALIB_FRAMES = 1024
 QDQ_SCOPE = '/evit_qdq/'   # Q/DQ at an attention output, renamed out of the attention scope
 RECIPE_VERSION = 1
 # Sanity check after quantization (on calibration frames: catches a broken graph, not a held-out accuracy).
@@ -269,8 +270,9 @@ def quantize_onnx(onnx_in: str | Path, output: str | Path, frames: Iterable[np.n
     src, out = Path(onnx_in), Path(output)
     if calib_method not in CALIB_METHODS:
         raise ExportError(f'calibration method {calib_method!r} is not valid; use one of: {", ".join(CALIB_METHODS)}')
-    if max_frames < 1:
-        raise DataError(f'--max-frames {max_frames} must be >= 1')
+    if not 1 <= max_frames <= MAX_CALIB_FRAMES:
+        raise DataError(f'--max-frames {max_frames} must be in [1, {MAX_CALIB_FRAMES}] (the preprocessed frames are '
+                        'held in memory; 64-256 typical frames calibrate well)')
     if not src.is_file():
         raise ExportError(f'ONNX file {src} does not exist; create it with `evit-ros export ... -o {src}`')
     if src.resolve() == out.resolve():
@@ -342,7 +344,8 @@ def quantize_onnx(onnx_in: str | Path, output: str | Path, frames: Iterable[np.n
         if agreement < MIN_CALIB_LABEL_AGREEMENT:
             raise ExportError(f'the INT8 graph agrees with FP32 on only {100 * agreement:.1f}% of the calibration '
                               f'pixels (< {100 * MIN_CALIB_LABEL_AGREEMENT:.0f}%); calibrate on more / more typical '
-                              'frames or try --calib-method percentile')
+                              f'frames or try another --calib-method (this was {calib_method}); a model with random '
+                              'weights cannot be quantized meaningfully')
         replace_atomically(out, raw.read_bytes())
     report = QuantizeReport(path=out, frames=feeds.frames, seconds=time.perf_counter() - t0,
                             calib_method=calib_method, quantized_nodes=tuple(to_quantize), kept_fp32_nodes=tuple(kept),
