@@ -156,6 +156,8 @@ def test_quantize_refuses_bad_inputs(fp32_onnx: Path, int8: tuple[Path, Any], tm
         quantize_onnx(int8[0], tmp_path / 'again.onnx', iter(_scenes(range(2))), max_frames=2)
     with pytest.raises(DataError, match='no calibration frames'):
         quantize_onnx(fp32_onnx, tmp_path / 'x.onnx', iter([]), max_frames=2)
+    with pytest.raises(DataError, match='max-frames 0 must be in'):
+        quantize_onnx(fp32_onnx, tmp_path / 'x.onnx', iter(_scenes(range(2))), max_frames=0)
     with pytest.raises(ExportError, match='is the input'):
         quantize_onnx(fp32_onnx, fp32_onnx, iter(_scenes(range(2))), max_frames=2)
     assert not (tmp_path / 'x.onnx').exists()
