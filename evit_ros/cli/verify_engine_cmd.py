@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     sidecar = engine_cache.read_sidecar(engine)
     precision = str(sidecar.get('fields', {}).get('precision', 'fp16'))
     onnx = args.onnx or onnx_from_sidecar(sidecar)
+    if not args.onnx and onnx and not Path(onnx).is_file() and (engine.parent / Path(onnx).name).is_file():
+        onnx = str(engine.parent / Path(onnx).name)   # built elsewhere (relative path), copied next to the engine
     if not onnx or not Path(onnx).is_file():
         raise ConfigError(f'reference ONNX {onnx!r} not found; pass --onnx (the file the engine was built from)')
     cfg = load_config(args.params_file)
