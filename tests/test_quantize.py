@@ -26,10 +26,14 @@ H, W = 64, 128
 
 @pytest.fixture(scope='module')
 def fp32_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from evit_ros.export.onnx_export import export_onnx
-    d = tmp_path_factory.mktemp('quant')
-    return export_onnx(MODEL, d / 'fp32.onnx', height=H, width=W, checkpoint=str(SYNTHETIC_CHECKPOINT),
-                       head='labels+confidence').path
+    """The demo model at 64x128, dynamic batch 1..2 (exported once per test session, shared with verify-engine)."""
+    import shutil
+
+    from evit_ros.backends import ensure_onnx
+    from evit_ros.config import InputConfig, ModelConfig
+    cached = ensure_onnx(ModelConfig(name=MODEL), InputConfig(height=H, width=W), 'labels+confidence',
+                         checkpoint=str(SYNTHETIC_CHECKPOINT), max_batch=2)
+    return Path(shutil.copy(cached, tmp_path_factory.mktemp('quant') / 'fp32.onnx'))
 
 
 def _scenes(seeds: range, hw: tuple[int, int] = (96, 192)) -> list[np.ndarray]:

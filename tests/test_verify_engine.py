@@ -23,7 +23,7 @@ from evit_ros.cli import verify_engine_cmd
 from evit_ros.cli.main import main
 from evit_ros.eval.verify_engine import Thresholds, compare, onnx_from_sidecar
 from evit_ros.export import engine_cache
-from evit_ros.export.onnx_export import export_onnx, read_metadata
+from evit_ros.export.onnx_export import read_metadata
 from evit_ros.fileio import file_sha256
 from evit_ros.synthetic.scenes import generate_scene
 
@@ -41,10 +41,12 @@ H, W = 64, 128
 
 
 @pytest.fixture(scope='module')
-def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp('verify')
-    return export_onnx(MODEL, d / 'b0.onnx', height=H, width=W, checkpoint=str(SYNTHETIC_CHECKPOINT),
-                       head='labels+confidence', max_batch=2).path
+def onnx_file() -> Path:
+    """The demo model at 64x128, dynamic batch 1..2 (exported once per test session into EVIT_ROS_CACHE)."""
+    from evit_ros.backends import ensure_onnx
+    from evit_ros.config import InputConfig, ModelConfig
+    return ensure_onnx(ModelConfig(name=MODEL), InputConfig(height=H, width=W), 'labels+confidence',
+                       checkpoint=str(SYNTHETIC_CHECKPOINT), max_batch=2)
 
 
 @pytest.fixture(scope='module')
@@ -238,8 +240,13 @@ def test_cli_usage_errors(onnx_file: Path, images: Path, tmp_path: Path, capsys:
 
 def test_reference_of_another_graph_is_refused(onnx_file: Path, images: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    other = export_onnx(MODEL, tmp_path / 'labels_only.onnx', height=H, width=W, checkpoint=str(SYNTHETIC_CHECKPOINT),
-                        head='labels').path
+    import onnx
+    model = onnx.load(str(onnx_file))
+    for p in model.metadata_props:   # the same network recorded as another head: not the engine's graph
+        if p.key == contract.META_HEAD:
+            p.value = 'labels'
+    other = tmp_path / 'other_head.onnx'
+    onnx.save(model, str(other))
     assert main(['verify-engine', '--candidate-onnx', str(other), '--onnx', str(onnx_file), '--images',
                  str(images)]) == 1
     assert "pass the --onnx the engine was built from" in capsys.readouterr().err
