@@ -250,3 +250,23 @@ def test_reference_of_another_graph_is_refused(onnx_file: Path, images: Path, tm
     assert main(['verify-engine', '--candidate-onnx', str(other), '--onnx', str(onnx_file), '--images',
                  str(images)]) == 1
     assert "pass the --onnx the engine was built from" in capsys.readouterr().err
+
+
+def test_commands_are_listed_and_their_help_imports_no_runtime() -> None:
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, '-m', 'evit_ros', '--help'], cwd=repo, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and 'quantize' in proc.stdout and 'verify-engine' in proc.stdout
+    script = ('import sys; from evit_ros.cli.main import main\n'
+              'for cmd in ("quantize", "verify-engine"):\n'
+              '    try:\n'
+              '        main([cmd, "--help"])\n'
+              '    except SystemExit:\n'
+              '        pass\n'
+              'heavy = [m for m in ("torch", "tensorrt", "onnxruntime", "onnx") if m in sys.modules]\n'
+              'print("HEAVY", heavy)\n')
+    proc = subprocess.run([sys.executable, '-c', script], cwd=repo, capture_output=True, text=True, timeout=60)
+    assert 'HEAVY []' in proc.stdout, proc.stdout + proc.stderr
+    assert '--calib-bag' in proc.stdout and '--candidate-onnx' in proc.stdout
