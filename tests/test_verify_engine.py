@@ -182,8 +182,11 @@ def test_cli_exit_codes_table_and_json(onnx_file: Path, images: Path, tmp_path: 
     assert rc == verify_engine_cmd.EXIT_FAILED != 0
     assert 'FAILED: labels agree on 97.998% < 99.5%' in capsys.readouterr().out
     assert json.loads(bad.read_text())['passed'] is False
-    # a looser stated threshold passes the same engine
-    assert main(['verify-engine', '--engine', str(ep), '--images', str(images), '--min-agreement', '97',
+    # a looser stated threshold passes the same engine; the engine may come from the node's params file
+    params = tmp_path / 'node.yaml'
+    params.write_text('evit_segmentation:\n  ros__parameters:\n    backend:\n      type: tensorrt\n'
+                      f'      engine_path: {ep}\n')
+    assert main(['verify-engine', '--params-file', str(params), '--images', str(images), '--min-agreement', '97',
                  '--json', str(bad)]) == 0
 
 
@@ -230,6 +233,8 @@ def test_candidate_onnx_int8_against_fp32_on_the_cpu(onnx_file: Path, images: Pa
 def test_cli_usage_errors(onnx_file: Path, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(['verify-engine', '--engine', str(tmp_path / 'none.engine'), '--images', str(images)]) == 1
     assert 'does not exist' in capsys.readouterr().err
+    assert main(['verify-engine', '--images', str(images)]) == 1
+    assert 'give --engine' in capsys.readouterr().err
     ep = _engine(onnx_file, tmp_path, 'fp16')
     assert main(['verify-engine', '--engine', str(ep), '--bag', str(tmp_path)]) == 1
     assert '--image-topic' in capsys.readouterr().err

@@ -17,8 +17,9 @@ EXIT_FAILED = 3   # ran fine, the engine is outside the thresholds (1: usage/set
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument('--engine', help='TensorRT engine (with its .json sidecar)')
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument('--engine', help='TensorRT engine (with its .json sidecar; default: backend.engine_path of '
+                                       '--params-file)')
     what.add_argument('--candidate-onnx', help='check an ONNX instead of an engine, on ONNX Runtime CPU (e.g. the '
                                                'INT8 graph of `evit-ros quantize` against --onnx FP32)')
     parser.add_argument('--onnx', help='reference ONNX (default: the one the engine was built from, per its sidecar)')
@@ -33,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--max-miou-delta', type=float,
                         help='maximum mIoU points below 100 of the engine scored against ONNX Runtime '
                              '(default: 1.0 for int8)')
-    parser.add_argument('--params-file', help='node YAML: input.resize_mode / input.interpolation of the node')
+    parser.add_argument('--params-file', help='node YAML: backend.engine_path / onnx_path defaults and the '
+                                              'input.resize_mode / input.interpolation of the node')
     parser.add_argument('--threads', type=int, default=0, help='ONNX Runtime CPU threads (default: runtime)')
     parser.add_argument('--json', default='verify_engine.json', help='report file (default verify_engine.json)')
 
@@ -52,17 +54,19 @@ def run(args: argparse.Namespace) -> int:
 
     if args.candidate_onnx:
         return _run_candidate(args)
-    engine = Path(args.engine)
+    cfg = load_config(args.params_file)
+    if not args.engine and not cfg.backend.engine_path:
+        raise ConfigError('give --engine ENGINE (or a --params-file with backend.engine_path), or --candidate-onnx')
+    engine = Path(args.engine or cfg.backend.engine_path)
     if not engine.is_file():
-        raise ConfigError(f'--engine {engine} does not exist; build it with `evit-ros build-engine`')
+        raise ConfigError(f'engine {engine} does not exist; build it with `evit-ros build-engine`')
     sidecar = engine_cache.read_sidecar(engine)
     precision = str(sidecar.get('fields', {}).get('precision', 'fp16'))
-    onnx = args.onnx or onnx_from_sidecar(sidecar)
+    onnx = args.onnx or onnx_from_sidecar(sidecar) or cfg.backend.onnx_path or None
     if not args.onnx and onnx and not Path(onnx).is_file() and (engine.parent / Path(onnx).name).is_file():
         onnx = str(engine.parent / Path(onnx).name)   # built elsewhere (relative path), copied next to the engine
     if not onnx or not Path(onnx).is_file():
         raise ConfigError(f'reference ONNX {onnx!r} not found; pass --onnx (the file the engine was built from)')
-    cfg = load_config(args.params_file)
     thresholds = Thresholds.for_precision(precision, args.min_agreement, args.max_miou_delta)
     frames = _frames(args)
     with open_engine(engine, precision) as trt_backend, \
