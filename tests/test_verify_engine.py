@@ -275,3 +275,26 @@ def test_commands_are_listed_and_their_help_imports_no_runtime() -> None:
     proc = subprocess.run([sys.executable, '-c', script], cwd=repo, capture_output=True, text=True, timeout=60)
     assert 'HEAVY []' in proc.stdout, proc.stdout + proc.stderr
     assert '--calib-bag' in proc.stdout and '--candidate-onnx' in proc.stdout
+
+
+def test_error_statistics_and_sidecar_onnx() -> None:
+    from evit_ros.eval.verify_engine import _ErrorStats
+    conf = _ErrorStats(256, 256.0, integer=True)
+    a = np.zeros(1000, np.uint8)
+    b = a.copy()
+    b[:5] = 7      # 0.5 % of the pixels off by 7, one by 200
+    b[5] = 200
+    conf.add(a, b)
+    s = conf.summary()
+    assert s['max_abs_err'] == 200 and s['p99_abs_err'] == 0 and s['mean_abs_err'] == pytest.approx(0.235)
+    b[:20] = 7
+    conf = _ErrorStats(256, 256.0, integer=True)
+    conf.add(a, b)
+    assert conf.summary()['p99_abs_err'] == 7
+    logits = _ErrorStats(1024, 64.0)
+    logits.add(np.zeros(100, np.float32), np.full(100, 0.01, np.float32))
+    # float outputs: the p99 bin's upper edge (1/16 here), never above the maximum
+    assert logits.summary()['p99_abs_err'] == logits.summary()['max_abs_err'] == pytest.approx(0.01)
+    assert onnx_from_sidecar({'build_command': 'evit-ros build-engine --onnx "a b.onnx" -o x.engine'}) == 'a b.onnx'
+    assert onnx_from_sidecar({'build_command': 'evit-ros build-engine --onnx "unterminated'}) is None
+    assert onnx_from_sidecar({}) is None
