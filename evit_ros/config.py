@@ -204,6 +204,13 @@ class QosConfig:
 
 
 @dataclass(frozen=True)
+class LifecycleConfig:
+    """``autostart``: the node configures and activates itself (plain ``ros2 run``); false for a lifecycle manager."""
+
+    autostart: bool = True
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -214,6 +221,7 @@ class NodeConfig:
     grid: GridConfig = field(default_factory=GridConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     qos: QosConfig = field(default_factory=QosConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
 
     def __post_init__(self) -> None:
         if not self.cameras:
@@ -333,6 +341,7 @@ def from_flat(flat: Mapping[str, Any]) -> NodeConfig:
         grid=_section(GridConfig, 'grid.', flat),
         diagnostics=_section(DiagnosticsConfig, 'diagnostics.', flat),
         qos=_section(QosConfig, 'qos.', flat),
+        lifecycle=_section(LifecycleConfig, 'lifecycle.', flat),
     )
 
 

@@ -161,3 +161,27 @@ def polygon_stamped(points_xy: np.ndarray, *, frame_id: str, stamp: Any) -> Any:
 def stamp_to_ns(stamp: Any) -> int:
     """builtin_interfaces/Time -> integer nanoseconds."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+UNLABELED_ID = 255          # mono8 masks: the largest id is the "unlabeled" class (vision_msgs convention)
+UNLABELED_NAME = 'unlabeled'
+
+
+def label_info(label_info_type: Any, vision_class_type: Any, class_names: Any, stamp: Any = None,
+               frame_id: str = '') -> Any:
+    """vision_msgs/LabelInfo for a mono8 class mask: trainId ``i`` -> ``class_names[i]``, 255 -> unlabeled.
+
+    The message types are passed in (``vision_msgs.msg.LabelInfo``/``VisionClass``) because vision_msgs is
+    optional; ``threshold`` is 0: the masks are argmax, no confidence threshold is applied.
+    """
+    names = [str(n) for n in class_names]
+    if not 0 < len(names) < UNLABELED_ID:
+        raise ValueError(f'{len(names)} classes do not fit a mono8 mask with {UNLABELED_ID} as unlabeled')
+    msg = label_info_type()
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.class_map = [vision_class_type(class_id=i, class_name=n) for i, n in enumerate(names)] + \
+        [vision_class_type(class_id=UNLABELED_ID, class_name=UNLABELED_NAME)]
+    msg.threshold = 0.0
+    return msg

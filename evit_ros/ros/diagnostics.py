@@ -255,6 +255,24 @@ class EngineStats:
         return st
 
 
+def lifecycle_status(node_name: str, state: str, error: str = '') -> Any:
+    """The node's lifecycle state while it is not active (active nodes report it in the engine status).
+
+    OK while waiting in a state a lifecycle manager put it in; ERROR with the reason when the last transition
+    failed (e.g. configure on a missing engine).
+    """
+    from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+    hints = {'unconfigured': 'unconfigured: no engine loaded; configure to load it',
+             'inactive': 'inactive: engine loaded, cameras not subscribed; activate to start',
+             'finalized': 'finalized: shut down'}
+    level = ERROR if error else OK
+    msg = f'{state}: last transition failed: {error}' if error else hints.get(state, state)
+    st = DiagnosticStatus(level=_LEVEL_BYTES[level], name=f'{node_name}: lifecycle', message=msg,
+                          hardware_id='evit_ros')
+    st.values = [KeyValue(key='lifecycle_state', value=state), KeyValue(key='last_transition_error', value=error)]
+    return st
+
+
 def diagnostic_array(statuses: list[Any], stamp: Any) -> Any:
     """DiagnosticArray of ``statuses`` stamped ``stamp`` (node clock)."""
     from diagnostic_msgs.msg import DiagnosticArray

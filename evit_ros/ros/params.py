@@ -27,6 +27,7 @@ from evit_ros.config import (
     DiagnosticsConfig,
     GridConfig,
     InputConfig,
+    LifecycleConfig,
     ModelConfig,
     MountConfig,
     NodeConfig,
@@ -71,6 +72,7 @@ def _num(v: float) -> str:
 
 _M, _B, _I, _O = ModelConfig(), BackendConfig(), InputConfig(), OutputConfig()
 _G, _D, _Q, _MT = GridConfig(), DiagnosticsConfig(), QosConfig(), MountConfig()
+_L = LifecycleConfig()
 
 GLOBAL_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec('model.name', STRING, _M.name, 'Model zoo name, e.g. efficientvit-seg-b0-cityscapes', False),
@@ -137,6 +139,8 @@ GLOBAL_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec('qos.output_reliability', STRING, _Q.output_reliability, 'Output publishers reliability', False,
               choices=RELIABILITIES),
     ParamSpec('qos.output_depth', INT, _Q.output_depth, 'Output publishers queue depth', False, range=(1, 100, 1)),
+    ParamSpec('lifecycle.autostart', BOOL, _L.autostart, 'Configure and activate at startup (plain ros2 run); '
+              'false: stay unconfigured until a lifecycle manager or `ros2 lifecycle set` drives the node', False),
 )
 
 
@@ -211,7 +215,13 @@ def _plain(value: Any) -> Any:
 
 
 def _declare(node: Any, spec: ParamSpec) -> Any:
+    """Declare ``spec`` (or read it when already declared: a lifecycle node re-reads its parameters on configure)."""
     from rclpy.exceptions import ParameterException
+    if node.has_parameter(spec.name):
+        try:
+            return _plain(node.get_parameter(spec.name).value)
+        except ParameterException:   # declared without a value (unset, e.g. drivable.roi)
+            return None
     default = spec.default if spec.default is not None else (None if spec.dynamic else _type_of(spec.kind))
     try:
         param = node.declare_parameter(spec.name, default, descriptor(spec))
@@ -243,8 +253,14 @@ def _no_duplicates(names: list[str], what: str) -> None:
         raise ConfigError(f'{what} lists {", ".join(dup)} more than once ({names}); every name must be unique')
 
 
+def declare_one(node: Any, name: str) -> Any:
+    """Declare (or read) the global parameter ``name`` alone, e.g. ``lifecycle.autostart`` before the rest."""
+    return _declare(node, next(s for s in GLOBAL_SPECS if s.name == name))
+
+
 def declare_all(node: Any) -> dict[str, Any]:
-    """Declare every parameter on ``node`` (YAML/CLI overrides apply) and return the flat values (unset omitted)."""
+    """Declare every parameter on ``node`` (YAML/CLI overrides apply; already declared ones are read) and return
+    the flat values (unset omitted)."""
     flat: dict[str, Any] = {}
     for spec in GLOBAL_SPECS:
         flat[spec.name] = _declare(node, spec)

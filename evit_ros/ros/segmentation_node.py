@@ -32,7 +32,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PolygonStamped
 from nav_msgs.msg import OccupancyGrid
 from rclpy.clock import Clock, ClockType
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import QoSProfile
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -43,9 +43,9 @@ from evit_ros.deps import missing_module_error, missing_module_message
 from evit_ros.errors import ConfigError, EngineError, EvitError, FrameError
 from evit_ros.pipeline import ClassGroups, GroundProjector, Segmenter
 from evit_ros.ros import conversions as conv
-from evit_ros.ros.diagnostics import CameraStats, EngineStats, diagnostic_array
+from evit_ros.ros.diagnostics import CameraStats, EngineStats, diagnostic_array, lifecycle_status
 from evit_ros.ros.outputs import NODE_HEAD, OutputStage, pipeline_threads
-from evit_ros.ros.params import ParameterGuard, all_specs, declare_all, unknown_overrides
+from evit_ros.ros.params import ParameterGuard, all_specs, declare_all, declare_one, unknown_overrides
 from evit_ros.ros.qos import InputSubscription, qos_profile
 from evit_ros.ros.startup import Interrupted, SignalFlag, check_ros_args, one_line
 
@@ -62,6 +62,9 @@ except ImportError:  # pragma: no cover - older rclpy
 
 NODE_NAME = 'evit_segmentation'
 QOS_POLL_S = 0.5            # how often auto-QoS subscriptions look at the publishers of their topic
+DRAIN_TIMEOUT_S = 30.0      # deactivate waits this long for the frame in flight to be published
+# vision_msgs/LabelInfo as Nav2's semantic_segmentation_layer subscribes it: reliable, transient local, depth 1
+LABEL_INFO_QOS = qos_profile('reliable', 1, transient_local=True)
 
 
 _LIBC: Any = None
@@ -112,13 +115,15 @@ class _Camera:
         self.info: tuple[tuple[float, ...], int, int] | None = None
         self.projector: GroundProjector | None = None
         self.projector_key: Any = None
+        self.label_info_pub: Any = None
         self.image_sub: InputSubscription | None = None
         self.info_sub: InputSubscription | None = None
         self.last_pixels = 0
 
 
-class SegmentationNode(Node):
-    """See the module docstring. Raises :class:`~evit_ros.errors.EvitError` at construction on bad config."""
+class SegmentationNode(LifecycleNode):
+    """See the module docstring. A managed (lifecycle) node; with ``lifecycle.autostart`` (default) it configures
+    and activates itself in the constructor and raises :class:`~evit_ros.errors.EvitError` on bad config."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
@@ -132,13 +137,124 @@ class SegmentationNode(Node):
         self._update_lock = threading.Lock()
         self._pending_update: NodeConfig | None = None
         self._worker: threading.Thread | None = None
+        self._accepting = False        # camera callbacks store frames only while active
+        self._busy = False             # the worker is between taking frames and having published them
         self.backend: Any = None
+        self.segmenter: Segmenter | None = None
+        self.engine_stats: EngineStats | None = None
+        self._outputs: OutputStage | None = None
+        self.cameras: dict[str, _Camera] = {}
         self.build_only = False
+        self.lifecycle_state = 'unconfigured'
+        self.transition_error: BaseException | None = None   # why the last transition failed (None: it did not)
+        self._guard: ParameterGuard | None = None
+        self._qos_timer: Any = None
+        self._warned_unknown = False
+        self._label_info_off_logged = False
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        if hasattr(self, 'add_post_set_parameters_callback'):   # Jazzy+; Humble applies in on-set
+            self.add_post_set_parameters_callback(self._on_post_set_parameters)
 
+        autostart = declare_one(self, 'lifecycle.autostart')
+        try:
+            declare_all(self)   # every parameter exists (and can be set) before configure
+        except ConfigError as exc:
+            if autostart:
+                raise
+            self._log.error(f'parameters: {one_line(exc)}; fix them (ros2 param set / params file) and configure')
+        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', QoSProfile(depth=10))
+        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics, clock=self._steady)
+        if not autostart:
+            self._log.info('lifecycle.autostart=false: unconfigured; waiting for configure and activate '
+                           f'(ros2 lifecycle set {self.get_fully_qualified_name()} configure)')
+            return
+        self._autostart()
+
+    def _autostart(self) -> None:
+        """configure + activate at once (plain ``ros2 run``); a failure raises its original error."""
+        self._quiet_failures = True   # main() prints the one FATAL line
+        try:
+            for trigger in (self.trigger_configure, self.trigger_activate):
+                if self.build_only:
+                    return
+                if trigger() != TransitionCallbackReturn.SUCCESS:
+                    raise self.transition_error or EvitError('lifecycle transition failed')
+        finally:
+            self._quiet_failures = False
+
+    _quiet_failures = False
+
+    # -- lifecycle transitions -------------------------------------------------------------------------
+    def _transition(self, name: str, work: Any, success_state: str, failure_state: str) -> Any:
+        """Run one transition: SUCCESS -> ``success_state``; any error -> FAILURE, the reason logged."""
+        try:
+            work()
+        except Exception as exc:  # noqa: BLE001 - a failing transition is reported, never a crash
+            self.transition_error = exc
+            self.lifecycle_state = failure_state
+            if not self._quiet_failures:
+                self._log.error(f'{name} failed: {_startup_error(exc)}')
+            return TransitionCallbackReturn.FAILURE
+        self.transition_error = None
+        self.lifecycle_state = success_state
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_configure(self, state: Any) -> Any:
+        """Validate the parameters and load or build the engine (the slow work); create the publishers."""
+        def work() -> None:
+            try:
+                self._configure()
+            except BaseException:
+                self._release()
+                raise
+        return self._transition('configure', work, 'inactive', 'unconfigured')
+
+    def on_activate(self, state: Any) -> Any:
+        """Enable the publishers, latch label_info, subscribe the cameras and start the worker."""
+        def work() -> None:
+            try:
+                self._activate(state)
+            except BaseException:
+                self._deactivate(state)
+                raise
+        return self._transition('activate', work, 'active', 'inactive')
+
+    def on_deactivate(self, state: Any) -> Any:
+        """Unsubscribe, finish the frames already taken (no half-published frame), then disable the publishers."""
+        return self._transition('deactivate', lambda: self._deactivate(state), 'inactive', 'active')
+
+    def on_cleanup(self, state: Any) -> Any:
+        """Release the engine (and its device memory), the publishers and the parameter guard."""
+        return self._transition('cleanup', self._release, 'unconfigured', 'inactive')
+
+    def on_shutdown(self, state: Any) -> Any:
+        """From any primary state: deactivate and clean up what is there."""
+        def work() -> None:
+            if self.lifecycle_state == 'active':
+                self._deactivate(state)
+            self._release()
+        return self._transition('shutdown', work, 'finalized', 'finalized')
+
+    def on_error(self, state: Any) -> Any:
+        """A transition raised past our handlers: release everything and go back to unconfigured."""
+        self._log.error(f'lifecycle error while leaving {getattr(state, "label", state)}; releasing everything')
+        try:
+            self._deactivate(state)
+            self._release()
+        except Exception as exc:  # noqa: BLE001
+            self._log.error(f'error processing failed: {type(exc).__name__}: {one_line(exc)}')
+            return TransitionCallbackReturn.FAILURE
+        self.lifecycle_state = 'unconfigured'
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
         flat = declare_all(self)
-        for name in unknown_overrides(self, flat):
-            self._log.warning(f'parameter {name} from the params file/command line is not a parameter of this node '
-                              '(typo?); it is ignored')
+        if not self._warned_unknown:
+            self._warned_unknown = True
+            for name in unknown_overrides(self, flat):
+                self._log.warning(f'parameter {name} from the params file/command line is not a parameter of this '
+                                  'node (typo?); it is ignored')
         self.cfg = cfg = from_flat(flat)
         self.dataset = dataset_for_model(cfg.model.name)
         self._check_config(cfg)   # unknown class names / palette ids fail before loading
@@ -154,30 +270,66 @@ class SegmentationNode(Node):
         if self.segmenter.engine_confidence:
             self._log.warning(f'the engine computes full-size confidence every frame (head {self.backend.io.head}); '
                               f're-export with --head {NODE_HEAD} so it is computed only while subscribed')
-
         self._guard = ParameterGuard(flat, all_specs([c.name for c in cfg.cameras],
                                                      [g for g, _ in cfg.drivable.groups]),
                                      self._apply_config, check=self._check_config)
-        self._guard.attach(self)
-
-        self.cameras: dict[str, _Camera] = {}
+        self._guard._post_set_supported = hasattr(self, 'add_post_set_parameters_callback')
         out_qos = qos_profile(cfg.qos.output_reliability, cfg.qos.output_depth)
-        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
-        mode, depth = cfg.qos.input_reliability, cfg.qos.input_depth
+        label_info = self._label_info_types()
+        cameras: dict[str, _Camera] = {}
+        self.cameras = cameras
         for cam_cfg in cfg.cameras:
-            compressed = cam_cfg.transport == 'compressed'
-            topic = cam_cfg.subscribed_topic   # <topic>/compressed for compressed transport
-            cam = _Camera(cam_cfg, CameraStats(cam_cfg.name, topic, self.dataset.class_names))
+            cam = _Camera(cam_cfg, CameraStats(cam_cfg.name, cam_cfg.subscribed_topic, self.dataset.class_names))
             base = f'segmentation/{cam_cfg.name}/'
-            cam.pubs = {'mask': self.create_publisher(Image, base + 'mask', out_qos),
-                        'color_mask': self.create_publisher(Image, base + 'color_mask', out_qos),
-                        'overlay': self.create_publisher(Image, base + 'overlay', out_qos),
-                        'confidence': self.create_publisher(Image, base + 'confidence', out_qos)}
+            pub = self.create_lifecycle_publisher
+            cam.pubs = {'mask': pub(Image, base + 'mask', out_qos),
+                        'color_mask': pub(Image, base + 'color_mask', out_qos),
+                        'overlay': pub(Image, base + 'overlay', out_qos),
+                        'confidence': pub(Image, base + 'confidence', out_qos)}
             for g, _ in cfg.drivable.groups:
                 gb = f'{base}drivable/{g}/'
-                cam.group_pubs[g] = {'mask': self.create_publisher(Image, gb + 'mask', out_qos),
-                                     'grid': self.create_publisher(OccupancyGrid, gb + 'grid', out_qos),
-                                     'boundary': self.create_publisher(PolygonStamped, gb + 'boundary', out_qos)}
+                cam.group_pubs[g] = {'mask': pub(Image, gb + 'mask', out_qos),
+                                     'grid': pub(OccupancyGrid, gb + 'grid', out_qos),
+                                     'boundary': pub(PolygonStamped, gb + 'boundary', out_qos)}
+            if label_info is not None:
+                cam.label_info_pub = pub(label_info[0], base + 'label_info', LABEL_INFO_QOS)
+            cameras[cam_cfg.name] = cam
+
+    def _label_info_types(self) -> tuple[Any, Any] | None:
+        """(LabelInfo, VisionClass) from vision_msgs, or None (logged once: label_info is off and why)."""
+        try:
+            from vision_msgs.msg import LabelInfo, VisionClass
+        except ImportError as exc:
+            if not self._label_info_off_logged:
+                self._label_info_off_logged = True
+                self._log.info(f'segmentation/<cam>/label_info is off: vision_msgs cannot be imported ({exc}); '
+                               'install it (apt install ros-$ROS_DISTRO-vision-msgs) for Nav2\'s '
+                               'semantic_segmentation_layer')
+            return None
+        return LabelInfo, VisionClass
+
+    def _activate(self, state: Any) -> None:
+        if self.worker_alive():
+            raise EvitError('the worker of the previous activation is still inside an inference; try again')
+        if self.segmenter is None:
+            raise EvitError('activate needs a configured engine (backend.build_only=true only builds it); '
+                            'set backend.build_only=false, clean up and configure again')
+        super().on_activate(state)   # enables every lifecycle publisher
+        cfg = self.cfg
+        stamp = self.get_clock().now().to_msg()
+        for cam in self.cameras.values():
+            if cam.label_info_pub is not None:
+                from vision_msgs.msg import LabelInfo, VisionClass
+                cam.label_info_pub.publish(conv.label_info(LabelInfo, VisionClass, self.dataset.class_names, stamp))
+        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
+        mode, depth = cfg.qos.input_reliability, cfg.qos.input_depth
+        self._stop.clear()   # the same Event the output stage checks between cameras
+        with self._cond:
+            self._accepting = True
+        for cam in self.cameras.values():
+            cam_cfg = cam.cfg
+            compressed = cam_cfg.transport == 'compressed'
+            topic = cam_cfg.subscribed_topic   # <topic>/compressed for compressed transport
             cam.image_sub = InputSubscription(self, CompressedImage if compressed else Image, topic,
                                               self._make_callback(cam), mode, depth, events, self._log.info)
             cam.stats.input_qos = cam.image_sub.reliability or 'auto: waiting for a publisher'
@@ -185,17 +337,12 @@ class SegmentationNode(Node):
                 cam.stats.grid_status = f'waiting for CameraInfo on {cam_cfg.camera_info_topic}'
                 cam.info_sub = InputSubscription(self, CameraInfo, cam_cfg.camera_info_topic,
                                                  self._make_info_callback(cam), mode, depth, events, self._log.info)
-            self.cameras[cam_cfg.name] = cam
-            out_ns = self.resolve_topic(base + 'mask').rsplit('/', 1)[0]
+            out_ns = self.resolve_topic(f'segmentation/{cam_cfg.name}/mask').rsplit('/', 1)[0]
             self._log.info(f'camera {cam_cfg.name}: {cam_cfg.transport} on {topic} (qos.input_reliability={mode}) '
                            f'-> {out_ns}/...')
-        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         if mode == 'auto':
             self._poll_qos()
             self._qos_timer = self.create_timer(QOS_POLL_S, self._poll_qos, clock=self._steady)
-
-        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', QoSProfile(depth=10))
-        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics, clock=self._steady)
         pipeline_threads()
         self._worker = threading.Thread(target=self._run, name='evit_segmentation_worker', daemon=True)
         self._worker.start()
@@ -203,6 +350,69 @@ class SegmentationNode(Node):
         self._log.info(f'ready: {cfg.model.name} on {d.get("backend")} ({d.get("device", "")} '
                        f'{d.get("precision", "")}) input {cfg.input.height}x{cfg.input.width}, '
                        f'{len(self.cameras)} camera(s)')
+
+    def _deactivate(self, state: Any, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        with self._cond:
+            self._accepting = False
+        if self._qos_timer is not None:
+            self.destroy_timer(self._qos_timer)
+            self._qos_timer = None
+        for cam in self.cameras.values():
+            for sub in (cam.image_sub, cam.info_sub):
+                if sub is not None:
+                    sub.close()
+            cam.image_sub = cam.info_sub = None
+        # frames already received are processed and published completely; nothing new comes in
+        with self._cond:
+            drained = self._cond.wait_for(
+                lambda: not self._busy and all(c.pending is None for c in self.cameras.values())
+                or not self.worker_alive(), timeout=drain_timeout_s)
+        if not drained:
+            self._log.warning(f'deactivate: the worker did not finish its frame within {drain_timeout_s:.0f} s; '
+                              'its outputs are dropped')
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+            for cam in self.cameras.values():
+                cam.pending = None
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(drain_timeout_s)
+        super().on_deactivate(state)   # disables every lifecycle publisher
+
+    def _release(self) -> None:
+        """Back to unconfigured: publishers, parameter guard, segmenter and backend (its close() frees the engine)."""
+        if self.worker_alive():
+            raise EvitError('cleanup while the worker still runs; deactivate first')
+        self._guard = None
+        for cam in self.cameras.values():
+            pubs = list(cam.pubs.values()) + [p for gp in cam.group_pubs.values() for p in gp.values()]
+            if cam.label_info_pub is not None:
+                pubs.append(cam.label_info_pub)
+            for p in pubs:
+                try:
+                    self.destroy_lifecycle_publisher(p)
+                except Exception:  # noqa: BLE001 - already gone with the node
+                    pass
+        self.cameras = {}
+        self.segmenter = None
+        self._outputs = None
+        self.engine_stats = None
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            backend.close()
+            release_free_heap()
+
+    # -- parameters -----------------------------------------------------------------------------------------
+    def _on_set_parameters(self, params: list[Any]) -> Any:
+        """Unconfigured: every value is accepted (read at configure); configured: the guard decides."""
+        if self._guard is None:
+            from rcl_interfaces.msg import SetParametersResult
+            return SetParametersResult(successful=True)
+        return self._guard.on_set(params)
+
+    def _on_post_set_parameters(self, params: list[Any]) -> None:
+        if self._guard is not None:
+            self._guard.on_post_set(params)
 
     # -- startup ------------------------------------------------------------------------------------------
     def resolve_topic(self, name: str) -> str:
@@ -256,8 +466,10 @@ class SegmentationNode(Node):
     # -- callbacks (executor thread) ---------------------------------------------------------------------
     def _make_callback(self, cam: _Camera) -> Any:
         def callback(msg: Any) -> None:
-            cam.stats.on_receive(len(msg.data))
             with self._cond:
+                if not self._accepting:   # a callback already dispatched when deactivate unsubscribed
+                    return
+                cam.stats.on_receive(len(msg.data))
                 if cam.pending is not None:
                     cam.stats.on_drop()
                 cam.pending = msg
@@ -318,15 +530,26 @@ class SegmentationNode(Node):
                 taken = [(c, c.pending) for c in self.cameras.values() if c.pending is not None]
                 for c, _ in taken:
                     c.pending = None
+                self._busy = bool(taken)
             if not taken or self._stop.is_set():
+                self._idle()
                 continue
             try:
                 self._process(taken)
             except Exception as exc:  # noqa: BLE001 - the worker must survive anything a frame can cause
                 if self._stop.is_set():
                     return
-                self.engine_stats.on_error(f'{type(exc).__name__}: {exc}')
+                if self.engine_stats is not None:
+                    self.engine_stats.on_error(f'{type(exc).__name__}: {exc}')
                 self._log.error(f'processing failed: {type(exc).__name__}: {exc}', throttle_duration_sec=5.0)
+            finally:
+                self._idle()
+
+    def _idle(self) -> None:
+        """The frames taken are published (or failed): wake a deactivate waiting for the worker."""
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
 
     def _process(self, taken: list[tuple[_Camera, Any]]) -> None:
         with self._update_lock:
@@ -379,16 +602,26 @@ class SegmentationNode(Node):
 
     # -- diagnostics ----------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
-        cfg = self.cfg
+        """Cameras (while active) and the engine (while configured, with its lifecycle_state); a lifecycle
+        status while not active."""
         name = self.get_fully_qualified_name().lstrip('/') if hasattr(self, 'get_fully_qualified_name') \
             else self.get_name()
-        clock_note = ''
-        if self.get_clock().clock_type == ClockType.ROS_TIME and self.get_clock().now().nanoseconds == 0:
-            clock_note = 'waiting for /clock (use_sim_time is true): no latency until a clock arrives'
-        for c in self.cameras.values():
-            c.stats.clock_note = clock_note
-        statuses = [c.stats.status(name, cfg.diagnostics) for c in self.cameras.values()]
-        statuses.append(self.engine_stats.status(name, cfg.diagnostics))
+        state = self.lifecycle_state
+        statuses = []
+        if state == 'active':
+            clock_note = ''
+            if self.get_clock().clock_type == ClockType.ROS_TIME and self.get_clock().now().nanoseconds == 0:
+                clock_note = 'waiting for /clock (use_sim_time is true): no latency until a clock arrives'
+            for c in self.cameras.values():
+                c.stats.clock_note = clock_note
+            statuses = [c.stats.status(name, self.cfg.diagnostics) for c in self.cameras.values()]
+        else:
+            error = _startup_error(self.transition_error) if self.transition_error is not None else ''
+            statuses.append(lifecycle_status(name, state, error))
+        engine = self.engine_stats
+        if engine is not None:
+            engine.describe['lifecycle_state'] = state
+            statuses.append(engine.status(name, self.cfg.diagnostics))
         try:
             self._diag_pub.publish(diagnostic_array(statuses, self.get_clock().now().to_msg()))
         except Exception as exc:  # noqa: BLE001 - shutting down
