@@ -152,6 +152,7 @@ class SegmentationNode(LifecycleNode):
         self._warned_unknown = False
         self._label_info_off_logged = False
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._guard_change_state_service()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         if hasattr(self, 'add_post_set_parameters_callback'):   # Jazzy+; Humble applies in on-set
             self.add_post_set_parameters_callback(self._on_post_set_parameters)
@@ -184,6 +185,25 @@ class SegmentationNode(LifecycleNode):
             self._quiet_failures = False
 
     _quiet_failures = False
+
+    def _guard_change_state_service(self) -> None:
+        """rclpy raises out of the change_state service for a transition the current state does not have (e.g.
+        activate while unconfigured), which would end the executor: answer success=false and log instead."""
+        service = getattr(self, '_service_change_state', None)
+        inner = getattr(service, 'callback', None)
+        if inner is None:
+            return
+
+        def change_state(request: Any, response: Any) -> Any:
+            try:
+                return inner(request, response)
+            except Exception as exc:  # noqa: BLE001 - rcl's "Transition is not registered"
+                t = request.transition
+                self._log.warning(f'lifecycle transition {t.label or t.id} refused in state {self.lifecycle_state}: '
+                                  f'{one_line(exc)}')
+                response.success = False
+                return response
+        service.callback = change_state
 
     # -- lifecycle transitions -------------------------------------------------------------------------
     def _transition(self, name: str, work: Any, success_state: str, failure_state: str) -> Any:

@@ -1,0 +1,283 @@
+"""The managed (lifecycle) node over real DDS, driven the way ``ros2 lifecycle set`` and Nav2's lifecycle manager
+drive it: through the node's ``change_state``/``get_state`` services. Every transition, a configure that fails
+on a missing ONNX/engine (FAILURE, reason in diagnostics, a retry after fixing the parameter succeeds), and
+deactivate/activate under a running frame stream with no lost, doubled or half-published outputs."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip('rclpy')
+pytest.importorskip('onnxruntime')
+pytest.importorskip('lifecycle_msgs')
+
+from builtin_interfaces.msg import Time  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from lifecycle_msgs.msg import State, Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
+from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from test_ros_node import export_test_onnx, wait_for  # noqa: E402
+
+from evit_ros.ros import conversions as conv  # noqa: E402
+from evit_ros.ros.segmentation_node import SegmentationNode  # noqa: E402
+
+RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
+NODE = '/evit_segmentation'
+
+
+@pytest.fixture(scope='module')
+def onnx(tmp_path_factory) -> Path:
+    return export_test_onnx(tmp_path_factory.mktemp('onnx') / 'b0_64x128.onnx')
+
+
+class Managed:
+    """The node with lifecycle.autostart=false, a tester node (camera publisher, output subscribers, lifecycle
+    and parameter clients) and one executor thread, as a lifecycle manager would see them."""
+
+    def __init__(self, **params: Any) -> None:
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx)
+        flat = {'lifecycle.autostart': False, 'backend.type': 'onnxruntime', 'backend.threads': 1,
+                'input.height': 64, 'input.width': 128, 'cameras': ['front'], 'qos.input_reliability': 'reliable',
+                'qos.input_depth': 50, 'qos.output_depth': 50, 'diagnostics.silence_timeout_s': 60.0,
+                'diagnostics.expected_rate_hz': 0.1}
+        flat.update(params)
+        self.node = SegmentationNode(context=self.ctx,
+                                     parameter_overrides=[Parameter(k, value=v) for k, v in flat.items()])
+        t = self.tester = rclpy.create_node('lifecycle_tester', context=self.ctx)
+        self.lock = threading.Lock()
+        self.outputs: dict[str, list[Time]] = {'mask': [], 'confidence': []}
+        self.diags: list[DiagnosticArray] = []
+        self.camera = t.create_publisher(Image, '/front/image_raw', RELIABLE)
+        for name in self.outputs:
+            t.create_subscription(Image, f'/segmentation/front/{name}', self._collector(name), RELIABLE)
+        t.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 10)
+        self.change = t.create_client(ChangeState, f'{NODE}/change_state')
+        self.get = t.create_client(GetState, f'{NODE}/get_state')
+        self.params = t.create_client(SetParameters, f'{NODE}/set_parameters')
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self.executor.add_node(t)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.change.service_is_ready() and self.get.service_is_ready(), what='lifecycle services')
+
+    def _collector(self, name: str) -> Any:
+        def cb(msg: Image) -> None:
+            with self.lock:
+                self.outputs[name].append(msg.header.stamp)
+        return cb
+
+    def _on_diag(self, msg: DiagnosticArray) -> None:
+        with self.lock:
+            self.diags.append(msg)
+
+    def _call(self, client: Any, request: Any, timeout: float = 60.0) -> Any:
+        fut = client.call_async(request)
+        wait_for(fut.done, timeout=timeout, what=f'{client.srv_name} response')
+        return fut.result()
+
+    def transition(self, tid: int) -> bool:
+        """``ros2 lifecycle set``: the node's change_state service; True on SUCCESS."""
+        return self._call(self.change, ChangeState.Request(transition=Transition(id=tid))).success
+
+    def state(self) -> str:
+        return self._call(self.get, GetState.Request()).current_state.label
+
+    def set_string(self, name: str, value: str) -> bool:
+        wait_for(self.params.service_is_ready, what='set_parameters service')
+        req = SetParameters.Request(parameters=[ParameterMsg(name=name, value=ParameterValue(
+            type=ParameterType.PARAMETER_STRING, string_value=value))])
+        return self._call(self.params, req).results[0].successful
+
+    def lifecycle_diag(self, after: int) -> dict[str, Any]:
+        """The first node-level status (lifecycle or engine) published after diagnostics message ``after``."""
+        box: dict[str, Any] = {}
+
+        def got() -> bool:
+            with self.lock:
+                arrs = self.diags[after:]
+            for arr in arrs:
+                for st in arr.status:
+                    values = {kv.key: kv.value for kv in st.values}
+                    if st.name.endswith(': lifecycle') or 'lifecycle_state' in values:
+                        box.update(values, level=st.level, message=st.message, name=st.name)
+                        return True
+            return False
+        wait_for(got, timeout=5.0, what='a diagnostics report with the lifecycle state')
+        return box
+
+    def frame(self, i: int) -> Image:
+        rng = np.random.default_rng(i)
+        img = rng.integers(0, 255, (96, 160, 3), dtype=np.uint8)
+        return conv.numpy_to_image(img, 'rgb8', _header(i))
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=1.0)
+        self.thread.join(timeout=2.0)
+        self.node.destroy_node()
+        self.tester.destroy_node()
+        rclpy.shutdown(context=self.ctx)
+
+
+def _header(i: int) -> Any:
+    from std_msgs.msg import Header
+    return Header(stamp=Time(sec=100 + i // 1000, nanosec=(i % 1000) * 1_000_000), frame_id='front')
+
+
+def test_every_transition_through_the_lifecycle_services(onnx) -> None:
+    m = Managed(**{'backend.onnx_path': str(onnx)})
+    try:
+        # unconfigured: no engine, no camera subscription, no output publisher; diagnostics say so
+        assert m.state() == 'unconfigured' and m.node.backend is None
+        assert m.camera.get_subscription_count() == 0
+        assert m.tester.count_publishers('/segmentation/front/mask') == 0
+        diag = m.lifecycle_diag(len(m.diags))
+        assert diag['lifecycle_state'] == 'unconfigured' and diag['level'] == b'\x00'
+
+        assert m.transition(Transition.TRANSITION_CONFIGURE)
+        assert m.state() == 'inactive' and m.node.backend is not None
+        wait_for(lambda: m.tester.count_publishers('/segmentation/front/mask') == 1, what='mask publisher')
+        assert m.camera.get_subscription_count() == 0       # inactive: nothing subscribed, nothing processed
+        assert m.lifecycle_diag(len(m.diags))['lifecycle_state'] == 'inactive'
+
+        assert m.transition(Transition.TRANSITION_ACTIVATE)
+        assert m.state() == 'active'
+        wait_for(lambda: m.camera.get_subscription_count() == 1, what='camera subscription')
+        m.camera.publish(m.frame(1))
+        wait_for(lambda: len(m.outputs['mask']) == 1, what='a mask while active')
+        assert m.lifecycle_diag(len(m.diags))['lifecycle_state'] == 'active'
+
+        assert m.transition(Transition.TRANSITION_DEACTIVATE)
+        assert m.state() == 'inactive'
+        wait_for(lambda: m.camera.get_subscription_count() == 0, what='camera unsubscribed')
+        assert not m.node.worker_alive()
+
+        assert m.transition(Transition.TRANSITION_ACTIVATE)       # again: subscriptions and worker come back
+        wait_for(lambda: m.camera.get_subscription_count() == 1, what='camera subscription again')
+        m.camera.publish(m.frame(2))
+        wait_for(lambda: len(m.outputs['mask']) == 2, what='a mask after re-activation')
+
+        backend = m.node.backend
+        assert m.transition(Transition.TRANSITION_DEACTIVATE)
+        assert m.transition(Transition.TRANSITION_CLEANUP)        # releases the engine
+        assert m.state() == 'unconfigured'
+        assert m.node.backend is None and backend._session is None
+        wait_for(lambda: m.tester.count_publishers('/segmentation/front/mask') == 0, what='publishers gone')
+
+        # a transition that does not exist from here is refused, the state stays
+        assert not m.transition(Transition.TRANSITION_ACTIVATE)
+        assert m.state() == 'unconfigured'
+
+        # shutdown from active (configure + activate first) ends in finalized with everything released
+        assert m.transition(Transition.TRANSITION_CONFIGURE) and m.transition(Transition.TRANSITION_ACTIVATE)
+        assert m.transition(Transition.TRANSITION_ACTIVE_SHUTDOWN)
+        assert m.state() == 'finalized'
+        assert m.node.backend is None and not m.node.worker_alive()
+        wait_for(lambda: m.camera.get_subscription_count() == 0, what='camera unsubscribed at shutdown')
+    finally:
+        m.close()
+
+
+@pytest.mark.parametrize('params', [
+    {'backend.onnx_path': '/nonexistent/model.onnx'},
+    {'backend.type': 'tensorrt', 'backend.engine_path': '/nonexistent/model.engine'},
+], ids=['missing-onnx', 'missing-engine'])
+def test_configure_fails_on_a_missing_model_and_succeeds_once_fixed(onnx, params) -> None:
+    m = Managed(**params)
+    try:
+        assert not m.transition(Transition.TRANSITION_CONFIGURE)    # FAILURE, not a crash
+        assert m.state() == 'unconfigured' and m.node.backend is None
+        diag = m.lifecycle_diag(len(m.diags))
+        assert diag['level'] == b'\x02' and 'nonexistent' in diag['last_transition_error'], diag
+        assert 'configure' in diag['message'] or 'failed' in diag['message']
+        # unconfigured: restart-only parameters can be changed (they are read at configure)
+        assert m.set_string('backend.type', 'onnxruntime') and m.set_string('backend.onnx_path', str(onnx))
+        assert m.transition(Transition.TRANSITION_CONFIGURE)
+        assert m.state() == 'inactive'
+        assert m.lifecycle_diag(len(m.diags))['last_transition_error'] == ''
+        # configured: a restart-only parameter is refused again
+        assert not m.set_string('backend.onnx_path', '/elsewhere.onnx')
+        assert m.transition(Transition.TRANSITION_INACTIVE_SHUTDOWN) and m.state() == 'finalized'
+    finally:
+        m.close()
+
+
+def test_deactivate_activate_under_a_frame_stream_loses_and_doubles_nothing(onnx) -> None:
+    m = Managed(**{'backend.onnx_path': str(onnx)})
+    stop = threading.Event()
+    sent: list[int] = []
+
+    def stream() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            m.camera.publish(m.frame(i))
+            sent.append(i)
+            time.sleep(0.02)   # ~50 Hz offered; the node keeps the newest frame when it falls behind
+
+    try:
+        assert m.transition(Transition.TRANSITION_CONFIGURE) and m.transition(Transition.TRANSITION_ACTIVATE)
+        wait_for(lambda: m.camera.get_subscription_count() == 1, what='camera subscription')
+        feeder = threading.Thread(target=stream, daemon=True)
+        feeder.start()
+        n_cycles = 4
+        for cycle in range(n_cycles):
+            before = len(m.outputs['mask'])
+            wait_for(lambda: len(m.outputs['mask']) >= before + 3, timeout=30.0, what=f'outputs in cycle {cycle}')
+            assert m.transition(Transition.TRANSITION_DEACTIVATE)
+            with m.lock:
+                at_deactivate = {k: len(v) for k, v in m.outputs.items()}
+            time.sleep(0.3)        # frames keep coming while inactive: none is processed or published
+            with m.lock:
+                assert {k: len(v) for k, v in m.outputs.items()} == at_deactivate
+            assert m.transition(Transition.TRANSITION_ACTIVATE)
+        stop.set()
+        feeder.join()
+        cam = m.node.cameras['front']
+        # every frame the node accepted was published completely (mask AND confidence) exactly once, or was
+        # replaced by a newer one before the worker took it (counted as dropped); the inactive windows show up
+        # as frames never received, not as lost outputs
+        wait_for(lambda: not m.node._busy and cam.pending is None, what='the worker to finish')
+        wait_for(lambda: len(m.outputs['mask']) == cam.stats.processed, what='the last outputs to arrive')
+        wait_for(lambda: len(m.outputs['confidence']) == cam.stats.processed, what='the last confidences')
+        with m.lock:
+            masks = [(s.sec, s.nanosec) for s in m.outputs['mask']]
+            confs = [(s.sec, s.nanosec) for s in m.outputs['confidence']]
+        assert len(masks) == len(set(masks)), 'a frame was published twice'
+        assert set(masks) == set(confs), 'a frame was half published'
+        assert masks == sorted(masks), 'outputs out of order'
+        assert cam.stats.received == cam.stats.processed + cam.stats.dropped + sum(cam.stats.bad.values())
+        assert cam.stats.received < len(sent)     # the inactive windows really dropped input
+        assert len(masks) >= 3 * n_cycles
+    finally:
+        stop.set()
+        m.close()
+
+
+def test_autostart_default_configures_and_activates_in_the_constructor(onnx) -> None:
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    try:
+        node = SegmentationNode(context=ctx, parameter_overrides=[
+            Parameter('backend.type', value='onnxruntime'), Parameter('backend.onnx_path', value=str(onnx)),
+            Parameter('input.height', value=64), Parameter('input.width', value=128)])
+        try:
+            assert node.lifecycle_state == 'active' and node.worker_alive()
+            assert node._state_machine.current_state[1] == 'active'
+            assert State.PRIMARY_STATE_ACTIVE == node._state_machine.current_state[0]
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
