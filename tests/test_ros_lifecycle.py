@@ -235,7 +235,7 @@ def test_deactivate_activate_under_a_frame_stream_loses_and_doubles_nothing(onnx
         n_cycles = 4
         for cycle in range(n_cycles):
             before = len(m.outputs['mask'])
-            wait_for(lambda: len(m.outputs['mask']) >= before + 3, timeout=30.0, what=f'outputs in cycle {cycle}')
+            wait_for(lambda b=before: len(m.outputs['mask']) >= b + 3, timeout=30.0, what=f'outputs in cycle {cycle}')
             assert m.transition(Transition.TRANSITION_DEACTIVATE)
             with m.lock:
                 at_deactivate = {k: len(v) for k, v in m.outputs.items()}
