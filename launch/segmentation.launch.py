@@ -1,13 +1,15 @@
 """Launch the evit_ros segmentation node (and optionally RViz).
 
     ros2 launch evit_ros segmentation.launch.py [params_file:=FILE] [namespace:=NS] [use_sim_time:=true]
-                                                [rviz:=true] [log_level:=debug]
+                                                [rviz:=true] [log_level:=debug] [autostart:=false]
 
 ``params_file`` defaults to the installed ``share/evit_ros/config/evit_ros.yaml`` (found through the ament
 index); a params file that does not exist fails the launch (the node never runs on silent defaults). Its
 parameters sit under ``/**`` so they apply inside any ``namespace``. ``use_sim_time`` and ``rviz`` take
 true/false in any case (True, 1, yes). ``log_level`` applies to the node's own logger only, not to rcl/rmw.
-``rviz:=true`` without rviz2 installed warns and runs the node alone.
+``rviz:=true`` without rviz2 installed warns and runs the node alone. ``autostart`` (default true) sets the
+node's ``lifecycle.autostart`` (over the params file): false leaves the managed node unconfigured for a
+lifecycle manager (Nav2's lifecycle_manager, ``ros2 lifecycle set``).
 """
 from pathlib import Path  # noqa: I001 - launch is the ROS package, not ./launch
 
@@ -56,6 +58,7 @@ def _actions(context, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 
     namespace = LaunchConfiguration('namespace').perform(context)
     use_sim_time = as_bool('use_sim_time', LaunchConfiguration('use_sim_time').perform(context))
     want_rviz = as_bool('rviz', LaunchConfiguration('rviz').perform(context))
+    autostart = as_bool('autostart', LaunchConfiguration('autostart').perform(context))
     log_level = LaunchConfiguration('log_level').perform(context).strip().lower()
     if log_level not in LOG_LEVELS:
         raise RuntimeError(f'log_level:={log_level} is not valid; use one of: {", ".join(LOG_LEVELS)}')
@@ -67,7 +70,7 @@ def _actions(context, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 
         executable='segmentation_node',
         name=NODE_NAME,
         namespace=namespace,
-        parameters=[params_file, {'use_sim_time': use_sim_time}],
+        parameters=[params_file, {'use_sim_time': use_sim_time}, {'lifecycle.autostart': autostart}],
         # the node's logger only: a bare --log-level would set rcl/rmw's global level too
         arguments=['--ros-args', '--log-level', f'{node_logger_name(namespace)}:={log_level}'],
         output='screen',
@@ -103,5 +106,8 @@ def generate_launch_description() -> LaunchDescription:
                                           'when rviz2 is not installed)'),
         DeclareLaunchArgument('log_level', default_value='info',
                               description='Log level of the node (not of rcl/rmw): debug, info, warn, error, fatal'),
+        DeclareLaunchArgument('autostart', default_value='true',
+                              description='Configure and activate the (lifecycle) node at startup; false: leave it '
+                                          'unconfigured for a lifecycle manager / ros2 lifecycle set'),
     ]
     return LaunchDescription([*arguments, OpaqueFunction(function=_actions)])

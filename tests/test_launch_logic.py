@@ -63,7 +63,7 @@ def _load_launch(monkeypatch, rviz_installed: bool) -> types.ModuleType:
 
 def _context(**overrides: str) -> dict:
     ctx = {'params_file': str(REPO / 'config' / 'evit_ros.yaml'), 'namespace': '', 'use_sim_time': 'false',
-           'rviz': 'false', 'log_level': 'info'}
+           'rviz': 'false', 'log_level': 'info', 'autostart': 'true'}
     ctx.update(overrides)
     return ctx
 
@@ -87,6 +87,18 @@ def test_launch_sets_only_the_node_log_level_and_accepts_any_case_booleans(monke
         launch.as_bool('use_sim_time', 'maybe')
     with pytest.raises(RuntimeError, match='log_level'):
         launch._actions(_context(log_level='verbose'))
+
+
+def test_launch_autostart_sets_the_lifecycle_parameter(monkeypatch) -> None:
+    launch = _load_launch(monkeypatch, rviz_installed=False)
+    declared = {a.args[0]: a.kwargs['default_value'] for a in launch.generate_launch_description().args[0]
+                if a.args and 'default_value' in a.kwargs}
+    assert declared['autostart'] == 'true'   # plain launch: configured and active as before
+    for text, value in (('true', True), ('False', False), ('0', False)):
+        node = _node(launch._actions(_context(autostart=text)), 'segmentation_node')
+        assert node.kwargs['parameters'][2] == {'lifecycle.autostart': value}
+    with pytest.raises(RuntimeError, match='autostart'):
+        launch._actions(_context(autostart='later'))
 
 
 def test_launch_fails_on_a_missing_params_file(monkeypatch, tmp_path) -> None:

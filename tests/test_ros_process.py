@@ -80,7 +80,7 @@ def test_launch_file_declares_the_documented_arguments_and_files() -> None:
         if isinstance(n, ast.Call) and _call_name(n) == 'DeclareLaunchArgument':
             name = ast.literal_eval(n.args[0])
             declared[name] = {k.arg: ast.unparse(k.value) for k in n.keywords}
-    assert set(declared) == {'params_file', 'namespace', 'use_sim_time', 'rviz', 'log_level'}
+    assert set(declared) == {'params_file', 'namespace', 'use_sim_time', 'rviz', 'log_level', 'autostart'}
     assert all(d.get('description') for d in declared.values())
     assert "'config', 'evit_ros.yaml'" in declared['params_file']['default_value']
     assert 'FindPackageShare' in ast.unparse(tree)   # the installed share directory via the ament index
@@ -91,6 +91,7 @@ def test_launch_file_declares_the_documented_arguments_and_files() -> None:
     assert kw['name'] == 'NODE_NAME' and "NODE_NAME = 'evit_segmentation'" in LAUNCH.read_text()
     assert kw['package'] == 'PACKAGE'
     assert 'params_file' in kw['parameters'] and 'use_sim_time' in kw['parameters']
+    assert "'lifecycle.autostart': autostart" in kw['parameters']
     assert kw['namespace'] == 'namespace' and 'log_level' in kw['arguments']
     assert 'rviz2_installed' in ast.unparse(tree), 'rviz must be conditional on rviz2 being installed'
     # the executable exists as a console script, and setup.py installs launch/ and config/
