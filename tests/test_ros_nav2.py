@@ -1,0 +1,171 @@
+"""The node as Nav2 meets it, in separate processes over real DDS.
+
+- Managed start: the node process with ``lifecycle.autostart:=false`` stays unconfigured until a lifecycle client
+  (what ``ros2 lifecycle set`` and Nav2's lifecycle manager call) configures and activates it; without vision_msgs
+  it says once that label_info is off; SIGINT still ends it with exit 0.
+- The semantic_segmentation_layer recipe: the layer subscribes mask and confidence with sensor-data QoS
+  (best effort). A separate subscriber process does exactly that while the camera publishes real 1024x2048
+  frames: masks at model resolution arrive with Fast DDS defaults, camera-resolution masks (2 MiB) arrive when
+  both processes use the shipped Fast DDS profile.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+rclpy = pytest.importorskip('rclpy')
+pytest.importorskip('onnxruntime')
+pytest.importorskip('torch')
+pytest.importorskip('lifecycle_msgs')
+
+from lifecycle_msgs.msg import Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from test_ros_node import export_test_onnx  # noqa: E402
+from test_ros_vehicle_process import RELIABLE, Tester, _base, _cmd, _env, _rgb8, _stop  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / 'config' / 'fastdds_large_frames.xml'
+N_FRAMES = 6
+
+# A stand-in for the layer's subscriptions: sensor-data QoS (best effort, keep last 5) on mask and confidence,
+# in its own process; prints what arrived as JSON once it has N_FRAMES of both or after the timeout.
+LAYER = """
+import json, sys, time, rclpy
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+n_want, timeout = int(sys.argv[1]), float(sys.argv[2])
+rclpy.init()
+node = rclpy.create_node('fake_semantic_segmentation_layer')
+got = {'mask': {}, 'confidence': {}}
+for name in got:
+    node.create_subscription(Image, f'/segmentation/front/{name}',
+                             lambda m, name=name: got[name].__setitem__(f'{m.header.stamp.sec}',
+                                                                        [m.height, m.width, m.encoding]),
+                             qos_profile_sensor_data)
+print('subscribed', flush=True)
+deadline = time.monotonic() + timeout
+while time.monotonic() < deadline and min(len(v) for v in got.values()) < n_want:
+    rclpy.spin_once(node, timeout_sec=0.05)
+print(json.dumps(got), flush=True)
+"""
+
+
+@pytest.fixture(scope='module')
+def onnx64(tmp_path_factory) -> Path:
+    return export_test_onnx(tmp_path_factory.mktemp('onnx') / 'b0_64x128.onnx')
+
+
+@pytest.fixture(scope='module')
+def onnx352(tmp_path_factory) -> Path:
+    """b0 at 352x640 (about a 640x360 aligned-depth camera): 225 KB mono8 masks at model resolution."""
+    from evit_ros.export.onnx_export import export_onnx
+    out = tmp_path_factory.mktemp('onnx352') / 'b0_352x640.onnx'
+    export_onnx('efficientvit-seg-b0-cityscapes', out, height=352, width=640,
+                checkpoint=str(REPO / 'evit_ros' / 'data' / 'efficientvit_seg_b0_synthetic.pt'),
+                head='labels+confidence')
+    return out
+
+
+def test_managed_process_waits_unconfigured_then_runs_after_configure_activate(tmp_path, onnx64) -> None:
+    log = tmp_path / 'node.log'
+    params = {**_base(onnx64), 'lifecycle.autostart': 'false'}
+    with open(log, 'w') as out:
+        proc = subprocess.Popen(_cmd(params), stdout=out, stderr=subprocess.STDOUT, env=_env(tmp_path))
+    with Tester() as t:
+        try:
+            change = t.node.create_client(ChangeState, '/evit_segmentation/change_state')
+            get = t.node.create_client(GetState, '/evit_segmentation/get_state')
+            t.wait(lambda: change.service_is_ready() and get.service_is_ready(), 60, 'lifecycle services', proc, log)
+            pub = t.node.create_publisher(Image, '/front/image_raw', RELIABLE)
+
+            def call(client: Any, req: Any) -> Any:
+                fut = client.call_async(req)
+                t.wait(fut.done, 60, f'{client.srv_name}', proc, log)
+                return fut.result()
+
+            assert call(get, GetState.Request()).current_state.label == 'unconfigured'
+            assert pub.get_subscription_count() == 0 and 'ready:' not in log.read_text()
+            assert call(change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE))).success
+            # by label too, as ros2 lifecycle set can send it
+            assert call(change, ChangeState.Request(transition=Transition(label='activate'))).success
+            t.wait(lambda: pub.get_subscription_count() > 0, 30, 'camera subscription', proc, log)
+            m = t.closed_loop(pub, _rgb8((48, 64)), proc, log)
+            assert (m.height, m.width) == (48, 64)
+            rc, took = _stop(proc, signal.SIGINT)
+            assert rc == 0 and took < 2.0, (rc, took, log.read_text()[-2000:])
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    assert 'Traceback' not in text and 'ready:' in text
+    assert 'lifecycle.autostart=false' in text
+    assert text.count('label_info is off') == 1 and 'vision_msgs' in text   # said once, with the reason
+
+
+def _layer_recipe(tmp_path: Path, params: dict[str, str], env: dict[str, str],
+                  layer_timeout_s: float = 120.0) -> dict[str, dict[str, Any]]:
+    """Node and stand-in layer in their own processes (``env``); the camera (this process) publishes N_FRAMES
+    reliable 1024x2048 rgb8 frames, each after the previous mask reached a reliable subscriber here."""
+    log = tmp_path / 'node.log'
+    with open(log, 'w') as out:
+        node = subprocess.Popen(_cmd(params), stdout=out, stderr=subprocess.STDOUT, env=env)
+    layer = subprocess.Popen([sys.executable, '-c', LAYER, str(N_FRAMES), str(layer_timeout_s)], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        with Tester() as t:
+            pub = t.node.create_publisher(Image, '/front/image_raw', RELIABLE)
+            assert layer.stdout is not None and layer.stdout.readline().strip() == 'subscribed'
+            t.wait(lambda: pub.get_subscription_count() > 0, 90, 'node up', node, log)
+            # the layer's subscriptions are matched before the first frame (discovery, not a sleep)
+            t.wait(lambda: t.node.count_subscribers('/segmentation/front/mask') >= 2
+                   and t.node.count_subscribers('/segmentation/front/confidence') >= 1, 30, 'layer subscriptions',
+                   node, log)
+            frame = _rgb8((1024, 2048), seed=3)
+            for _ in range(N_FRAMES):
+                t.closed_loop(pub, frame, node, log, timeout=60.0)
+            out, _ = layer.communicate(timeout=60)
+            rc, _ = _stop(node, signal.SIGINT)
+            assert rc == 0, log.read_text()[-2000:]
+    finally:
+        for p in (node, layer):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_layer_recipe_model_resolution_masks_arrive_best_effort_with_fast_dds_defaults(tmp_path, onnx352) -> None:
+    params = {**_base(onnx352), 'input.height': '352', 'input.width': '640', 'outputs.mask_resolution': 'model',
+              'outputs.confidence': 'true'}
+    got = _layer_recipe(tmp_path, params, _env(tmp_path))   # _env drops any Fast DDS profile: defaults
+    for name in ('mask', 'confidence'):
+        assert len(got[name]) == N_FRAMES, (name, got[name])
+        assert all(v == [352, 640, 'mono8'] for v in got[name].values())
+    assert set(got['mask']) == set(got['confidence'])   # same stamps: the layer's time synchronizer pairs them
+
+
+def test_layer_recipe_camera_resolution_masks_arrive_best_effort_with_the_profile(tmp_path, onnx64) -> None:
+    env = {**_env(tmp_path), 'FASTRTPS_DEFAULT_PROFILES_FILE': str(PROFILE)}
+    params = {**_base(onnx64), 'outputs.mask_resolution': 'camera'}
+    got = _layer_recipe(tmp_path, params, env)
+    for name in ('mask', 'confidence'):
+        assert len(got[name]) == N_FRAMES, (name, got[name])
+        assert all(v == [1024, 2048, 'mono8'] for v in got[name].values())   # 2 MiB each
+
+
+def test_layer_qos_constants_match_the_layer_contract() -> None:
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+
+    from evit_ros.ros.segmentation_node import LABEL_INFO_QOS
+    assert LABEL_INFO_QOS.reliability == ReliabilityPolicy.RELIABLE
+    assert LABEL_INFO_QOS.durability == DurabilityPolicy.TRANSIENT_LOCAL and LABEL_INFO_QOS.depth == 1
+    assert os.path.isfile(PROFILE)
