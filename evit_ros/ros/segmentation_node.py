@@ -174,13 +174,20 @@ class SegmentationNode(LifecycleNode):
 
     def _autostart(self) -> None:
         """configure + activate at once (plain ``ros2 run``); a failure raises its original error."""
+        from lifecycle_msgs.msg import Transition
         self._quiet_failures = True   # main() prints the one FATAL line
         try:
-            for trigger in (self.trigger_configure, self.trigger_activate):
+            for public, tid, reached in (('trigger_configure', Transition.TRANSITION_CONFIGURE, 'inactive'),
+                                         ('trigger_activate', Transition.TRANSITION_ACTIVATE, 'active')):
                 if self.build_only:
                     return
-                if trigger() != TransitionCallbackReturn.SUCCESS:
-                    raise self.transition_error or EvitError('lifecycle transition failed')
+                try:
+                    getattr(self, public)()
+                except AttributeError:   # early Humble rclpy: trigger_* name a constant that does not exist
+                    self._LifecycleNodeMixin__change_state(tid)
+                # success is read from our own state: Humble's trigger_* return nothing
+                if self.lifecycle_state != reached:
+                    raise self.transition_error or EvitError(f'lifecycle transition {public[8:]} failed')
         finally:
             self._quiet_failures = False
 
