@@ -84,13 +84,11 @@ class Managed:
             self.diags.append(msg)
 
     def _call(self, client: Any, request: Any, timeout: float = 60.0) -> Any:
-        fut = client.call_async(request)
-        wait_for(fut.done, timeout=timeout, what=f'{client.srv_name} response')
-        return fut.result()
+        return call_service(client, request, timeout)
 
     def transition(self, tid: int) -> bool:
         """``ros2 lifecycle set``: the node's change_state service; True on SUCCESS."""
-        return self._call(self.change, ChangeState.Request(transition=Transition(id=tid))).success
+        return change_state(self.change, self.get, Transition(id=tid))
 
     def state(self) -> str:
         return self._call(self.get, GetState.Request()).current_state.label
@@ -129,6 +127,44 @@ class Managed:
         self.node.destroy_node()
         self.tester.destroy_node()
         rclpy.shutdown(context=self.ctx)
+
+
+GOAL = {Transition.TRANSITION_CONFIGURE: 'inactive', Transition.TRANSITION_ACTIVATE: 'active',
+        Transition.TRANSITION_DEACTIVATE: 'inactive', Transition.TRANSITION_CLEANUP: 'unconfigured',
+        Transition.TRANSITION_ACTIVE_SHUTDOWN: 'finalized', Transition.TRANSITION_INACTIVE_SHUTDOWN: 'finalized',
+        Transition.TRANSITION_UNCONFIGURED_SHUTDOWN: 'finalized'}
+LABELS = {'configure': Transition.TRANSITION_CONFIGURE, 'activate': Transition.TRANSITION_ACTIVATE}
+
+
+def call_service(client: Any, request: Any, timeout: float = 60.0, attempt_s: float = 5.0) -> Any:
+    """Call an idempotent service, asking again when no response came within ``attempt_s``: a response can be
+    lost while the server has not yet discovered the client's response reader (``service_is_ready`` only
+    covers the request direction)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        fut = client.call_async(request)
+        end = min(deadline, time.monotonic() + attempt_s)
+        while time.monotonic() < end and not fut.done():
+            time.sleep(0.01)
+        if fut.done():
+            return fut.result()
+        client.remove_pending_request(fut)
+        if time.monotonic() >= deadline:
+            raise AssertionError(f'no response from {client.srv_name} within {timeout} s')
+
+
+def change_state(change: Any, get: Any, transition: Transition, attempt_s: float = 10.0) -> bool:
+    """change_state once (not idempotent); when its response does not come, the node's state (get_state is
+    answered only after the transition callback returned: one executor) tells whether it succeeded."""
+    fut = change.call_async(ChangeState.Request(transition=transition))
+    end = time.monotonic() + attempt_s
+    while time.monotonic() < end and not fut.done():
+        time.sleep(0.01)
+    if fut.done():
+        return bool(fut.result().success)
+    change.remove_pending_request(fut)
+    tid = transition.id or LABELS[transition.label]
+    return call_service(get, GetState.Request()).current_state.label == GOAL[tid]
 
 
 def _header(i: int) -> Any:

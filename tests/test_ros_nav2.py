@@ -28,6 +28,7 @@ pytest.importorskip('lifecycle_msgs')
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
+from test_ros_lifecycle import call_service, change_state  # noqa: E402
 from test_ros_node import export_test_onnx  # noqa: E402
 from test_ros_vehicle_process import RELIABLE, Tester, _base, _cmd, _env, _rgb8, _stop  # noqa: E402
 
@@ -86,16 +87,11 @@ def test_managed_process_waits_unconfigured_then_runs_after_configure_activate(t
             t.wait(lambda: change.service_is_ready() and get.service_is_ready(), 60, 'lifecycle services', proc, log)
             pub = t.node.create_publisher(Image, '/front/image_raw', RELIABLE)
 
-            def call(client: Any, req: Any) -> Any:
-                fut = client.call_async(req)
-                t.wait(fut.done, 60, f'{client.srv_name}', proc, log)
-                return fut.result()
-
-            assert call(get, GetState.Request()).current_state.label == 'unconfigured'
+            assert call_service(get, GetState.Request()).current_state.label == 'unconfigured'
             assert pub.get_subscription_count() == 0 and 'ready:' not in log.read_text()
-            assert call(change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE))).success
+            assert change_state(change, get, Transition(id=Transition.TRANSITION_CONFIGURE))
             # by label too, as ros2 lifecycle set can send it
-            assert call(change, ChangeState.Request(transition=Transition(label='activate'))).success
+            assert change_state(change, get, Transition(label='activate'))
             t.wait(lambda: pub.get_subscription_count() > 0, 30, 'camera subscription', proc, log)
             m = t.closed_loop(pub, _rgb8((48, 64)), proc, log)
             assert (m.height, m.width) == (48, 64)
