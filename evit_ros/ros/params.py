@@ -312,7 +312,7 @@ class ParameterGuard:
         restart = sorted(k for k in relevant if not self.specs[k].live)
         if restart:
             return None, (f'{", ".join(restart)} requires restart: it is read only at startup; change it in the '
-                          'params file and restart the node')
+                          'params file and restart the node (managed node: cleanup, set it, configure)')
         candidate = dict(self.flat)
         for k, v in relevant.items():
             if v is None:

@@ -10,6 +10,13 @@ Outputs (relative names, so namespaces and remaps work), all stamped with the in
 ``segmentation/<cam>/{mask, color_mask, overlay, confidence}`` and
 ``segmentation/<cam>/drivable/<group>/{mask, grid, boundary}`` (grid and boundary carry the input stamp and
 ``grid.frame_id``). An output is computed and published only while something subscribes to it.
+``segmentation/<cam>/label_info`` (vision_msgs/LabelInfo, latched) names the class ids for Nav2's
+semantic_segmentation_layer when vision_msgs is installed.
+
+Lifecycle (``rclpy.lifecycle``): configure validates the parameters and loads/builds the engine, activate
+subscribes the cameras and enables the publishers, deactivate unsubscribes and lets the worker publish the
+frame it took before the publishers are disabled, cleanup releases the engine. ``lifecycle.autostart`` (default
+true) runs configure + activate in the constructor, so a failure raises there as before.
 
 Run: ``ros2 run evit_ros segmentation_node --ros-args --params-file config/evit_ros.yaml`` or
 ``python -m evit_ros.ros.segmentation_node --ros-args ...``.
