@@ -317,3 +317,31 @@ def test_autostart_default_configures_and_activates_in_the_constructor(onnx) -> 
             node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+def test_deactivate_waits_for_the_frame_in_flight_and_publishes_all_of_it(onnx) -> None:
+    m = Managed(**{'backend.onnx_path': str(onnx)})
+    try:
+        assert m.transition(Transition.TRANSITION_CONFIGURE) and m.transition(Transition.TRANSITION_ACTIVATE)
+        wait_for(lambda: m.camera.get_subscription_count() == 1, what='camera subscription')
+        stage = m.node._outputs
+        real_run = stage.run
+        in_flight = threading.Event()
+
+        def slow_run(*args: Any, **kwargs: Any) -> None:   # the real output stage, after a long "inference"
+            in_flight.set()
+            time.sleep(0.8)
+            real_run(*args, **kwargs)
+
+        stage.run = slow_run
+        m.camera.publish(m.frame(7))
+        wait_for(in_flight.is_set, what='the frame to reach the output stage')
+        assert m.transition(Transition.TRANSITION_DEACTIVATE)   # called while the frame is in flight
+        assert not m.node.worker_alive()
+        # both outputs of that frame were published before the publishers were disabled
+        wait_for(lambda: len(m.outputs['mask']) == 1 and len(m.outputs['confidence']) == 1, timeout=5.0,
+                 what='mask and confidence of the frame in flight')
+        assert m.outputs['mask'][0] == m.outputs['confidence'][0] == _header(7).stamp
+        assert m.node.cameras['front'].stats.processed == 1
+    finally:
+        m.close()
