@@ -27,6 +27,9 @@ pytest.importorskip('lifecycle_msgs')
 
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
+from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from test_ros_lifecycle import call_service, change_state  # noqa: E402
 from test_ros_node import export_test_onnx  # noqa: E402
@@ -77,7 +80,7 @@ def onnx352(tmp_path_factory) -> Path:
 
 def test_managed_process_waits_unconfigured_then_runs_after_configure_activate(tmp_path, onnx64) -> None:
     log = tmp_path / 'node.log'
-    params = {**_base(onnx64), 'lifecycle.autostart': 'false'}
+    params = {**_base(onnx64), 'lifecycle.autostart': 'false', 'backend.onnx_path': '/nonexistent/b0.onnx'}
     with open(log, 'w') as out:
         proc = subprocess.Popen(_cmd(params), stdout=out, stderr=subprocess.STDOUT, env=_env(tmp_path))
     with Tester() as t:
@@ -89,6 +92,15 @@ def test_managed_process_waits_unconfigured_then_runs_after_configure_activate(t
 
             assert call_service(get, GetState.Request()).current_state.label == 'unconfigured'
             assert pub.get_subscription_count() == 0 and 'ready:' not in log.read_text()
+            # a failing configure is FAILURE with the reason logged; the process keeps serving
+            assert not change_state(change, get, Transition(id=Transition.TRANSITION_CONFIGURE))
+            assert 'configure failed' in log.read_text() and '/nonexistent/b0.onnx' in log.read_text()
+            setp = t.node.create_client(SetParameters, '/evit_segmentation/set_parameters')
+            t.wait(setp.service_is_ready, 30, 'set_parameters service', proc, log)
+            value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(onnx64))
+            res = call_service(setp, SetParameters.Request(parameters=[ParameterMsg(name='backend.onnx_path',
+                                                                                   value=value)]))
+            assert res.results[0].successful
             assert change_state(change, get, Transition(id=Transition.TRANSITION_CONFIGURE))
             # by label too, as ros2 lifecycle set can send it
             assert change_state(change, get, Transition(label='activate'))
