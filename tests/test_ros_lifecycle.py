@@ -345,3 +345,15 @@ def test_deactivate_waits_for_the_frame_in_flight_and_publishes_all_of_it(onnx) 
         assert m.node.cameras['front'].stats.processed == 1
     finally:
         m.close()
+
+
+def test_shutdown_from_unconfigured_then_every_transition_is_refused(onnx) -> None:
+    m = Managed(**{'backend.onnx_path': str(onnx)})
+    try:
+        assert m.transition(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
+        assert m.state() == 'finalized' and m.node.backend is None
+        assert not m.transition(Transition.TRANSITION_CONFIGURE)   # refused, answered, the node still serves
+        assert m.state() == 'finalized'
+        assert m.lifecycle_diag(len(m.diags))['lifecycle_state'] == 'finalized'
+    finally:
+        m.close()
