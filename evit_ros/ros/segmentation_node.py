@@ -192,6 +192,8 @@ class SegmentationNode(LifecycleNode):
                     getattr(self, public)()
                 except AttributeError:   # early Humble rclpy: trigger_* name a constant that does not exist
                     self._LifecycleNodeMixin__change_state(tid)
+                if self._interrupted is not None:
+                    raise self._interrupted
                 # success is read from our own state: Humble's trigger_* return nothing
                 if self.lifecycle_state != reached:
                     raise self.transition_error or EvitError(f'lifecycle transition {public[8:]} failed')
@@ -199,6 +201,7 @@ class SegmentationNode(LifecycleNode):
             self._quiet_failures = False
 
     _quiet_failures = False
+    _interrupted: BaseException | None = None
 
     def _guard_change_state_service(self) -> None:
         """rclpy raises out of the change_state service for a transition the current state does not have (e.g.
@@ -229,6 +232,10 @@ class SegmentationNode(LifecycleNode):
             self.lifecycle_state = failure_state
             if not self._quiet_failures:
                 self._log.error(f'{name} failed: {_startup_error(exc)}')
+            return TransitionCallbackReturn.FAILURE
+        except BaseException as exc:  # a signal during startup (Interrupted): it must not cross rclpy's C++
+            self._interrupted = exc     # callback layer (that aborts the process); _autostart re-raises it
+            self.lifecycle_state = failure_state
             return TransitionCallbackReturn.FAILURE
         self.transition_error = None
         self.lifecycle_state = success_state
@@ -718,6 +725,9 @@ def main(args: list[str] | None = None) -> int:
         flag.raise_now = False   # from here on a signal only ends the spin loop
     except Interrupted:
         _quiet_teardown(node)
+        # the signal may have landed inside torch's ONNX export or a backend's load: interpreter finalization
+        # over that half-built state can crash (SIGSEGV seen), so end the process without it
+        _exit_now(0)
         return 0
     except Exception as exc:  # noqa: BLE001 - every startup failure is one FATAL line
         code = _fatal(_startup_error(exc))
