@@ -10,12 +10,20 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt tools/install_trt_stubs.sh tools/make_cuda_stubs.py
+# First run: about 90 s of installs, announced step by step (pip's own lines show each package it fetches).
+$(STAMP): requirements.txt requirements-dev.txt tools/install_trt_stubs.sh tools/make_cuda_stubs.py setup.py setup.cfg
+	@echo "[setup 1/4] creating $(VENV) with $(PYTHON) (first run only, about 90 s in all)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "[setup 2/4] upgrading pip"
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@echo "[setup 3/4] installing requirements-dev.txt: ROS 2 Jazzy wheels, torch==2.13.0 (CPU), ONNX Runtime, OpenCV, rosbags, test tools"
+	set -o pipefail; $(PY) -m pip install --progress-bar off -r requirements-dev.txt \
+	    | { grep --line-buffered -E '^(Collecting|Installing|Successfully)' || true; }
 	bash tools/install_trt_stubs.sh $(PY)
+	@echo "[setup 4/4] installing evit_ros itself (editable): $(VENV)/bin/evit-ros and $(VENV)/bin/segmentation_node"
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+	@echo "[setup] done: run the tools as $(VENV)/bin/evit-ros, or 'source $(VENV)/bin/activate' first"
 
 demo: $(STAMP)
 	$(PY) -m evit_ros demo

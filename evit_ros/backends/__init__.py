@@ -98,13 +98,26 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     return dict(sess.get_modelmeta().custom_metadata_map)
 
 
-def check_onnx_matches(onnx_path: str | Path, model: ModelConfig, input_cfg: InputConfig) -> None:
+def export_command(model: ModelConfig, input_cfg: InputConfig, output: str | Path, head: str = 'labels+confidence',
+                   max_batch: int = 1) -> str:
+    """The ``evit-ros export`` command producing exactly what the node loads for this configuration.
+
+    Without ``model.checkpoint`` the export resolves weights by the node's own rule (``resolve_checkpoint``).
+    """
+    return (f'evit-ros export --model {model.name}'
+            + (f' --checkpoint {model.checkpoint}' if model.checkpoint else '')
+            + f' --height {input_cfg.height} --width {input_cfg.width} --head {head}'
+            + (f' --max-batch {max_batch}' if max_batch > 1 else '') + f' -o {output}')
+
+
+def check_onnx_matches(onnx_path: str | Path, model: ModelConfig, input_cfg: InputConfig,
+                       head: str = 'labels+confidence') -> None:
     """Refuse an ONNX exported for another model or input size than the parameters say."""
     from evit_ros import contract
     p = Path(onnx_path)
     if not p.is_file():
-        raise ConfigError(f'backend.onnx_path={str(p)!r} does not exist; export it with `evit-ros export --model '
-                          f'{model.name} --height {input_cfg.height} --width {input_cfg.width} -o {p}` '
+        raise ConfigError(f'backend.onnx_path={str(p)!r} does not exist; export it with '
+                          f'`{export_command(model, input_cfg, p, head)}` '
                           'or leave backend.onnx_path empty to export automatically')
     meta = read_onnx_metadata(p)
     name = meta.get(contract.META_MODEL, '')
@@ -131,7 +144,7 @@ def _onnxruntime(config: BackendConfig, model: ModelConfig, input_cfg: InputConf
                  lg: logging.Logger) -> InferenceBackend:
     from evit_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
     if config.onnx_path:
-        check_onnx_matches(config.onnx_path, model, input_cfg)
+        check_onnx_matches(config.onnx_path, model, input_cfg, head)
         path = Path(config.onnx_path)
     else:
         path = ensure_onnx(model, input_cfg, head, checkpoint=resolve_checkpoint(model, lg), max_batch=max_batch,
@@ -222,4 +235,4 @@ def create_backend(config: BackendConfig, *, model: ModelConfig, input_cfg: Inpu
 
 
 __all__ = ['InferenceBackend', 'InferenceResult', 'ModelIO', 'TensorSpec', 'cache_dir', 'check_onnx_matches',
-           'choose_auto', 'create_backend', 'ensure_onnx', 'resolve_checkpoint']
+           'choose_auto', 'create_backend', 'ensure_onnx', 'export_command', 'resolve_checkpoint']

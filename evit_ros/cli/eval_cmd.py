@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from evit_ros.errors import ConfigError
 
 LOG = logging.getLogger('evit_ros.eval')
+CITYSCAPES_FROM_ENV = '$CITYSCAPES_DATASET'
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,24 +27,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument('--labels-dir', default='', metavar='DIR',
                      help='ground-truth PNGs named DIR/<camera>/<stamp_ns>.png or DIR/<stamp_ns>.png')
     src.add_argument('--label-format', choices=('trainid', 'labelid'), default='trainid',
-                     help='ground-truth ids: Cityscapes trainIds (0..18, 255 ignore) or labelIds (mapped to trainIds)')
-    src.add_argument('--cityscapes', default='', metavar='DIR', help='evaluate a Cityscapes folder '
-                     '(leftImg8bit/<split>, gtFine/<split>) instead of bags')
-    src.add_argument('--split', default='val', help='Cityscapes split (default: val)')
+                     help='ground-truth ids (default: trainid): Cityscapes trainIds (0..18, 255 ignore) or labelIds '
+                          '(0..33, mapped to trainIds); also the format of --save-predictions for bags')
+    src.add_argument('--cityscapes', nargs='?', const=CITYSCAPES_FROM_ENV, default='', metavar='DIR',
+                     help='evaluate a Cityscapes folder instead of bags (leftImg8bit/<split> + gtFine/<split>, or the '
+                          'unzipped leftImg8bit_trainvaltest/ + gtFine_trainvaltest/); no DIR: $CITYSCAPES_DATASET')
+    src.add_argument('--split', default='val', help='Cityscapes split (default: val; test has no public labels)')
     m = p.add_argument_group('model (defaults from --params-file, as the node)')
     m.add_argument('--params-file', default='', metavar='YAML', help='the node params file, e.g. config/evit_ros.yaml')
     m.add_argument('--model', default='', help='model name override, e.g. efficientvit-seg-b0-cityscapes')
     m.add_argument('--checkpoint', default='', help='checkpoint (.pt) override')
-    m.add_argument('--backend', default='', choices=('', 'auto', 'tensorrt', 'onnxruntime', 'torch'),
-                   help='backend override')
+    m.add_argument('--backend', default='', choices=('auto', 'tensorrt', 'onnxruntime', 'torch'),
+                   help='backend override (default: backend.type of --params-file, else auto)')
     m.add_argument('--onnx', default='', metavar='P', help='ONNX graph for the onnxruntime backend')
     m.add_argument('--engine', default='', metavar='P', help='TensorRT engine path')
     m.add_argument('--height', type=int, default=0, help='model input height override (multiple of 32)')
     m.add_argument('--width', type=int, default=0, help='model input width override (multiple of 32)')
     o = p.add_argument_group('output')
     o.add_argument('--report', default='eval_report', metavar='DIR', help='report directory (default: eval_report)')
-    o.add_argument('--out-bag', default='', metavar='OUT', help='write an MCAP bag with /segmentation/<cam>/mask, '
-                   'color_mask and overlay stamped like the inputs (several bags: OUT-<i>)')
+    o.add_argument('--out-bag', default='', metavar='OUT', help='write /segmentation/<cam>/mask, color_mask and '
+                   'overlay stamped like the inputs: OUT.mcap is one MCAP file, any other name a rosbag2 folder '
+                   '(several bags: OUT-<i>); must not exist')
+    o.add_argument('--save-predictions', default='', metavar='DIR',
+                   help='write each prediction as a PNG: bags DIR/<camera>/<stamp_ns>.png in --label-format; '
+                        'Cityscapes DIR/<city>_<seq>_<frame>_pred_labelIds.png (cityscapesScripts format)')
     o.add_argument('--max-frames', type=int, default=0, help='stop each bag after N images (0: all)')
     o.add_argument('--jobs', type=int, default=1, help='bags evaluated in parallel processes (default 1)')
     o.add_argument('--samples', type=int, default=8, help='overlay samples in samples.png (default 8)')
@@ -65,49 +76,129 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every output path is checked before the model is loaded: a bad path fails in a second, not after the run."""
+    from evit_ros.eval.bags import check_new_bag_path
+    from evit_ros.eval.predictions import check_predictions_dir
+    from evit_ros.eval.report import check_report_dir
+    from evit_ros.eval.runner import out_bag_paths
+    check_report_dir(args.report)
+    if args.out_bag and args.live:
+        raise ConfigError('--out-bag is not available with --live (record the node\'s topics with ros2 bag record)')
+    for path in out_bag_paths(args.out_bag, 1 if args.cityscapes else len(args.bag)):
+        check_new_bag_path(Path(path))
+    if args.save_predictions:
+        if args.live:
+            raise ConfigError('--save-predictions is not available with --live')
+        check_predictions_dir(args.save_predictions)
+
+
+def _label_source(args: argparse.Namespace) -> str:
+    if args.cityscapes:
+        return f'gtFine/{args.split}'
+    if args.labels_dir:
+        return f'--labels-dir {args.labels_dir}'
+    return ' '.join(f'--label-topic {t}' for t in args.label_topic)
+
+
+def _summary_lines(report: dict[str, Any], report_dir: str) -> list[str]:
+    m = report['metrics']
+    pct = (lambda v: 'n/a' if v is None else f'{100 * v:.2f}%')  # noqa: E731
+    dropped = f' dropped {report["dropped"]}' if report.get('mode') == 'live' else ''
+    lines = [f'frames {report["frames"]} scored {report["frames_scored"]}{dropped} | mIoU(present) '
+             f'{pct(m["miou_present"])} mIoU({m["num_classes"]}) {pct(m["miou_19"])} pixel acc '
+             f'{pct(m["pixel_accuracy"])} | report: {Path(report_dir)}/report.md']
+    problems = dict(report['bad_data'])
+    for key in ('labels_without_image', 'frames_without_gt'):
+        if report.get(key) and report['frames_scored']:
+            problems[key] = report[key]
+    if problems:
+        lines.append('data problems: ' + ', '.join(f'{k} {v}' for k, v in problems.items()))
+    for src, why in report.get('failed_sources', {}).items():
+        lines.append(f'not evaluated: {src}: {why}')
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     from evit_ros.config import load_config
     from evit_ros.datasets import dataset_for_model
     from evit_ros.eval.report import write_report
     from evit_ros.eval.runner import EvalSpec, PipelineFactory, evaluate_bags, group_class_ids, run_events
+    from evit_ros.eval.verdict import nothing_scored_reason
 
     if not args.bag and not args.cityscapes:
         raise ConfigError('nothing to evaluate: pass --bag PATH (with --image-topic) or --cityscapes DIR')
     if args.jobs < 1 or args.max_frames < 0:
         raise ConfigError(f'--jobs {args.jobs} must be >= 1 and --max-frames {args.max_frames} >= 0')
+    check_outputs(args)
+    pairs = None
+    if args.cityscapes and not args.live:   # the dataset layout is checked before the model is loaded
+        from evit_ros.eval.cityscapes import cityscapes_pairs, dataset_root
+        root = dataset_root('' if args.cityscapes == CITYSCAPES_FROM_ENV else args.cityscapes)
+        pairs = cityscapes_pairs(root, args.split)
     cfg = load_config(args.params_file or None, overrides=_overrides(args))
     dataset = dataset_for_model(cfg.model.name)
     groups = group_class_ids(cfg, dataset.class_names)
-    meta = {'model': cfg.model.name, 'backend': cfg.backend.type, 'input': f'{cfg.input.width}x{cfg.input.height}',
-            'params_file': args.params_file or '(defaults)', 'mode': 'live' if args.live else 'offline'}
+    meta: dict[str, Any] = {'model': cfg.model.name, 'backend': cfg.backend.type,
+                            'input': f'{cfg.input.height}x{cfg.input.width}',
+                            'params_file': args.params_file or '(defaults)', 'mode': 'live' if args.live else 'offline'}
 
-    if args.live:
-        from evit_ros.ros.bag_player import run_live
-        if len(args.bag) != 1:
-            raise ConfigError('--live plays exactly one --bag')
-        state = run_live(args.bag[0], image_topics=tuple(args.image_topic), label_topics=tuple(args.label_topic),
-                         config=cfg, label_format=args.label_format, rate=args.rate, start_node=args.start_node,
-                         params_file=args.params_file, node_timeout_s=args.node_timeout,
-                         max_frames=args.max_frames, progress=not args.no_progress,
-                         node_params=_overrides(args) if args.start_node else None,
-                         num_classes=dataset.num_classes)
-        meta['rate'] = args.rate
-    elif args.cityscapes:
-        from evit_ros.eval.cityscapes import TOPIC, iter_cityscapes
-        spec = EvalSpec((TOPIC,), max_frames=args.max_frames, out_bag=args.out_bag, samples=args.samples,
-                        progress=not args.no_progress)
-        from evit_ros.eval.runner import EvalState
-        seg = PipelineFactory(cfg)()
-        state = run_events(iter_cityscapes(args.cityscapes, args.split), EvalState(dataset.num_classes), spec, seg,
-                           source=f'{args.cityscapes}:{args.split}', out_bag=args.out_bag, label_format='trainid')
-        meta['dataset'] = f'cityscapes/{args.split}'
-    else:
-        spec = EvalSpec(tuple(args.image_topic), tuple(args.label_topic), args.labels_dir, args.label_format,
-                        args.max_frames, args.out_bag, samples=args.samples, progress=not args.no_progress)
-        state = evaluate_bags(args.bag, spec, PipelineFactory(cfg), dataset.num_classes, jobs=args.jobs)
-    report = write_report(args.report, state, dataset.class_names, groups, meta)
-    m = report['metrics']
-    pct = (lambda v: 'n/a' if v is None else f'{100 * v:.2f}%')  # noqa: E731
-    print(f'frames {report["frames"]} scored {report["frames_scored"]} | mIoU(present) {pct(m["miou_present"])} '
-          f'mIoU(19) {pct(m["miou_19"])} pixel acc {pct(m["pixel_accuracy"])} | report: {Path(args.report)}/report.md')
+    with _sigterm_as_interrupt():
+        if args.live:
+            from evit_ros.ros.bag_player import run_live
+            if len(args.bag) != 1:
+                raise ConfigError('--live plays exactly one --bag')
+            node_info: dict[str, Any] = {}
+            state = run_live(args.bag[0], image_topics=tuple(args.image_topic), label_topics=tuple(args.label_topic),
+                             config=cfg, label_format=args.label_format, rate=args.rate, start_node=args.start_node,
+                             params_file=args.params_file, node_timeout_s=args.node_timeout,
+                             max_frames=args.max_frames, progress=not args.no_progress,
+                             node_params=_overrides(args) if args.start_node else None,
+                             num_classes=dataset.num_classes, samples=args.samples, node_info=node_info)
+            meta.update(node_info)   # what the node really runs, read from it (not the evaluator's defaults)
+            meta['rate'] = args.rate
+        elif pairs is not None:
+            from evit_ros.eval.cityscapes import TOPIC, iter_cityscapes
+            from evit_ros.eval.runner import EvalState
+            spec = EvalSpec((TOPIC,), max_frames=args.max_frames, out_bag=args.out_bag, samples=args.samples,
+                            progress=not args.no_progress, save_predictions=args.save_predictions)
+            seg = PipelineFactory(cfg)()
+            state = run_events(iter_cityscapes(root, args.split, pairs), EvalState(dataset.num_classes), spec, seg,
+                               source=f'{root}:{args.split}', out_bag=args.out_bag, label_format='trainid',
+                               cityscapes=True)
+            meta['dataset'] = f'cityscapes/{args.split}'
+        else:
+            spec = EvalSpec(tuple(args.image_topic), tuple(args.label_topic), args.labels_dir, args.label_format,
+                            args.max_frames, args.out_bag, samples=args.samples, progress=not args.no_progress,
+                            save_predictions=args.save_predictions)
+            state = evaluate_bags(args.bag, spec, PipelineFactory(cfg), dataset.num_classes, jobs=args.jobs)
+    from evit_ros.eval.report import build_report
+    label_source = _label_source(args)
+    error = nothing_scored_reason(build_report(state, dataset.class_names, groups, meta), label_source=label_source)
+    if not label_source and not error:
+        meta['ground_truth'] = 'none given: latency only'
+    report = write_report(args.report, state, dataset.class_names, groups, meta, error=error)
+    for line in _summary_lines(report, args.report):
+        print(line)
+    if error:
+        print(f'evit-ros eval: error: nothing was scored: {error}', file=sys.stderr)
+        return 130 if report['interrupted'] else 1
+    if report['failed_sources']:
+        return 1
     return 130 if report['interrupted'] else 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops a run like Ctrl-C: the partial report is written and the out-bag finished, never half-written."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:   # not the main thread (embedded use): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

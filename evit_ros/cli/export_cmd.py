@@ -19,10 +19,32 @@ def parse_hw(text: str) -> tuple[int, int]:
     return h, w
 
 
+def export_weights(model: str, checkpoint: str | None, *, random_weights: bool = False) -> str | None:
+    """The weights an export uses: the node's rule (``resolve_checkpoint``), random only when asked for.
+
+    Without ``--checkpoint`` an export must hold what the node would load for the same model, so an ONNX
+    exported here and one the node exports into its cache agree; random weights silently exported by default
+    would evaluate at 0 % mIoU.
+    """
+    if random_weights:
+        return None
+    from evit_ros.backends import resolve_checkpoint
+    from evit_ros.config import ModelConfig
+    from evit_ros.errors import CheckpointError
+    try:
+        return resolve_checkpoint(ModelConfig(name=model, checkpoint=checkpoint or ''))
+    except CheckpointError as exc:
+        raise CheckpointError(f'{exc} (--random-weights exports random weights for graph experiments)') from exc
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--params-file', help='node YAML (config/evit_ros.yaml) supplying model/size defaults')
     parser.add_argument('--model', help='zoo name, e.g. efficientvit-seg-b0-cityscapes')
-    parser.add_argument('--checkpoint', help='official .pt checkpoint (omit for deterministic random weights)')
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument('--checkpoint', help='weights .pt (default: as the node: the official file on the checkpoint '
+                         'search path, else for b0 the packaged demo weights, with a warning)')
+    weights.add_argument('--random-weights', action='store_true',
+                         help='deterministic random weights (graph and engine experiments only: the output is noise)')
     parser.add_argument('--height', type=int, help='network input height (multiple of 32)')
     parser.add_argument('--width', type=int, help='network input width (multiple of 32)')
     parser.add_argument('--input-size', type=parse_hw, metavar='HxW',
@@ -30,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batch = parser.add_mutually_exclusive_group()
     batch.add_argument('--batch', type=int, default=1, help='static batch size (default 1)')
     batch.add_argument('--max-batch', type=int, help='dynamic batch 1..N (several cameras share one engine)')
-    parser.add_argument('--head', choices=HEADS, default='labels', help='graph outputs (default labels)')
+    parser.add_argument('--head', choices=HEADS, default='labels',
+                        help='graph outputs (default labels; the node loads labels+confidence)')
     parser.add_argument('--input-format', choices=INPUT_FORMATS, default='uint8-nhwc',
                         help='uint8 NHWC RGB camera bytes (default) or normalized float NCHW')
     parser.add_argument('--labels-dtype', choices=('uint8', 'int32'), default='uint8',
@@ -53,14 +76,17 @@ def run(args: argparse.Namespace) -> int:
     width = args.width or (cfg.input.width if cfg else None)
     if not model or not height or not width:
         raise ConfigError('give --model, --height and --width (or --params-file config/evit_ros.yaml)')
+    checkpoint = export_weights(model, checkpoint, random_weights=args.random_weights)
     t0 = time.perf_counter()
     report = export_onnx(model, args.output, height=height, width=width, checkpoint=checkpoint,
                          input_size=args.input_size, batch=args.batch, max_batch=args.max_batch, head=args.head,
                          input_format=args.input_format, labels_dtype=args.labels_dtype, opset=args.opset,
                          verify=True, mixed_precision_fp16=args.mixed_precision_fp16)
     batch = f'dynamic 1..{args.max_batch}' if args.max_batch else f'static {args.batch}'
+    weights = checkpoint or 'deterministic random weights (--random-weights)'
     print(f'exported {model} ({height}x{width}, head {args.head}, {args.input_format}, batch {batch}, '
           f'opset {args.opset}) -> {report.path}')
+    print(f'  weights: {weights}')
     print(f'  verified: onnx.checker ok; ORT vs PyTorch logits max rel error {report.max_rel_logits_error:.2e}, '
           f'labels agree {100 * report.label_agreement:.4f}%'
           + ('' if report.confidence_max_abs_diff is None

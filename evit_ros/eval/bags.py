@@ -6,6 +6,9 @@ so the evaluator counts it and moves on.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -76,15 +79,42 @@ def decode_label_msg(msg: Any) -> np.ndarray:
     return data[:step * h].reshape(h, step)[:, :w]
 
 
-def open_reader(path: str | Path) -> Any:
+@contextlib.contextmanager
+def open_reader(path: str | Path) -> Iterator[Any]:
+    """An open rosbags Reader; an empty, random or truncated bag is one DataError naming the file, not a traceback."""
     from rosbags.rosbag2 import Reader
     p = Path(path)
     if not p.exists():
         raise DataError(f'bag {p} does not exist; pass a ROS 2 bag directory (with metadata.yaml) or a .mcap/.db3 file')
     try:
-        return Reader(p)
+        reader = Reader(p)
+        reader.open()
     except Exception as exc:  # rosbags raises several unrelated types for unreadable bags
-        raise DataError(f'bag {p} cannot be opened ({exc}); pass a ROS 2 bag directory or file') from exc
+        raise DataError(f'bag {p} cannot be opened ({_short(exc)}); it is empty, truncated or not a ROS 2 bag') \
+            from exc
+    try:
+        yield reader
+    finally:
+        with contextlib.suppress(Exception):
+            reader.close()
+
+
+def _short(exc: BaseException) -> str:
+    text = ' '.join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + '...'
+
+
+def read_messages(reader: Any, connections: Sequence[Any], path: str | Path) -> Iterator[tuple[Any, int, bytes]]:
+    """``reader.messages`` with a truncated or corrupt bag turned into a DataError naming the file."""
+    it = reader.messages(connections=connections)
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except Exception as exc:  # rosbags' MCAP/sqlite readers raise assorted types on truncated data
+            raise DataError(f'bag {path} is truncated or corrupt ({_short(exc)})') from exc
+        yield item
 
 
 def bag_topics(path: str | Path) -> dict[str, tuple[str, int]]:
@@ -104,15 +134,16 @@ def iter_events(path: str | Path, image_topics: Sequence[str], label_topics: Seq
     with open_reader(path) as reader:
         conns = [c for c in reader.connections if c.topic in wanted]
         found = {c.topic for c in conns}
-        missing = [t for t in image_topics if t not in found]
+        missing = [t for t in (*image_topics, *label_topics) if t not in found]
         if missing:
             have = ', '.join(sorted({c.topic for c in reader.connections})) or 'none'
-            raise DataError(f'bag {path} has no topic {missing[0]!r}; its topics are: {have}')
+            kind = 'label topic' if missing[0] not in image_topics else 'topic'
+            raise DataError(f'bag {path} has no {kind} {missing[0]!r}; its topics are: {have}')
         for c in conns:
             if c.msgtype not in IMAGE_TYPES:
                 raise DataError(f'topic {c.topic} in {path} has type {c.msgtype}; use a sensor_msgs/Image or '
                                 'CompressedImage topic')
-        for conn, log_ns, raw in reader.messages(connections=conns):
+        for conn, log_ns, raw in read_messages(reader, conns, path):
             is_label = conn.topic in label_topics and conn.topic not in image_topics
             try:
                 msg = ts.deserialize_cdr(raw, conn.msgtype)
@@ -126,6 +157,10 @@ def iter_events(path: str | Path, image_topics: Sequence[str], label_topics: Seq
                 data = decode_label_msg(msg) if is_label else _decode_image_msg(msg, conn.msgtype)
             except FrameError as exc:
                 yield BagEvent(conn.topic, conn.msgtype, st, error=exc.reason, detail=str(exc)[:200],
+                               frame_id=frame_id, log_ns=int(log_ns))
+                continue
+            except Exception as exc:  # noqa: BLE001 - e.g. cv2.error on a JPEG header claiming 65500x65500
+                yield BagEvent(conn.topic, conn.msgtype, st, error='corrupt', detail=_short(exc),
                                frame_id=frame_id, log_ns=int(log_ns))
                 continue
             yield BagEvent(conn.topic, conn.msgtype, st, data=data, frame_id=frame_id, log_ns=int(log_ns),
@@ -170,24 +205,29 @@ class MessageFactory:
 
 
 class BagWriter:
-    """A rosbags Writer (MCAP by default) with one connection per topic, created on first use."""
+    """A rosbags Writer (MCAP by default) with one connection per topic, created on first use.
+
+    Nothing half-written is ever left at ``path``: the bag is written under a temporary name next to it and
+    moved into place by ``close()``; ``abort()`` (or leaving the ``with`` block by an exception) removes it.
+    A ``path`` ending in ``.mcap`` becomes that single MCAP file; any other name a rosbag2 directory.
+    """
 
     def __init__(self, path: str | Path, storage: str = 'mcap') -> None:
         from rosbags.rosbag2 import StoragePlugin, Writer
         self.path = Path(path)
-        if self.path.exists():
-            raise DataError(f'output bag {self.path} already exists; remove it or choose another path')
+        check_new_bag_path(self.path)
+        self.single_file = self.path.suffix == '.mcap' and storage == 'mcap'
+        self.tmp = self.path.parent / f'.{self.path.name}.partial-{os.getpid()}'
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
         plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
         self.factory = MessageFactory()
-        self._writer: Any = Writer(self.path, version=9, storage_plugin=plugin)
+        self._writer: Any = Writer(self.tmp, version=9, storage_plugin=plugin)
         self._writer.open()
         self._conns: dict[str, Any] = {}
 
     def write(self, topic: str, msgtype: str, msg: Any, log_ns: int) -> None:
-        conn = self._conns.get(topic)
-        if conn is None:
-            conn = self._conns[topic] = self._writer.add_connection(topic, msgtype, typestore=self.factory.ts)
-        self._writer.write(conn, int(log_ns), self.factory.serialize(msg, msgtype))
+        self.write_raw(topic, msgtype, self.factory.serialize(msg, msgtype), log_ns)
 
     def write_raw(self, topic: str, msgtype: str, raw: bytes, log_ns: int) -> None:
         """Write already-serialized bytes (tests use this to store deliberately corrupt messages)."""
@@ -197,12 +237,44 @@ class BagWriter:
         self._writer.write(conn, int(log_ns), raw)
 
     def close(self) -> None:
+        """Finish the bag and move it to its final path."""
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._writer = None
+        if self.single_file:
+            files = sorted(self.tmp.glob('*.mcap'))
+            if len(files) != 1:
+                raise DataError(f'expected one MCAP file in {self.tmp}, found {len(files)}')
+            os.replace(files[0], self.path)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop the unfinished bag: nothing is left at the final path or under the temporary name."""
         if self._writer is not None:
-            self._writer.close()
+            with contextlib.suppress(Exception):
+                self._writer.close()
             self._writer = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> BagWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def check_new_bag_path(path: Path) -> None:
+    """Refuse an output bag path before any work is done: it must not exist and its folder must be writable."""
+    if path.exists():
+        raise DataError(f'output bag {path} already exists; remove it or choose another path')
+    parent = path.parent if str(path.parent) else Path('.')
+    if not parent.is_dir():
+        raise DataError(f'output bag {path}: folder {parent} does not exist; create it first')
+    if not os.access(parent, os.W_OK):
+        raise DataError(f'output bag {path}: folder {parent} is not writable')

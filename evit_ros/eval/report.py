@@ -2,31 +2,54 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from evit_ros.errors import DataError
 from evit_ros.eval.runner import EvalState
+from evit_ros.fileio import replace_atomically
 
 PLOTS = ('per_class_iou.png', 'latency_hist.png', 'confusion_matrix.png', 'samples.png')
 
 
+def check_report_dir(path: str | Path) -> None:
+    """Refuse a report path that cannot be a folder before any work is done (not after a whole run)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise DataError(f'--report {p} is an existing file; give a folder for report.md, report.json and the plots')
+    parent = p
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.is_file() or not os.access(parent, os.W_OK):
+        raise DataError(f'--report {p}: {parent} is not a writable folder')
+
+
 def build_report(state: EvalState, class_names: Sequence[str], groups: Sequence[tuple[str, Sequence[int]]],
                  meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The report as a JSON-ready dict; IoUs are fractions in [0, 1], None where undefined."""
+    """The report as a JSON-ready dict; IoUs are fractions in [0, 1], None where undefined.
+
+    ``error`` is None, or one line saying why nothing was scored (set by the caller, see ``eval.verdict``).
+    """
     summary = state.cm.summary(class_names, groups)
     counters = dict(sorted(state.counters.items()))
     bad = {k: v for k, v in counters.items() if k.startswith('bad_')}
+    meta = dict(meta or {})
     return {
-        'meta': dict(meta or {}),
+        'meta': meta,
+        'mode': meta.get('mode', 'offline'),
+        'error': None,
         'sources': state.sources,
+        'failed_sources': dict(state.failed_sources),
         'interrupted': state.interrupted,
         'frames': counters.get('frames', 0),
         'frames_scored': counters.get('frames_scored', 0),
         'frames_without_gt': counters.get('frames_without_gt', 0),
         'labels_without_image': counters.get('labels_without_image', 0),
+        'dropped': counters.get('dropped', 0),
         'bad_data': bad,
         'counters': counters,
         'metrics': summary,
@@ -34,7 +57,8 @@ def build_report(state: EvalState, class_names: Sequence[str], groups: Sequence[
                        for cam, cm in sorted(state.per_camera.items())},
         'latency_ms': state.latency.summary(),
         'miou_protocol': ('confusion matrix summed over all frames; pixels with GT 255/ignore excluded; '
-                          'miou_present = mean IoU over classes with union > 0 (the official nanmean); '
+                          'miou_present = mean IoU over the classes present, i.e. with ground-truth or predicted '
+                          'pixels (union > 0; cityscapesScripts\' rule, its nanmean); '
                           'miou_19 = mean over all classes with absent classes counted as 0'),
         'confusion_matrix': state.cm.matrix.tolist(),
     }
@@ -50,12 +74,19 @@ def render_markdown(report: dict[str, Any]) -> str:
     meta = report['meta']
     if meta:
         lines += [', '.join(f'{k}: `{v}`' for k, v in meta.items()), '']
+    if report.get('error'):
+        lines += [f'**Nothing was scored: {report["error"]}.** The metrics below are empty.', '']
     if report['interrupted']:
         lines += ['**Interrupted: partial results.**', '']
+    if report.get('failed_sources'):
+        lines += ['**Sources that could not be read (not evaluated):**', '']
+        lines += [f'- `{src}`: {why}' for src, why in report['failed_sources'].items()] + ['']
     lines += ['## Summary', '', '| metric | value |', '|---|---|',
               f'| frames processed | {report["frames"]} |',
               f'| frames with ground truth | {report["frames_scored"]} |',
               f'| frames without ground truth (latency only) | {report["frames_without_gt"]} |',
+              *([f'| frames dropped by the node (no mask) | {report["dropped"]} |']
+                if report.get('mode') == 'live' else []),
               f'| mIoU, classes present (official nanmean) | {_pct(m["miou_present"])} % '
               f'({m["classes_present"]}/{m["num_classes"]} classes) |',
               f'| mIoU, all {m["num_classes"]} classes (absent = 0) | {_pct(m["miou_19"])} % |',
@@ -88,16 +119,27 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def write_report(out_dir: str | Path, state: EvalState, class_names: Sequence[str],
                  groups: Sequence[tuple[str, Sequence[int]]], meta: dict[str, Any] | None = None,
-                 plots: bool = True) -> dict[str, Any]:
-    """Write report.json, report.md and the PNG plots into ``out_dir``; returns the report dict."""
+                 plots: bool = True, error: str | None = None) -> dict[str, Any]:
+    """Write report.json, report.md and the PNG plots into ``out_dir``; returns the report dict.
+
+    Every file is written under a temporary name and moved into place: a reader sees a whole file or none.
+    """
+    check_report_dir(out_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = build_report(state, class_names, groups, meta)
-    (out / 'report.json').write_text(json.dumps(report, indent=2))
-    (out / 'report.md').write_text(render_markdown(report))
+    report['error'] = error
     if plots:
         write_plots(out, state, report, class_names)
+    replace_atomically(out / 'report.md', render_markdown(report).encode())
+    replace_atomically(out / 'report.json', json.dumps(report, indent=2).encode())
     return report
+
+
+def _save(fig: Any, path: Path) -> None:
+    tmp = path.with_name(f'.{path.name}.tmp.png')
+    fig.savefig(tmp, dpi=80)
+    os.replace(tmp, path)
 
 
 def write_plots(out: Path, state: EvalState, report: dict[str, Any], class_names: Sequence[str]) -> None:
@@ -109,14 +151,19 @@ def write_plots(out: Path, state: EvalState, report: dict[str, Any], class_names
     names = [class_names[i] if i < len(class_names) else str(i) for i in range(n)]
     iou = [c['iou'] for c in report['metrics']['per_class']]
     fig, ax = plt.subplots(figsize=(10, 4))
-    vals = [100.0 * v if v is not None else 0.0 for v in iou]
-    ax.bar(range(n), vals, color=['tab:blue' if v is not None else 'lightgray' for v in iou])
+    present = [i for i, v in enumerate(iou) if v is not None]
+    absent = [i for i, v in enumerate(iou) if v is None]
+    ax.bar(present, [100.0 * iou[i] for i in present], color='tab:blue', label='IoU of a class present')
+    if absent:   # drawn full height and hatched, so an absent class is visible and not mistaken for IoU 0
+        ax.bar(absent, [100.0] * len(absent), color='none', edgecolor='lightgray', hatch='//',
+               label='absent: no ground-truth or predicted pixel')
     ax.set_xticks(range(n), names, rotation=60, ha='right', fontsize=8)
     ax.set_ylabel('IoU %')
     ax.set_ylim(0, 100)
-    ax.set_title(f'per-class IoU (mIoU present {_pct(report["metrics"]["miou_present"])} %; gray: absent)')
+    ax.legend(fontsize=8, loc='upper right')
+    ax.set_title(f'per-class IoU (mIoU over the classes present {_pct(report["metrics"]["miou_present"])} %)')
     fig.tight_layout()
-    fig.savefig(out / 'per_class_iou.png', dpi=80)
+    _save(fig, out / 'per_class_iou.png')
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -130,7 +177,7 @@ def write_plots(out: Path, state: EvalState, report: dict[str, Any], class_names
     if state.latency.stages:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / 'latency_hist.png', dpi=80)
+    _save(fig, out / 'latency_hist.png')
     plt.close(fig)
 
     m = state.cm.matrix.astype(np.float64)
@@ -145,19 +192,36 @@ def write_plots(out: Path, state: EvalState, report: dict[str, Any], class_names
     ax.set_title('confusion matrix (row-normalized)')
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(out / 'confusion_matrix.png', dpi=80)
+    _save(fig, out / 'confusion_matrix.png')
     plt.close(fig)
 
-    samples = state.samples[:max(1, len(state.samples))]
-    cols = min(4, max(1, len(samples)))
-    rows_n = max(1, -(-len(samples) // cols))
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 2.4 * rows_n), squeeze=False)
+    _write_samples(out / 'samples.png', state.samples)
+
+
+def sample_strip(smp: dict[str, Any]) -> np.ndarray:
+    """One sample as image | ground truth | prediction, side by side (gray where there is no ground truth)."""
+    h, w = smp['shape'][:2]
+    panels = []
+    for key in ('image', 'gt', 'pred'):
+        raw = smp.get(key)
+        panels.append(np.frombuffer(raw, np.uint8).reshape(h, w, 3) if raw else np.full((h, w, 3), 128, np.uint8))
+    gap = np.full((h, 4, 3), 255, np.uint8)
+    return np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
+
+
+def _write_samples(path: Path, samples: Sequence[dict[str, Any]]) -> None:
+    import matplotlib.pyplot as plt
+    shown = [s for s in samples if s.get('image')]
+    rows_n = max(1, len(shown))
+    fig, axes = plt.subplots(rows_n, 1, figsize=(9, 2.2 * rows_n), squeeze=False)
     for ax in axes.ravel():
         ax.axis('off')
-    for ax, smp in zip(axes.ravel(), samples, strict=False):
-        img = np.frombuffer(smp['rgb'], dtype=np.uint8).reshape(smp['shape'])
-        ax.imshow(img)
-        ax.set_title(f'{smp["camera"]} {smp["stamp_ns"]}', fontsize=7)
+    if not shown:
+        axes[0, 0].text(0.5, 0.5, 'no samples (no frame was processed)', ha='center', va='center')
+    for ax, smp in zip(axes.ravel(), shown, strict=False):
+        ax.imshow(sample_strip(smp))
+        gt = '' if smp.get('gt') else ' (no ground truth)'
+        ax.set_title(f'{smp["camera"]} {smp["stamp_ns"]}: image | ground truth{gt} | prediction', fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / 'samples.png', dpi=80)
+    _save(fig, path)
     plt.close(fig)

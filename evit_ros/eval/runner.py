@@ -24,6 +24,7 @@ from evit_ros.eval.metrics import ConfusionMatrix, LatencyStats
 
 LOG = logging.getLogger('evit_ros.eval')
 LABEL_FORMATS = ('trainid', 'labelid')
+LABELID_MAX = 33   # Cityscapes labelIds are 0..33 (255 is accepted as void in both formats)
 SAMPLE_WIDTH = 320
 
 
@@ -40,6 +41,7 @@ class EvalSpec:
     window: int = 64
     samples: int = 8
     progress: bool = True
+    save_predictions: str = ''
 
     def __post_init__(self) -> None:
         if not self.image_topics:
@@ -70,6 +72,7 @@ class EvalState:
     samples: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
     sources: list[str] = field(default_factory=list)
+    failed_sources: dict[str, str] = field(default_factory=dict)   # source -> one-line reason
 
     def __post_init__(self) -> None:
         self.cm = ConfusionMatrix(self.num_classes)
@@ -88,12 +91,13 @@ class EvalState:
         self.samples.extend(other.samples)
         self.interrupted |= other.interrupted
         self.sources.extend(other.sources)
+        self.failed_sources.update(other.failed_sources)
 
     def to_dict(self) -> dict[str, Any]:
         return {'num_classes': self.num_classes, 'cm': self.cm.to_dict(),
                 'per_camera': {k: v.to_dict() for k, v in self.per_camera.items()},
                 'latency': self.latency.to_dict(), 'counters': dict(self.counters), 'samples': self.samples,
-                'interrupted': self.interrupted, 'sources': self.sources}
+                'interrupted': self.interrupted, 'sources': self.sources, 'failed_sources': self.failed_sources}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalState:
@@ -105,6 +109,7 @@ class EvalState:
         s.samples = list(d['samples'])
         s.interrupted = bool(d['interrupted'])
         s.sources = list(d['sources'])
+        s.failed_sources = dict(d.get('failed_sources', {}))
         return s
 
 
@@ -187,9 +192,21 @@ class _Scorer:
         self.lut = np.asarray(cityscapes_label_lut(), dtype=np.uint8)
         self.rng = np.random.default_rng(0)
         self.frames = 0
+        self.cityscapes = False
+        self.predictions: Any = None
+        if spec.save_predictions:
+            from evit_ros.eval.predictions import PredictionWriter
+            self.predictions = PredictionWriter(spec.save_predictions, spec.label_format)
+        self.sample_waiting: dict[tuple[str, int], int] = {}   # (camera, stamp) -> sample index awaiting its GT
 
     # labels
     def prepare_label(self, label: np.ndarray, label_format: str) -> np.ndarray:
+        """trainIds of a label; values outside the format are counted (``bad_label_values``) and ignored."""
+        limit = LABELID_MAX if label_format == 'labelid' else self.state.num_classes - 1
+        outside = (label > limit) & (label != IGNORE_ID)
+        if outside.any():
+            self.state.counters['bad_label_values'] += 1
+            label = np.where(outside, IGNORE_ID, label).astype(np.uint8)
         return self.lut[label] if label_format == 'labelid' else label
 
     def score(self, cam: str, stamp: int, pred: np.ndarray, gt: np.ndarray) -> None:
@@ -202,6 +219,9 @@ class _Scorer:
         self.state.cm.update(gt, pred)
         self.state.camera_cm(cam).update(gt, pred)
         c['frames_scored'] += 1
+        slot = self.sample_waiting.pop((cam, stamp), None)
+        if slot is not None and slot < len(self.state.samples):
+            self.state.samples[slot]['gt'] = _small(self.palette[gt], SAMPLE_WIDTH).tobytes()
 
     def on_label(self, cam: str, stamp: int, gt: np.ndarray) -> None:
         preds = self.pending_pred.setdefault(cam, OrderedDict())
@@ -226,6 +246,7 @@ class _Scorer:
             self.state.counters['frames_without_gt'] += 1
 
     def flush(self) -> None:
+        """End of a source (also after Ctrl-C): count what never matched and move the out-bag into place."""
         for preds in self.pending_pred.values():
             self.state.counters['frames_without_gt'] += len(preds)
             preds.clear()
@@ -234,6 +255,11 @@ class _Scorer:
             gts.clear()
         if self.writer:
             self.writer.close()
+
+    def abort(self) -> None:
+        """A failed source: its unfinished out-bag is removed, nothing is left at the final path."""
+        if self.writer:
+            self.writer.abort()
 
     def _take_sample(self) -> int:
         """Reservoir slot for the current frame (-1: not sampled); decided before inference so overlays are cheap."""
@@ -264,7 +290,9 @@ class _Scorer:
         if self.writer is not None:
             self._write(cam, ev, labels, result)
         if slot >= 0:
-            self._sample(slot, cam, ev.stamp_ns, result, labels)
+            self._sample(slot, cam, ev.stamp_ns, rgb, labels, gt)
+        if self.predictions is not None:
+            self.predictions.write(labels, cam, ev.stamp_ns, ev.frame_id, cityscapes=self.cityscapes)
         self.frames += 1
         if gt is not None:
             self.score(cam, ev.stamp_ns, labels, gt)
@@ -297,20 +325,41 @@ class _Scorer:
         if overlay is not None:
             self.writer.write(f'{base}/overlay', IMAGE, f.image(overlay, ev.stamp_ns, 'rgb8', ev.frame_id), log_ns)
 
-    def _sample(self, slot: int, cam: str, stamp: int, result: Any, labels: np.ndarray) -> None:
-        import cv2
-        color, overlay = self._visuals(result, labels)
-        img = overlay if overlay is not None else color
-        h, w = img.shape[:2]
-        sw = min(SAMPLE_WIDTH, w)
-        small = cv2.resize(np.ascontiguousarray(img), (sw, max(1, round(h * sw / w))), interpolation=cv2.INTER_AREA)
+    def _sample(self, slot: int, cam: str, stamp: int, rgb: np.ndarray, labels: np.ndarray,
+                gt: np.ndarray | None = None) -> None:
+        """Reservoir entry: the camera image, its ground truth (filled when it arrives) and the prediction."""
+        if gt is None:
+            gt = self.pending_gt.get(cam, {}).get(stamp)
+        if rgb.shape[:2] != labels.shape[:2]:   # e.g. a live node publishing masks at the model resolution
+            import cv2
+            rgb = cv2.resize(np.ascontiguousarray(rgb), (labels.shape[1], labels.shape[0]),
+                             interpolation=cv2.INTER_AREA)
+        has_gt = gt is not None and gt.shape == labels.shape
         entry = {'source': self.source, 'camera': cam, 'stamp_ns': stamp, 'frame': self.frames,
-                 'shape': list(small.shape), 'rgb': small.tobytes()}
+                 'image': _small(rgb, SAMPLE_WIDTH).tobytes(),
+                 'pred': _small(self.palette[labels], SAMPLE_WIDTH).tobytes(),
+                 'gt': _small(self.palette[gt], SAMPLE_WIDTH).tobytes() if has_gt else None,
+                 'shape': list(_small(labels, SAMPLE_WIDTH).shape[:2]) + [3]}
         samples = self.state.samples
         if slot < len(samples) and samples[slot].get('source') == self.source:
             samples[slot] = entry
         else:
+            slot = len(samples)
             samples.append(entry)
+        self.sample_waiting = {k: v for k, v in self.sample_waiting.items() if v != slot}
+        if entry['gt'] is None:
+            self.sample_waiting[(cam, stamp)] = slot
+
+
+def _small(img: np.ndarray, width: int) -> np.ndarray:
+    """``img`` scaled to at most ``width`` pixels wide (nearest for label maps, area for images)."""
+    import cv2
+    h, w = img.shape[:2]
+    if w <= width:
+        return np.ascontiguousarray(img)
+    size = (width, max(1, round(h * width / w)))
+    interp = cv2.INTER_AREA if img.ndim == 3 and img.dtype == np.uint8 and img.shape[2] == 3 else cv2.INTER_NEAREST
+    return cv2.resize(np.ascontiguousarray(img), size, interpolation=interp)
 
 
 def _label_path(root: str, cam: str, stamp: int) -> Path | None:
@@ -333,10 +382,15 @@ def _read_label_png(path: Path, counters: Counter) -> np.ndarray | None:
 
 def run_events(events: Iterable[BagEvent], state: EvalState, spec: EvalSpec, segmenter: Any, *, source: str,
                out_bag: str = '', total: int = 0, palette: np.ndarray | None = None,
-               label_format: str | None = None) -> EvalState:
-    """Score one stream of events into ``state``; Ctrl-C stops early and marks the state interrupted."""
+               label_format: str | None = None, cityscapes: bool = False) -> EvalState:
+    """Score one stream of events into ``state``; Ctrl-C stops early and marks the state interrupted.
+
+    An error (e.g. a truncated bag) removes this source's unfinished out-bag and propagates; after Ctrl-C the
+    out-bag of the frames done is finished and kept, like the partial report.
+    """
     pal = palette if palette is not None else _default_palette(state.num_classes)
     scorer = _Scorer(state, spec, segmenter, out_bag, source, pal)
+    scorer.cityscapes = cityscapes
     fmt = label_format or spec.label_format
     label_cam = {lt: spec.camera_of(it) for it, lt in zip(spec.image_topics, spec.label_topics, strict=False)}
     progress = Progress(Path(source).name or source, min(total, spec.max_frames) if spec.max_frames else total,
@@ -360,9 +414,12 @@ def run_events(events: Iterable[BagEvent], state: EvalState, spec: EvalSpec, seg
     except KeyboardInterrupt:
         state.interrupted = True
         LOG.warning('interrupted after %d frames of %s; writing the partial report', scorer.frames, source)
-    finally:
-        scorer.flush()
+    except BaseException:
+        scorer.abort()
         progress.close(scorer.frames)
+        raise
+    scorer.flush()
+    progress.close(scorer.frames)
     state.sources.append(source)
     return state
 
@@ -377,9 +434,18 @@ def _default_palette(n: int) -> np.ndarray:
 
 
 def _out_bag_for(out_bag: str, index: int, count: int) -> str:
+    """Out-bag of bag ``index`` of ``count``: ``OUT`` for one bag, ``OUT-<i>`` (``OUT-<i>.mcap``) for several."""
     if not out_bag or count == 1:
         return out_bag
+    p = Path(out_bag)
+    if p.suffix == '.mcap':
+        return str(p.with_name(f'{p.stem}-{index}.mcap'))
     return f'{out_bag}-{index}'
+
+
+def out_bag_paths(out_bag: str, count: int) -> list[str]:
+    """Every out-bag path a run of ``count`` bags writes (checked before the model is loaded)."""
+    return [_out_bag_for(out_bag, i, count) for i in range(count)] if out_bag else []
 
 
 def evaluate_bag(bag: str, spec: EvalSpec, segmenter: Any, num_classes: int, index: int = 0, count: int = 1,
@@ -411,6 +477,13 @@ def _close(seg: Any) -> None:
         backend.close()
 
 
+def _record_failure(state: EvalState, bag: str, exc: DataError) -> None:
+    """A bag that cannot be read is one error line; the other bags are still evaluated."""
+    reason = ' '.join(str(exc).split())
+    state.failed_sources[str(bag)] = reason
+    LOG.error('skipped: %s', reason)
+
+
 def evaluate_bags(bags: Sequence[str], spec: EvalSpec, factory: Callable[[], Any], num_classes: int,
                   jobs: int = 1) -> EvalState:
     """Evaluate several bags, in parallel spawn processes when ``jobs > 1``; results merged in bag order."""
@@ -424,7 +497,10 @@ def evaluate_bags(bags: Sequence[str], spec: EvalSpec, factory: Callable[[], Any
         seg = factory()
         try:
             for i, bag in enumerate(bags):
-                evaluate_bag(bag, spec, seg, num_classes, i, len(bags), state)
+                try:
+                    evaluate_bag(bag, spec, seg, num_classes, i, len(bags), state)
+                except DataError as exc:
+                    _record_failure(state, bag, exc)
                 if state.interrupted:
                     break
         finally:
@@ -439,7 +515,10 @@ def evaluate_bags(bags: Sequence[str], spec: EvalSpec, factory: Callable[[], Any
                    for i, b in enumerate(bags)}
         try:
             for fut, i in futures.items():
-                results[i] = fut.result()
+                try:
+                    results[i] = fut.result()
+                except DataError as exc:
+                    _record_failure(state, str(bags[i]), exc)
         except KeyboardInterrupt:
             state.interrupted = True
             for fut in futures:

@@ -21,7 +21,17 @@ from typing import Any
 import numpy as np
 
 from evit_ros.errors import ConfigError, DataError, FrameError
-from evit_ros.eval.bags import COMPRESSED, IMAGE, IMAGE_TYPES, camera_name, decode_label_msg, open_reader, stamp_ns
+from evit_ros.eval.bags import (
+    COMPRESSED,
+    IMAGE,
+    IMAGE_TYPES,
+    _decode_image_msg,
+    camera_name,
+    decode_label_msg,
+    open_reader,
+    read_messages,
+    stamp_ns,
+)
 from evit_ros.eval.bags import typestore as make_typestore
 from evit_ros.eval.runner import EvalSpec, EvalState, Progress, _default_palette, _Scorer
 
@@ -38,7 +48,7 @@ def start_node_process(params_file: str = '', extra_params: dict[str, Any] | Non
     if params_file:
         cmd += ['--params-file', params_file]
     for k, v in (extra_params or {}).items():
-        cmd += ['-p', f'{k}:={v}']
+        cmd += ['-p', f"{k}:={v if v != '' else chr(39) * 2}"]   # '' is YAML's empty string; rcl refuses 'k:='
     LOG.info('starting node: %s', ' '.join(cmd))
     if log_path is None:
         return subprocess.Popen(cmd, env=env or os.environ.copy())
@@ -93,11 +103,13 @@ def run_live(bag: str, *, image_topics: tuple[str, ...], label_topics: tuple[str
              label_format: str = 'trainid', rate: float = 1.0, start_node: bool = False, params_file: str = '',
              node_timeout_s: float = 60.0, max_frames: int = 0, progress: bool = True,
              mask_topic: str = '/segmentation/{cam}/mask', settle_s: float = 3.0, num_classes: int = 19,
-             node_params: dict[str, Any] | None = None) -> EvalState:
+             node_params: dict[str, Any] | None = None, samples: int = 0, node_name: str = 'evit_segmentation',
+             node_info: dict[str, Any] | None = None) -> EvalState:
     """Play ``bag`` into the node (optionally started here), record its masks, and return the scored state.
 
     Counters: ``frames`` published, ``frames_received``, ``dropped`` (published, no mask by the end),
-    ``frames_scored``; latency stage ``end_to_end`` in ms.
+    ``frames_scored``; latency stage ``end_to_end`` in ms. ``node_info`` (if given) is filled with what the
+    node really runs: ``model``, ``backend``, ``input`` (HxW), read from its parameters and diagnostics.
     """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -108,7 +120,7 @@ def run_live(bag: str, *, image_topics: tuple[str, ...], label_topics: tuple[str
     if not (0.01 <= rate <= 100.0):
         raise ConfigError(f'--rate {rate} is out of range; use a factor in [0.01, 100] (1.0 = real time)')
     spec = EvalSpec(tuple(image_topics), tuple(label_topics), label_format=label_format, max_frames=max_frames,
-                    samples=0, progress=progress)
+                    samples=samples, progress=progress)
     ts = make_typestore()
     state = EvalState(num_classes)
     proc = start_node_process(params_file, node_params) if start_node else None
@@ -138,9 +150,14 @@ def run_live(bag: str, *, image_topics: tuple[str, ...], label_topics: tuple[str
             for cam in cams.values():
                 node.create_subscription(Image, mask_topic.format(cam=cam), recorder.callback(cam),
                                          QoSProfile(depth=50, reliability=out_rel), raw=True)
+            engine: dict[str, str] = {}
+            _watch_engine(node, engine)
             _wait_for_node(node, pubs, [mask_topic.format(cam=c) for c in cams.values()], node_timeout_s, proc)
+            params = _node_parameters(node, node_name, ('model.name', 'backend.type', 'input.height', 'input.width'))
             state = _play(reader, conns, spec, state, pubs, clock, recorder, cams, ts, rate, settle_s, progress,
                           str(bag))
+            if node_info is not None:
+                node_info.update(_describe_node(params, engine))
     finally:
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
@@ -150,6 +167,56 @@ def run_live(bag: str, *, image_topics: tuple[str, ...], label_topics: tuple[str
             code = stop_node_process(proc)
             LOG.info('node exited with %d', code)
     return state
+
+
+def _watch_engine(node: Any, out: dict[str, str]) -> None:
+    """Keep the key/values of the node's ``inference engine`` diagnostics status (the backend really in use)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    def cb(msg: Any) -> None:
+        for st in msg.status:
+            if st.name.endswith(': inference engine'):
+                out.update({kv.key: kv.value for kv in st.values})
+    node.create_subscription(DiagnosticArray, '/diagnostics', cb, 10)
+
+
+def _node_parameters(node: Any, node_name: str, names: tuple[str, ...], timeout_s: float = 3.0) -> dict[str, Any]:
+    """Values of the node's parameters through its get_parameters service ({} when it does not answer)."""
+    from rcl_interfaces.srv import GetParameters
+    from rclpy.parameter import parameter_value_to_python
+    client = node.create_client(GetParameters, f'/{node_name}/get_parameters')
+    try:
+        if not client.wait_for_service(timeout_sec=timeout_s):
+            LOG.warning('node %s does not answer get_parameters; the report header shows the evaluator\'s '
+                        'configuration', node_name)
+            return {}
+        fut = client.call_async(GetParameters.Request(names=list(names)))
+        deadline = time.monotonic() + timeout_s
+        while not fut.done() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not fut.done() or fut.result() is None:
+            return {}
+        return {n: parameter_value_to_python(v) for n, v in zip(names, fut.result().values, strict=False)}
+    finally:
+        node.destroy_client(client)
+
+
+def _describe_node(params: dict[str, Any], engine: dict[str, str]) -> dict[str, Any]:
+    """Report header fields from the node's parameters and engine diagnostics (the backend ``auto`` chose)."""
+    out: dict[str, Any] = {}
+    if params.get('model.name'):
+        out['model'] = params['model.name']
+    if engine.get('backend'):
+        out['backend'] = engine['backend']
+    elif params.get('backend.type'):
+        out['backend'] = params['backend.type']
+    if params.get('input.height') and params.get('input.width'):
+        out['input'] = f'{params["input.height"]}x{params["input.width"]}'
+    for key in ('precision', 'device', 'providers'):
+        if engine.get(key):
+            out[key] = engine[key]
+    out['source'] = 'node' if out else 'evaluator (the node did not answer)'
+    return out
 
 
 def _wait_for_node(node: Any, pubs: dict[str, Any], mask_topics: list[str], timeout_s: float,
@@ -175,6 +242,7 @@ def _play(reader: Any, conns: list[Any], spec: EvalSpec, state: EvalState, pubs:
     from rosgraph_msgs.msg import Clock
 
     scorer = _Scorer(state, spec, None, '', source, _default_palette(state.num_classes))
+    sampled: dict[tuple[str, int], tuple[int, np.ndarray]] = {}   # (camera, stamp) -> (slot, camera image)
     label_cam = {lt: camera_name(it) for it, lt in zip(spec.image_topics, spec.label_topics, strict=False)}
     published: dict[tuple[str, int], float] = {}
     counters: Counter = state.counters
@@ -194,11 +262,14 @@ def _play(reader: Any, conns: list[Any], spec: EvalSpec, state: EvalState, pubs:
                 continue
             counters['frames_received'] += 1
             state.latency.add('end_to_end', (t_recv - t_pub) * 1000.0)
+            pending = sampled.pop((cam, st), None)
+            if pending is not None:
+                scorer._sample(pending[0], cam, st, pending[1], mask)
             if spec.label_topics:
                 scorer.on_prediction(cam, st, mask)
 
     try:
-        for conn, log_ns, raw in reader.messages(connections=conns):
+        for conn, log_ns, raw in read_messages(reader, conns, source):
             if start_wall is None:
                 start_wall, first_log = time.monotonic(), log_ns
             due = start_wall + (log_ns - first_log) / 1e9 / rate
@@ -222,10 +293,18 @@ def _play(reader: Any, conns: list[Any], spec: EvalSpec, state: EvalState, pubs:
                                 scorer.prepare_label(label, spec.label_format))
                 continue
             try:
-                st = stamp_ns(ts.deserialize_cdr(raw, conn.msgtype))
+                img_msg = ts.deserialize_cdr(raw, conn.msgtype)
+                st = stamp_ns(img_msg)
             except Exception:  # a truncated message is still played: the node must count it too
                 counters['bad_image_deserialize'] += 1
                 continue
+            slot = scorer._take_sample()
+            if slot >= 0:
+                try:
+                    sampled[(cams[conn.topic], st)] = (slot, _decode_image_msg(img_msg, conn.msgtype))
+                except Exception:  # noqa: BLE001 - a frame we cannot decode is not sampled; the node counts it
+                    pass
+            scorer.frames += 1
             sec, nsec = divmod(int(log_ns), 1_000_000_000)
             clock.publish(Clock(clock=Time(sec=sec, nanosec=nsec)))
             published[(cams[conn.topic], st)] = time.monotonic()
@@ -245,6 +324,8 @@ def _play(reader: Any, conns: list[Any], spec: EvalSpec, state: EvalState, pubs:
     finally:
         counters['dropped'] += len(published)
         counters['output_queue_overflow'] += recorder.overflow
+        for cam, st in published:   # the label of a dropped frame is not a data problem: the frame is counted dropped
+            scorer.pending_gt.get(cam, {}).pop(st, None)
         scorer.flush()
         bar.close(sent)
     state.sources.append(source)

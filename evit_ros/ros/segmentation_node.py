@@ -499,9 +499,8 @@ class SegmentationNode(LifecycleNode):
         if b.onnx_path:
             return build
         onnx = Path(b.engine_path).with_suffix('.onnx')
-        export = (f'evit-ros export --model {cfg.model.name}'
-                  + (f' --checkpoint {cfg.model.checkpoint}' if cfg.model.checkpoint else '')
-                  + f' --height {i.height} --width {i.width} --head {NODE_HEAD} -o {onnx}')
+        from evit_ros.backends import export_command
+        export = export_command(cfg.model, i, onnx, NODE_HEAD)
         return f'{export} && {build}'
 
     # -- callbacks (executor thread) ---------------------------------------------------------------------
