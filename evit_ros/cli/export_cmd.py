@@ -39,14 +39,16 @@ def export_weights(model: str, checkpoint: str | None, *, random_weights: bool =
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--params-file', help='node YAML (config/evit_ros.yaml) supplying model/size defaults')
-    parser.add_argument('--model', help='zoo name, e.g. efficientvit-seg-b0-cityscapes')
+    parser.add_argument('--model', help='zoo name (default: from --params-file, else efficientvit-seg-b0-cityscapes)')
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument('--checkpoint', help='weights .pt (default: as the node: the official file on the checkpoint '
                          'search path, else for b0 the packaged demo weights, with a warning)')
     weights.add_argument('--random-weights', action='store_true',
                          help='deterministic random weights (graph and engine experiments only: the output is noise)')
-    parser.add_argument('--height', type=int, help='network input height (multiple of 32)')
-    parser.add_argument('--width', type=int, help='network input width (multiple of 32)')
+    parser.add_argument('--height', type=int, help='network input height, multiple of 32 (default: from '
+                        '--params-file, else 512)')
+    parser.add_argument('--width', type=int, help='network input width, multiple of 32 (default: from '
+                        '--params-file, else 1024)')
     parser.add_argument('--input-size', type=parse_hw, metavar='HxW',
                         help='camera frame size the graph takes, resized in-graph (bicubic) to HEIGHTxWIDTH')
     batch = parser.add_mutually_exclusive_group()
@@ -69,13 +71,11 @@ def run(args: argparse.Namespace) -> int:
     from evit_ros.config import load_config
     from evit_ros.export.onnx_export import export_onnx
 
-    cfg = load_config(args.params_file) if args.params_file else None
-    model = args.model or (cfg.model.name if cfg else None)
-    checkpoint = args.checkpoint or (cfg.model.checkpoint if cfg and cfg.model.checkpoint else None)
-    height = args.height or (cfg.input.height if cfg else None)
-    width = args.width or (cfg.input.width if cfg else None)
-    if not model or not height or not width:
-        raise ConfigError('give --model, --height and --width (or --params-file config/evit_ros.yaml)')
+    cfg = load_config(args.params_file or None)   # without a YAML: the node's defaults (b0, 512x1024)
+    model = args.model or cfg.model.name
+    checkpoint = args.checkpoint or (cfg.model.checkpoint if cfg.model.checkpoint and not args.model else None)
+    height = args.height or cfg.input.height
+    width = args.width or cfg.input.width
     checkpoint = export_weights(model, checkpoint, random_weights=args.random_weights)
     t0 = time.perf_counter()
     report = export_onnx(model, args.output, height=height, width=width, checkpoint=checkpoint,

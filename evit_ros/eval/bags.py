@@ -134,11 +134,12 @@ def iter_events(path: str | Path, image_topics: Sequence[str], label_topics: Seq
     with open_reader(path) as reader:
         conns = [c for c in reader.connections if c.topic in wanted]
         found = {c.topic for c in conns}
-        missing = [t for t in (*image_topics, *label_topics) if t not in found]
+        have = ', '.join(sorted({c.topic for c in reader.connections})) or 'none'
+        missing = [t for t in image_topics if t not in found]
         if missing:
-            have = ', '.join(sorted({c.topic for c in reader.connections})) or 'none'
-            kind = 'label topic' if missing[0] not in image_topics else 'topic'
-            raise DataError(f'bag {path} has no {kind} {missing[0]!r}; its topics are: {have}')
+            raise DataError(f'bag {path} has no topic {missing[0]!r}; its topics are: {have}')
+        if label_topics and not any(t in found for t in label_topics):   # nothing could be scored in this bag
+            raise DataError(f'bag {path} has no label topic {", ".join(label_topics)}; its topics are: {have}')
         for c in conns:
             if c.msgtype not in IMAGE_TYPES:
                 raise DataError(f'topic {c.topic} in {path} has type {c.msgtype}; use a sensor_msgs/Image or '
