@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', help='zoo name (default: from --params-file, else efficientvit-seg-b0-cityscapes)')
     parser.add_argument('--checkpoint', help='weights (default: official on the search path, else the demo weights)')
     parser.add_argument('--backend', default='onnxruntime',
-                        help='auto|tensorrt|onnxruntime|torch|torch-eager-host, or a comma-separated list')
+                        help='auto|tensorrt|onnxruntime|torch|torch-eager-host, or a comma-separated list '
+                             '(default onnxruntime)')
     parser.add_argument('--onnx', help='exported ONNX for onnxruntime (default: export automatically)')
     parser.add_argument('--engine', help='TensorRT engine for the tensorrt backend')
     parser.add_argument('--height', type=int, help='network input height (multiple of 32)')
@@ -29,9 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default='labels+logits',
                         help='graph head (default labels+logits, as the node, with confidence computed from the '
                              '1/8 logits; labels compares like for like with torch-eager-host)')
-    parser.add_argument('--batch', type=int, default=1, help='frames per run (cameras sharing the engine)')
-    parser.add_argument('--iters', type=int, default=20, help='timed iterations after warm-up')
-    parser.add_argument('--warmup', type=int, default=3, help='untimed iterations first')
+    parser.add_argument('--batch', type=int, default=1, help='frames per run, cameras sharing the engine (default 1)')
+    parser.add_argument('--iters', type=int, default=20, help='timed iterations after warm-up (default 20)')
+    parser.add_argument('--warmup', type=int, default=3, help='untimed iterations first (default 3)')
     parser.add_argument('--threads', type=int, default=0, help='runtime threads (0: runtime default)')
     parser.add_argument('--json', help='write the report(s) to this JSON file')
     parser.add_argument('--stages', action='store_true', help='host-only stage benchmark instead (no network)')

@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--workspace-mb', type=int, help='builder workspace limit in MiB (default: TensorRT)')
     parser.add_argument('--dla-core', type=int, help='build for this DLA core (Jetson AGX/NX) with GPU fallback; '
                         'fp16 or int8 only (DLA has no FP32)')
-    parser.add_argument('--timing-cache', help='persistent timing cache file (default engines/timing.cache)')
+    parser.add_argument('--timing-cache', help='persistent timing cache file (default: timing.cache next to the '
+                        '-o engine, else engines/timing.cache)')
     parser.add_argument('--max-batch', type=int, help='max batch of a dynamic-batch ONNX (default: its metadata)')
     parser.add_argument('--opt-batch', type=int,
                         help='batch TensorRT tunes for in a dynamic-batch ONNX: the number of cameras (default: '

@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--input-format', choices=INPUT_FORMATS, default='uint8-nhwc',
                         help='uint8 NHWC RGB camera bytes (default) or normalized float NCHW')
     parser.add_argument('--labels-dtype', choices=('uint8', 'int32'), default='uint8',
-                        help='class id type (int32 for TensorRT versions without UINT8 outputs)')
+                        help='class id type (default uint8; int32 for TensorRT versions without UINT8 outputs)')
     parser.add_argument('--opset', type=int, default=17, help='ONNX opset (default 17: TensorRT 8.6 / JetPack 6)')
     parser.add_argument('--mixed-precision-fp16', action='store_true',
                         help='fp16 network with fp32 attention via explicit Casts (for strongly typed TensorRT '
