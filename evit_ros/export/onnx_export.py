@@ -487,7 +487,9 @@ def export_onnx(model_name: str, output: str | Path, *, height: int, width: int,
             # the tracer warns that they become constants, which is exactly what the export wants. The
             # verification below runs the exported graph against PyTorch, so nothing is hidden by this.
             warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
-            warnings.filterwarnings('ignore', category=DeprecationWarning, module=r'torch\.onnx')
+            warnings.filterwarnings('ignore', message='You are using the legacy TorchScript',
+                                    category=DeprecationWarning)
+            warnings.filterwarnings('ignore', category=DeprecationWarning, module='torch')
             torch.onnx.export(deploy, (torch.from_numpy(x),), buf, dynamo=False, opset_version=opset,
                               input_names=[contract.INPUT_NAME], output_names=outputs, dynamic_axes=dynamic_axes,
                               do_constant_folding=True, export_params=True)
