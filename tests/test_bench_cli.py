@@ -42,3 +42,21 @@ def test_bench_stages_mode(tmp_path) -> None:
                  '--json', str(out)]) == 0
     doc = json.loads(out.read_text())
     assert doc['frame_hw'] == [128, 256] and doc['model_hw'] == [64, 128] and 'total' in doc['stages_ms']
+
+
+def test_bench_rss_is_per_backend_not_the_process_peak(tmp_path) -> None:
+    """A 1.5 GB allocation freed before the run must not show up in the backend's peak RSS."""
+    import numpy as np
+
+    from evit_ros.config import InputConfig, ModelConfig
+    from evit_ros.eval.benchmark import peak_rss_mb, run_benchmark
+    ballast = np.ones(1536 * 2**20 // 8)
+    ballast_mb = ballast.nbytes / 2**20
+    del ballast
+    process_peak = peak_rss_mb()            # includes the ballast (the kernel resets this counter for the run)
+    assert process_peak > ballast_mb
+    rep = run_benchmark(backend='onnxruntime', model=ModelConfig(), input_cfg=InputConfig(height=64, width=128),
+                        camera_hw=(64, 128), iters=2, warmup=1, threads=1)
+    assert rep['rss_scope'] == 'peak while this backend loaded and ran'
+    assert rep['rss_mb'] >= rep['rss_before_mb'] > 0 and rep['rss_added_mb'] > 0
+    assert process_peak - rep['rss_mb'] > ballast_mb / 2, (process_peak, rep)

@@ -7,6 +7,7 @@ eager forward to 1/8 logits, then upsampling and argmax on the host.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import resource
 import sys
@@ -27,9 +28,42 @@ STAGES = ('preprocess', 'infer', 'postprocess', 'total')
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process (Linux reports KiB, macOS bytes)."""
+    """Peak resident set size of this process since start or the last :func:`reset_peak_rss` (MiB).
+
+    Linux: ``VmHWM`` of /proc/self/status (resettable); elsewhere ``ru_maxrss`` (process lifetime).
+    """
+    hwm = _proc_status_kib('VmHWM')
+    if hwm is not None:
+        return hwm / 1024.0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024.0 * 1024.0) if sys.platform == 'darwin' else peak / 1024.0
+
+
+def current_rss_mb() -> float:
+    """Resident set size now (MiB); the peak when the current value is not available."""
+    rss = _proc_status_kib('VmRSS')
+    return rss / 1024.0 if rss is not None else peak_rss_mb()
+
+
+def reset_peak_rss() -> bool:
+    """Restart the peak-RSS counter (Linux ``clear_refs`` 5), so each backend's peak is its own; False if not possible."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
+
+
+def _proc_status_kib(key: str) -> int | None:
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith(key + ':'):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def camera_frames(n: int, hw: tuple[int, int]) -> list[np.ndarray]:
@@ -128,6 +162,9 @@ def run_benchmark(*, backend: str, model: ModelConfig, input_cfg: InputConfig, c
     computes labels only, so ``labels`` is the like-for-like comparison with it).
     """
     cfg = backend_cfg or BackendConfig(type='auto' if backend == BASELINE else backend, threads=threads)
+    gc.collect()
+    own_peak = reset_peak_rss()   # the peak of this backend, not of everything the process did before
+    rss_before = current_rss_mb()
     runner: Any
     if backend == BASELINE:
         runner = _EagerHostBaseline(model, input_cfg, threads)
@@ -143,6 +180,7 @@ def run_benchmark(*, backend: str, model: ModelConfig, input_cfg: InputConfig, c
             stats.add_all(runner.run(frames))
         wall = time.perf_counter() - t0
         info = runner.describe()
+        peak = peak_rss_mb()
     finally:
         runner.close()
     summary = stats.summary()
@@ -154,7 +192,10 @@ def run_benchmark(*, backend: str, model: ModelConfig, input_cfg: InputConfig, c
         'camera_width': camera_hw[1], 'batch': batch, 'iters': iters, 'threads': threads,
         'latency_ms': {k: total[k] for k in ('p50', 'p90', 'p99', 'max', 'mean')},
         'stages_ms': {s: summary[s] for s in STAGES if s in summary},
-        'fps': round(iters * batch / wall, 3), 'rss_mb': round(peak_rss_mb(), 1), 'describe': info,
+        'fps': round(iters * batch / wall, 3), 'rss_mb': round(peak, 1),
+        'rss_added_mb': round(max(0.0, peak - rss_before), 1), 'rss_before_mb': round(rss_before, 1),
+        'rss_scope': 'peak while this backend loaded and ran' if own_peak else 'process peak (not resettable here)',
+        'describe': info,
     }
 
 
@@ -165,5 +206,7 @@ def format_report(rep: dict[str, Any]) -> str:
     lines = [head, f"{'stage':<13}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}  (ms)"]
     for stage, s in rep['stages_ms'].items():
         lines.append(f"{stage:<13}{s['p50']:>9.2f}{s['p90']:>9.2f}{s['p99']:>9.2f}{s['max']:>9.2f}")
-    lines.append(f"throughput {rep['fps']:.2f} frames/s, peak RSS {rep['rss_mb']:.0f} MB")
+    lines.append(f"throughput {rep['fps']:.2f} frames/s, peak RSS {rep['rss_mb']:.0f} MB "
+                 f"({rep['rss_scope']}; +{rep['rss_added_mb']:.0f} MB over the {rep['rss_before_mb']:.0f} MB "
+                 'before loading it)')
     return '\n'.join(lines)
