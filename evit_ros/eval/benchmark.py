@@ -46,7 +46,7 @@ def current_rss_mb() -> float:
 
 
 def reset_peak_rss() -> bool:
-    """Restart the peak-RSS counter (Linux ``clear_refs`` 5), so each backend's peak is its own; False if not possible."""
+    """Restart the peak-RSS counter (Linux ``clear_refs`` 5) so each backend's peak is its own; False if impossible."""
     try:
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')
