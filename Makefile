@@ -21,7 +21,7 @@ $(STAMP): requirements.txt requirements-dev.txt tools/install_trt_stubs.sh tools
 	    | { grep --line-buffered -E '^(Collecting|Installing|Successfully)' || true; }
 	bash tools/install_trt_stubs.sh $(PY)
 	@echo "[setup 4/4] installing evit_ros itself (editable): $(VENV)/bin/evit-ros and $(VENV)/bin/segmentation_node"
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 	@echo "[setup] done: run the tools as $(VENV)/bin/evit-ros, or 'source $(VENV)/bin/activate' first"
 

@@ -1,0 +1,26 @@
+"""First-run setup (`make venv`, run by `make demo`/`make test`) announces each step and installs evit_ros editable."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(shutil.which('make') is None, reason='needs make')
+def test_first_run_announces_each_step_before_running_it(tmp_path: Path) -> None:
+    # dry run against a venv path that does not exist: exactly what a fresh clone's first `make demo` runs
+    out = subprocess.run(['make', '-n', '-C', str(REPO), f'VENV={tmp_path / "venv"}', 'venv'], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    steps = [i for i, ln in enumerate(lines) if ln.startswith('echo "[setup ')]
+    assert len(steps) >= 4, out.stdout
+    installs = [i for i, ln in enumerate(lines) if 'pip install' in ln]
+    assert installs and all(any(s < i for s in steps) for i in installs)
+    req = next(ln for ln in lines if '-r requirements-dev.txt' in ln)
+    assert '--quiet' not in req and "grep --line-buffered -E '^(Collecting" in ''.join(lines)   # pip's own progress
+    assert any('install' in ln and '-e .' in ln and '--no-deps' in ln for ln in lines)   # evit-ros on the venv PATH
