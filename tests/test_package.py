@@ -71,9 +71,12 @@ def test_colcon_build_installs_where_ros_expects(tmp_path: Path) -> None:
         shutil.copy2(REPO / rel, dest)
     ws = tmp_path / 'ws'
     env = {'PATH': f'{VENV_BIN}:/usr/bin:/bin', 'HOME': str(tmp_path)}
-    proc = subprocess.run([str(colcon), 'build', '--base-paths', 'src', '--event-handlers', 'console_direct-'],
+    # the README's command (`--packages-select` needs colcon-package-selection, from colcon-common-extensions)
+    proc = subprocess.run([str(colcon), 'build', '--packages-select', 'evit_ros', '--base-paths', 'src',
+                           '--event-handlers', 'console_direct-'],
                           cwd=ws, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (ws / 'install' / 'setup.bash').is_file(), 'colcon-bash missing: `source install/setup.bash` would fail'
     share = ws / 'install' / 'evit_ros' / 'share' / 'evit_ros'
     assert (share / 'package.xml').is_file()
     assert (share / 'launch' / 'segmentation.launch.py').is_file()
