@@ -57,6 +57,14 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert summary['frames_out'] > 0
     assert summary['miou'] >= 0.8
     assert (out / 'report.md').is_file()
+    report = json.loads((out / 'report.json').read_text())
+    assert report['meta']['input'] == '256x512' and report['meta']['source'] == 'node'   # HxW, from the node
+    assert report['meta']['backend'] == 'onnxruntime'
+    assert summary['overlays'] and all(Path(p).is_file() for p in summary['overlays'])
+    import cv2
+    samples = cv2.imread(str(out / 'samples.png'))
+    assert samples is not None and samples.shape[1] >= 600
+    assert samples.reshape(-1, 3).std(axis=0).max() > 30      # image | ground truth | prediction, not blank
 
 
 def test_demo_domain_id_honours_ros_domain_id() -> None:

@@ -127,8 +127,9 @@ def run(args: argparse.Namespace) -> int:
                          checkpoint=checkpoint, head='labels+confidence', max_batch=cams if cams > 1 else None)
     ph.done(f'{onnx_path}, labels agree {100 * report.label_agreement:.3f}% with PyTorch')
 
-    live, play_s = _run_live(args, cfg, ds, onnx_path, out, domain_id, ph)
-    summary = _evaluate(cfg, ds, live, play_s, onnx_path, out, ph)
+    node_info: dict[str, Any] = {}
+    live, play_s = _run_live(args, cfg, ds, onnx_path, out, domain_id, ph, node_info)
+    summary = _evaluate(cfg, ds, live, play_s, onnx_path, out, ph, node_info)
     summary['phase_seconds'] = ph.times
     summary['total_seconds'] = round(ph.total, 1)
     (out / 'summary.json').write_text(json.dumps(summary, indent=2, default=str))
@@ -141,7 +142,7 @@ def _topics(ds: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def _run_live(args: argparse.Namespace, cfg: Any, ds: Any, onnx_path: Path, out: Path, domain_id: int,
-              ph: _Phases) -> tuple[Any, float]:
+              ph: _Phases, node_info: dict[str, Any]) -> tuple[Any, float]:
     """Start the node, play the bag into it over DDS at real time and score what it publishes."""
     import importlib.util
 
@@ -163,7 +164,7 @@ def _run_live(args: argparse.Namespace, cfg: Any, ds: Any, onnx_path: Path, out:
         t0 = time.perf_counter()
         state = run_live(str(ds.bag), image_topics=image_topics, label_topics=label_topics, config=cfg,
                          rate=1.0, start_node=False,
-                         node_timeout_s=args.node_timeout, progress=False)
+                         node_timeout_s=args.node_timeout, progress=False, samples=6, node_info=node_info)
         play_s = time.perf_counter() - t0
         ph.done(f'{state.counters.get("frames_received", 0)}/{state.counters.get("frames", 0)} masks received')
         return state, play_s
@@ -174,7 +175,7 @@ def _run_live(args: argparse.Namespace, cfg: Any, ds: Any, onnx_path: Path, out:
 
 
 def _evaluate(cfg: Any, ds: Any, live: Any, play_s: float, onnx_path: Path, out: Path,
-              ph: _Phases) -> dict[str, Any]:
+              ph: _Phases, node_info: dict[str, Any]) -> dict[str, Any]:
     """Live report (what the node published) + offline pass through the same pipeline for overlay images."""
     from dataclasses import replace
 
@@ -188,6 +189,8 @@ def _evaluate(cfg: Any, ds: Any, live: Any, play_s: float, onnx_path: Path, out:
     meta = {'model': cfg.model.name, 'checkpoint': cfg.model.checkpoint, 'backend': 'onnxruntime (CPU)',
             'input': f'{cfg.input.height}x{cfg.input.width}', 'mode': 'live (node over DDS)',
             'bag': str(ds.bag), 'cameras': ', '.join(c.name for c in ds.cameras)}
+    meta.update(node_info)   # what the node reported it runs (model, backend, input HxW)
+    meta['mode'] = 'live'
     report = write_report(out, live, dataset.class_names, groups, meta)
     ph.done(f'{out}/report.md')
 
@@ -222,12 +225,18 @@ def _evaluate(cfg: Any, ds: Any, live: Any, play_s: float, onnx_path: Path, out:
 
 
 def _write_overlays(samples: list[dict[str, Any]], folder: Path) -> list[str]:
+    """One overlay PNG per evaluation sample: the camera image blended with the predicted class colors."""
     import cv2
     import numpy as np
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for s in samples:
-        img = np.frombuffer(s['rgb'], dtype=np.uint8).reshape(s['shape'])
+        if not s.get('image') or not s.get('pred'):
+            continue
+        shape = tuple(s['shape'])
+        image = np.frombuffer(s['image'], dtype=np.uint8).reshape(shape).astype(np.uint16)
+        pred = np.frombuffer(s['pred'], dtype=np.uint8).reshape(shape).astype(np.uint16)
+        img = ((image + pred) // 2).astype(np.uint8)
         p = folder / f'{s["camera"]}_{s["stamp_ns"]}.png'
         cv2.imwrite(str(p), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         paths.append(str(p))
