@@ -74,7 +74,7 @@ def decode_label_msg(msg: Any) -> np.ndarray:
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     data = np.asarray(msg.data, dtype=np.uint8)
     if h <= 0 or w <= 0 or step < w or data.size < step * h:
-        raise FrameError(f'label {w}x{h} step {step} with {data.size} bytes is truncated or inconsistent',
+        raise FrameError(f'label {h}x{w} (HxW) step {step} with {data.size} bytes is truncated or inconsistent',
                          'label_size')
     return data[:step * h].reshape(h, step)[:, :w]
 

@@ -213,8 +213,8 @@ class _Scorer:
         c = self.state.counters
         if gt.shape != pred.shape:
             c['bad_label_size'] += 1
-            LOG.debug('label %dx%d for %s@%d differs from the image size %dx%d', gt.shape[1], gt.shape[0], cam,
-                      stamp, pred.shape[1], pred.shape[0])
+            LOG.debug('label %dx%d (HxW) for %s@%d differs from the image size %dx%d', gt.shape[0], gt.shape[1],
+                      cam, stamp, pred.shape[0], pred.shape[1])
             return
         self.state.cm.update(gt, pred)
         self.state.camera_cm(cam).update(gt, pred)
