@@ -228,7 +228,8 @@ def test_out_bag_mcap_is_one_file_and_a_failed_run_leaves_nothing(tmp_path, onnx
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []
 
 
-def test_sigint_keeps_the_partial_report_and_a_finished_out_bag(tmp_path, onnx_path) -> None:
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
+def test_a_stop_signal_keeps_the_partial_report_and_a_finished_out_bag(tmp_path, onnx_path, sig) -> None:
     n = 400
     bag = _bag(tmp_path / 'bag', n=n, label=lambda i: np.zeros((240, 320), np.uint8), h=240, w=320)
     out = tmp_path / 'masks.mcap'
@@ -242,7 +243,7 @@ def test_sigint_keeps_the_partial_report_and_a_finished_out_bag(tmp_path, onnx_p
     while not tmp_bag.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr[-3000:]
     r = _report(rep)
