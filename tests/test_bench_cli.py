@@ -58,5 +58,5 @@ def test_bench_rss_is_per_backend_not_the_process_peak(tmp_path) -> None:
     rep = run_benchmark(backend='onnxruntime', model=ModelConfig(), input_cfg=InputConfig(height=64, width=128),
                         camera_hw=(64, 128), iters=2, warmup=1, threads=1)
     assert rep['rss_scope'] == 'peak while this backend loaded and ran'
-    assert rep['rss_mb'] >= rep['rss_before_mb'] > 0 and rep['rss_added_mb'] > 0
+    assert rep['rss_mb'] >= rep['rss_before_mb'] > 0 and rep['rss_added_mb'] >= 0
     assert process_peak - rep['rss_mb'] > ballast_mb / 2, (process_peak, rep)
