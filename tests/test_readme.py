@@ -10,14 +10,19 @@ Convention (other sections of the README follow it):
   ROS installation, a command that runs until Ctrl-C, ...);
 - runnable blocks use small sizes (the README says so where a command is shrunk for a quick try), because
   the whole test must stay within about a minute;
-- a failure names the README line of the failing command and shows the end of its output.
+- a failure names the README line of the failing command and shows the end of its output;
+- processes a block leaves running in the background are killed when it ends (each block runs in its own
+  process group); shell commands belong in ```bash blocks (```sh, ```shell and ```console are refused, so no
+  command escapes the test), and a ``readme-test`` comment anywhere but right above a ```bash fence is an error.
 """
 from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +31,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / 'README.md'
 SKIP_RE = re.compile(r'^<!--\s*readme-test:\s*skip\b\s*(.*?)\s*-->\s*$')
+OTHER_SHELL_FENCES = ('```sh', '```shell', '```console', '```zsh')
 BLOCK_TIMEOUT_S = 180
 # the first line of every script: report the README line of a failing command (LINENO counts from this line)
 ERR_TRAP = 'trap \'echo "README_TEST_FAILED_AT $LINENO: $BASH_COMMAND" >&2\' ERR'
@@ -83,6 +89,32 @@ def test_readme_parser_sees_markers_and_line_numbers() -> None:
         readme_blocks('```bash\nx\n')
 
 
+def readme_problems(text: str) -> list[str]:
+    """Markers not directly above a ```bash fence, malformed markers, and shell blocks in other fences."""
+    lines = text.splitlines()
+    problems = []
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if 'readme-test' in stripped:
+            nxt = lines[i + 1].strip() if i + 1 < len(lines) else ''
+            if not SKIP_RE.match(stripped):
+                problems.append(f'line {i + 1}: malformed marker {stripped!r}; use <!-- readme-test: skip REASON -->')
+            elif nxt != '```bash':
+                problems.append(f'line {i + 1}: readme-test marker is not directly above a ```bash fence')
+        if stripped in OTHER_SHELL_FENCES:
+            problems.append(f'line {i + 1}: {stripped} block; write shell commands in ```bash blocks (the README '
+                            'test runs those)')
+    return problems
+
+
+def test_readme_markers_and_fences_are_well_formed() -> None:
+    assert readme_problems('<!-- readme-test: skip GPU -->\n\n```bash\nx\n```\n') == [
+        'line 1: readme-test marker is not directly above a ```bash fence']
+    assert readme_problems('```sh\nls\n```\n')
+    problems = readme_problems(README.read_text())
+    assert not problems, 'README.md: ' + '; '.join(problems)
+
+
 def test_readme_has_runnable_blocks() -> None:
     runnable = [b for b in BLOCKS if b.skip is None]
     assert len(runnable) >= 3, 'README.md has almost no runnable ```bash blocks; the README test would prove nothing'
@@ -112,6 +144,29 @@ def _failure(block: Block, proc: subprocess.CompletedProcess[str] | None, why: s
     return f'README.md block at line {block.line} {why}\n--- block ---\n{block.text}\n--- output (tail) ---\n{out}'
 
 
+def _run_block(script: str, cwd: Path) -> subprocess.CompletedProcess[str] | None:
+    """Run one block in its own process group (output to files, so background children cannot hang the pipes);
+    whatever it leaves running is killed. None on timeout."""
+    with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
+        p = subprocess.Popen(['bash', '-e', '-o', 'pipefail', '-c', script], cwd=cwd, env=_env(), stdout=out,
+                             stderr=err, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+        try:
+            rc: int | None = p.wait(timeout=BLOCK_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            rc = None
+        finally:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+        out.seek(0)
+        err.seek(0)
+        if rc is None:
+            return None
+        return subprocess.CompletedProcess(p.args, rc, out.read(), err.read())
+
+
 @pytest.mark.parametrize('block', BLOCKS, ids=[b.ident for b in BLOCKS])
 def test_readme_block(block: Block, workdir: Path) -> None:
     if block.skip is not None:
@@ -119,11 +174,9 @@ def test_readme_block(block: Block, workdir: Path) -> None:
     assert (Path(sys.executable).parent / 'evit-ros').exists(), \
         'evit-ros is not installed in the venv; run `make venv` (it installs the package in editable mode)'
     script = ERR_TRAP + '\n' + block.text + '\n'
-    try:
-        proc = subprocess.run(['bash', '-e', '-o', 'pipefail', '-c', script], cwd=workdir, env=_env(),
-                              capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(_failure(block, None, f'did not finish within {BLOCK_TIMEOUT_S} s ({exc.cmd!r})'))
+    proc = _run_block(script, workdir)
+    if proc is None:
+        pytest.fail(_failure(block, None, f'did not finish within {BLOCK_TIMEOUT_S} s'))
     if proc.returncode != 0:
         m = re.search(r'README_TEST_FAILED_AT (\d+): (.*)', proc.stderr)
         where = ''
