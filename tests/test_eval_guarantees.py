@@ -70,6 +70,7 @@ def _zeros(i: int) -> np.ndarray:
     ('wrong-size', 'another size'),
     ('out-of-range', 'outside the label format'),
     ('all-void', 'void'),
+    ('unreadable-label-files', 'bad_label_file'),
 ])
 def test_nothing_scored_is_an_error_with_one_line(tmp_path, onnx_path, capsys, case, needle) -> None:
     extra: list[str] = ['--label-topic', LAB]
@@ -79,6 +80,12 @@ def test_nothing_scored_is_an_error_with_one_line(tmp_path, onnx_path, capsys, c
         bag = _bag(tmp_path / 'bag')
         (tmp_path / 'labels' / 'front').mkdir(parents=True)
         cv2.imwrite(str(tmp_path / 'labels' / 'front' / '123.png'), np.zeros((48, 64), np.uint8))
+        extra = ['--labels-dir', str(tmp_path / 'labels')]
+    elif case == 'unreadable-label-files':
+        bag = _bag(tmp_path / 'bag')
+        (tmp_path / 'labels').mkdir()
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / 'labels' / f'{T0 + i * 100_000_000}.png'), np.zeros((48, 64, 3), np.uint8))
         extra = ['--labels-dir', str(tmp_path / 'labels')]
     elif case == 'wrong-size':
         bag = _bag(tmp_path / 'bag', label=lambda i: np.zeros((10, 10), np.uint8))

@@ -35,8 +35,12 @@ def nothing_scored_reason(report: dict[str, Any], *, label_source: str = '') -> 
             return (f'every labelled pixel is outside the label format ({c["bad_label_values"]} labels with values '
                     'outside it); check --label-format (trainid: 0..18 and 255, labelid: 0..33)')
         return 'every ground-truth pixel is void/ignore (255): the labels hold no class of the model'
-    labels_seen = c.get('labels_without_image', 0) + sum(v for k, v in c.items() if k.startswith('bad_label'))
-    if labels_seen:
+    bad_labels = {k: v for k, v in c.items() if k.startswith('bad_label') and k != 'bad_label_values' and v}
+    if bad_labels:
+        detail = ', '.join(f'{k} {v}' for k, v in sorted(bad_labels.items()))
+        return (f'every label was bad data ({detail}); labels must be single-channel 8-bit (mono8) images of the '
+                'camera size')
+    if c.get('labels_without_image', 0):
         return (f'no label matched an image stamp ({c.get("labels_without_image", 0)} labels without an image); '
                 f'labels of {label_source} must carry the header stamp of their image')
     return f'no label found for any of the {frames} frames in {label_source}'
