@@ -306,7 +306,7 @@ def test_cityscapes_env_unzipped_layout_and_predictions(tmp_path, onnx_path, mon
     assert main(['eval', '--cityscapes', '--save-predictions', str(preds), '--report', str(tmp_path / 'r'),
                  *common]) == 0
     r = _report(tmp_path / 'r')
-    assert r['frames_scored'] == 2 and r['meta']['input'] == f'{H}x{W}'
+    assert r['frames_scored'] == 2 and r['meta']['input'] == f'{H}x{W}' and r['meta']['backend'] == 'onnxruntime'
     names = sorted(p.name for p in preds.iterdir())
     assert names == ['aachen_000000_000019_pred_labelIds.png', 'aachen_000001_000019_pred_labelIds.png']
     ids = np.unique(np.concatenate([cv2.imread(str(preds / n), cv2.IMREAD_UNCHANGED).ravel() for n in names]))
@@ -327,8 +327,9 @@ def test_cityscapes_test_split_warns_and_scores_nothing(tmp_path, onnx_path, cap
 def test_samples_png_shows_image_ground_truth_and_prediction(tmp_path, onnx_path) -> None:
     from evit_ros.datasets import CITYSCAPES_COLORS
     bag = _bag(tmp_path / 'bag', n=2, label=lambda i: np.full((48, 64), 10, np.uint8))   # sky everywhere
-    assert main(['eval', '--bag', str(bag), '--label-topic', LAB, '--report', str(tmp_path / 'r'),
-                 *_common(onnx_path)]) == 0
+    auto = [a for a in _common(onnx_path) if a not in ('--backend', 'onnxruntime')]   # backend auto
+    assert main(['eval', '--bag', str(bag), '--label-topic', LAB, '--report', str(tmp_path / 'r'), *auto]) == 0
+    assert _report(tmp_path / 'r')['meta']['backend'] == 'onnxruntime'      # what auto chose, not 'auto'
     img = cv2.imread(str(tmp_path / 'r' / 'samples.png'))[..., ::-1]
     assert img.shape[1] >= 600
     sky = np.all(img == np.asarray(CITYSCAPES_COLORS[10], np.uint8), axis=-1)

@@ -139,7 +139,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.params_file or None, overrides=_overrides(args))
     dataset = dataset_for_model(cfg.model.name)
     groups = group_class_ids(cfg, dataset.class_names)
-    meta: dict[str, Any] = {'model': cfg.model.name, 'backend': cfg.backend.type,
+    backend = cfg.backend.type
+    if backend == 'auto' and not args.live:   # the header names the runtime that runs, not 'auto'
+        from evit_ros.backends import choose_auto
+        backend = choose_auto(cfg.backend)[0]
+    meta: dict[str, Any] = {'model': cfg.model.name, 'backend': backend,
                             'input': f'{cfg.input.height}x{cfg.input.width}',
                             'params_file': args.params_file or '(defaults)', 'mode': 'live' if args.live else 'offline'}
 
