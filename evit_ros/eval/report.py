@@ -159,8 +159,9 @@ def write_plots(out: Path, state: EvalState, report: dict[str, Any], class_names
                label='absent: no ground-truth or predicted pixel')
     ax.set_xticks(range(n), names, rotation=60, ha='right', fontsize=8)
     ax.set_ylabel('IoU %')
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=8, loc='upper right')
+    ax.set_ylim(0, 118)                      # room for the legend above the 100 % bars
+    ax.set_yticks(range(0, 101, 20))
+    ax.legend(fontsize=8, loc='upper center', ncol=2, frameon=False)
     ax.set_title(f'per-class IoU (mIoU over the classes present {_pct(report["metrics"]["miou_present"])} %)')
     fig.tight_layout()
     _save(fig, out / 'per_class_iou.png')
