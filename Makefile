@@ -12,7 +12,7 @@ venv: $(STAMP)
 
 # First run: about 90 s of installs, announced step by step (pip's own lines show each package it fetches).
 $(STAMP): requirements.txt requirements-dev.txt tools/install_trt_stubs.sh tools/make_cuda_stubs.py setup.py setup.cfg
-	@echo "[setup 1/4] creating $(VENV) with $(PYTHON) (first run only, about 90 s in all)"
+	@echo "[setup 1/4] $(VENV): created with $(PYTHON) if missing (a first setup takes about 90 s)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "[setup 2/4] upgrading pip"
 	$(PY) -m pip install --quiet --upgrade pip
