@@ -335,3 +335,16 @@ def test_samples_png_shows_image_ground_truth_and_prediction(tmp_path, onnx_path
     sky = np.all(img == np.asarray(CITYSCAPES_COLORS[10], np.uint8), axis=-1)
     assert sky.sum() > 500                                  # the ground-truth panel is drawn
     assert img.reshape(-1, 3).std(axis=0).max() > 40        # the camera image (random pixels) is drawn
+
+
+def test_a_bad_bag_in_parallel_jobs_is_listed_and_the_others_are_merged(tmp_path) -> None:
+    from eval_support import red_factory
+
+    from evit_ros.eval.runner import EvalSpec, evaluate_bags
+    good = _bag(tmp_path / 'good', n=4, label=lambda i: np.minimum(_frame(i)[..., 0] // 10, 18).astype(np.uint8))
+    bad = tmp_path / 'random.mcap'
+    bad.write_bytes(np.random.default_rng(2).integers(0, 255, 2048, dtype=np.uint8).tobytes())
+    spec = EvalSpec((IMG,), (LAB,), progress=False)
+    st = evaluate_bags([str(bad), str(good)], spec, red_factory, 19, jobs=2)
+    assert list(st.failed_sources) == [str(bad)] and 'cannot be opened' in st.failed_sources[str(bad)]
+    assert st.counters['frames_scored'] == 4 and st.cm.pixel_accuracy() == 1.0
