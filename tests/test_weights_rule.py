@@ -58,6 +58,8 @@ def test_export_of_a_model_without_weights_is_an_error_naming_the_fix(tmp_path: 
     err = out.stderr.strip().splitlines()[-1]
     assert 'efficientvit_seg_b1_cityscapes.pt' in err and '--random-weights' in err
     assert 'Traceback' not in out.stderr and not (tmp_path / 'b1.onnx').exists()
+    missing = _evit(tmp_path, 'export', '--checkpoint', 'nope.pt', '-o', 'x.onnx')
+    assert missing.returncode == 1 and '--checkpoint nope.pt does not exist' in missing.stderr
 
 
 def test_the_nodes_missing_onnx_command_produces_what_it_loads(tmp_path: Path) -> None:

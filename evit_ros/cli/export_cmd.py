@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from evit_ros.contract import HEADS, INPUT_FORMATS
 from evit_ros.errors import ConfigError
@@ -31,6 +32,9 @@ def export_weights(model: str, checkpoint: str | None, *, random_weights: bool =
     from evit_ros.backends import resolve_checkpoint
     from evit_ros.config import ModelConfig
     from evit_ros.errors import CheckpointError
+    if checkpoint and not Path(checkpoint).expanduser().is_file():
+        raise CheckpointError(f'--checkpoint {checkpoint} does not exist; give the path of a downloaded .pt file '
+                              '(or omit it to use the node\'s search path)')
     try:
         return resolve_checkpoint(ModelConfig(name=model, checkpoint=checkpoint or ''))
     except CheckpointError as exc:
