@@ -17,6 +17,7 @@ from evit_ros import contract
 from evit_ros.backends import SYNTHETIC_CHECKPOINT
 from evit_ros.export.onnx_export import read_metadata
 from evit_ros.fileio import file_sha256
+from evit_ros.ros.outputs import NODE_HEAD
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -75,7 +76,7 @@ def test_the_nodes_missing_onnx_command_produces_what_it_loads(tmp_path: Path) -
     m = re.search(r'`(evit-ros export [^`]+)`', text)
     assert m, f'no export command in the FATAL message:\n{text[-3000:]}'
     command = m.group(1)
-    assert '--head labels+confidence' in command and f'-o {onnx}' in command
+    assert f'--head {NODE_HEAD}' in command and f'-o {onnx}' in command
     made = subprocess.run(['bash', '-e', '-c', command], capture_output=True, text=True, env=_env(tmp_path),
                           timeout=300, cwd=tmp_path)
     assert made.returncode == 0, made.stderr[-3000:]
