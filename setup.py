@@ -19,7 +19,9 @@ setup(
         (os.path.join(SHARE, 'config'), glob('config/*.yaml') + glob('config/*.rviz') + glob('config/*.xml')),
     ],
     install_requires=['setuptools', 'numpy', 'pyyaml'],
-    extras_require={'test': ['pytest', 'onnx', 'onnxruntime', 'rosbags']},
+    extras_require={'test': ['pytest', 'onnx', 'onnxruntime', 'rosbags'],
+                    # `evit-ros eval --executor ray`: the driver and every worker node need it
+                    'ray': ['ray>=2.10']},
     zip_safe=False,
     maintainer='evit_ros developers',
     maintainer_email='evit-ros@example.com',

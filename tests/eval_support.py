@@ -45,6 +45,79 @@ def red_factory() -> RedSegmenter:
     return RedSegmenter()
 
 
+POISON_GREEN = 99   # frames with this green value make FaultySegmenter fail every time (a "poisoned" bag)
+HANG_GREEN = 77     # ... or block for a minute after creating the file ``<marker>.hang`` (to test Ctrl-C)
+
+
+class FaultySegmenter(RedSegmenter):
+    """RedSegmenter with injected faults: a poisoned frame always raises; with ``marker`` the first call in the
+    whole run (across processes and Ray actors: the marker file is created once) raises or kills the process."""
+
+    def __init__(self, marker: str = '', mode: str = 'raise') -> None:
+        self.marker, self.mode = marker, mode
+
+    def process(self, frames: list[np.ndarray], **kw: bool) -> list[_Result]:
+        import os
+        if any(int(f[0, 0, 1]) == POISON_GREEN for f in frames):
+            raise RuntimeError('injected fault: poisoned frame')
+        if any(int(f[0, 0, 1]) == HANG_GREEN for f in frames):
+            import time
+            Path(self.marker + '.hang').touch()
+            time.sleep(60)
+        if self.marker and self.mode != 'hang':
+            try:
+                fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pass
+            else:
+                os.close(fd)
+                if self.mode == 'exit':
+                    os._exit(3)              # the worker process is lost mid-shard
+                raise RuntimeError('injected fault: transient')
+        return super().process(frames, **kw)
+
+
+@dataclass(frozen=True)
+class FaultyFactory:
+    """Picklable factory (module level) for --jobs processes and Ray actors."""
+
+    marker: str = ''
+    mode: str = 'raise'
+
+    def __call__(self) -> FaultySegmenter:
+        return FaultySegmenter(self.marker, self.mode)
+
+
+def write_drive(path: Path, seconds: float, hz: float = 4.0, seed: int = 0, green: int = 40,
+                log0: int = 1_000_000_000_000) -> Path:
+    """A labelled drive of ``seconds`` log time: labels arrive up to 0.4 s before or after their image (so pairs
+    straddle slice edges), some images have no label, some labels no image, a few labels are corrupted."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    n = int(seconds * hz)
+    stamp0 = 1_700_000_000_000_000_000 + seed * 10**12
+    for i in range(n):
+        log = log0 + int(i * 1e9 / hz)
+        st = stamp0 + i * 50_000_000
+        rgb = scene(i + seed)
+        rgb[..., 1] = green
+        frames.append({'topic': '/front/image_raw', 'stamp': st, 'rgb': rgb, 'log': log})
+        r = rng.random()
+        if r < 0.1:
+            continue                                   # image without label
+        gt = np.minimum(rgb[..., 0] // 10, 18).astype(np.uint8)
+        if r < 0.5:
+            gt[rng.integers(0, 40):, :rng.integers(1, 60)] = rng.integers(0, 19)
+        if r > 0.95:
+            gt[:4] = 255
+        lag = int(rng.uniform(-0.4, 0.4) * 1e9)
+        frames.append({'topic': '/front/labels', 'stamp': st, 'label': gt, 'log': log + lag})
+        if r > 0.97:                                   # a label whose image was never recorded
+            frames.append({'topic': '/front/labels', 'stamp': st + 1, 'label': gt, 'log': log + lag + 1})
+    frames.sort(key=lambda f: f['log'])
+    return write_bag(path, frames)
+
+
 def scene(i: int, h: int = 48, w: int = 64) -> np.ndarray:
     """An RGB frame of vertical class stripes (red = 10 * class + 5), shifted per frame index."""
     img = np.zeros((h, w, 3), np.uint8)

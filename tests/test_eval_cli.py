@@ -20,7 +20,7 @@ def test_cli_errors_are_reported_not_raised(tmp_path, capsys) -> None:
     assert main(['eval', '--report', str(tmp_path / 'r')]) == 1
     assert 'nothing to evaluate' in capsys.readouterr().err
     assert main(['eval', '--bag', str(tmp_path / 'missing'), '--image-topic', IMG, '--label-format', 'trainid',
-                 '--jobs', '0']) == 1
+                 '--jobs', '-1']) == 1
     assert '--jobs' in capsys.readouterr().err
 
 

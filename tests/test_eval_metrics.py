@@ -66,14 +66,27 @@ def test_shape_mismatch_and_bad_group_raise() -> None:
         cm.group_iou([7])
 
 
-def test_latency_percentiles_and_bounded_reservoir() -> None:
-    lat = LatencyStats(capacity=100)
-    for v in range(1, 1001):
-        lat.add('infer', float(v))
-    s = lat.summary()['infer']
-    assert s['count'] == 1000 and s['mean'] == pytest.approx(500.5) and s['max'] == 1000.0
-    assert len(lat.samples('infer')) == 100
+def test_latency_histogram_percentiles_resolution_and_exact_merge() -> None:
+    rng = np.random.default_rng(3)
+    values = np.round(rng.lognormal(2.0, 1.0, 5000), 3)        # ms, 1 us resolution as stored
+    whole = LatencyStats()
+    parts = [LatencyStats() for _ in range(7)]
+    for i, v in enumerate(values):
+        whole.add('infer', float(v))
+        parts[i % 7].add('infer', float(v))
+    merged = LatencyStats()
+    for p in reversed(parts):                                   # any order, any split: the same integers
+        merged.merge(p)
+    assert merged == whole and merged.summary() == whole.summary()
+    s = whole.summary()['infer']
+    assert s['count'] == 5000 and s['max'] == pytest.approx(values.max(), abs=1e-9)
+    assert s['mean'] == pytest.approx(values.mean(), abs=1e-3)
+    for q in (50, 90, 99):
+        exact = np.sort(values)[int(np.ceil(q / 100 * values.size)) - 1]
+        assert s[f'p{q}'] == pytest.approx(exact, rel=0.0045, abs=0.001)
     small = LatencyStats()
     for v in (1.0, 2.0, 3.0, 4.0):
         small.add('x', v)
-    assert small.summary()['x']['p50'] == pytest.approx(2.5)
+    assert small.summary()['x']['p50'] == pytest.approx(2.0, rel=0.004)
+    assert LatencyStats.from_dict(whole.to_dict()) == whole
+    assert len(whole.to_dict()['bins']['infer']) < 1200          # bounded: bins, not samples

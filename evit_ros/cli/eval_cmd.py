@@ -46,15 +46,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group('output')
     o.add_argument('--report', default='eval_report', metavar='DIR', help='report directory (default: eval_report)')
     o.add_argument('--out-bag', default='', metavar='OUT', help='write /segmentation/<cam>/mask, color_mask and '
-                   'overlay stamped like the inputs: OUT.mcap is one MCAP file, any other name a rosbag2 folder '
-                   '(several bags: OUT-<i>); must not exist')
+                   'overlay stamped like the inputs: OUT.mcap is one MCAP file, any other name a rosbag2 folder; '
+                   'several bags or slices: a folder OUT with one bag per input bag, published in one rename; '
+                   'must not exist')
     o.add_argument('--save-predictions', default='', metavar='DIR',
                    help='write each prediction as a PNG: bags DIR/<camera>/<stamp_ns>.png in --label-format; '
                         'Cityscapes DIR/<city>_<seq>_<frame>_pred_labelIds.png (cityscapesScripts format)')
-    o.add_argument('--max-frames', type=int, default=0, help='stop each bag after N images (0: all)')
-    o.add_argument('--jobs', type=int, default=1, help='bags evaluated in parallel processes (default 1)')
+    o.add_argument('--max-frames', type=int, default=0, help='stop each shard (bag or slice) after N images (0: all)')
     o.add_argument('--samples', type=int, default=8, help='overlay samples in samples.png (default 8)')
     o.add_argument('--no-progress', action='store_true', help='no progress line on stderr')
+    x = p.add_argument_group('execution (bags run as shards on local processes or a Ray cluster)')
+    x.add_argument('--executor', choices=('local', 'ray'), default='local',
+                   help='local: --jobs processes on this machine; ray: actors on a Ray cluster (default local)')
+    x.add_argument('--jobs', type=int, default=0, help='parallel workers (default: local 1, ray: as many as the '
+                   "cluster's CPUs/GPUs fit with --task-cpus/--task-gpus)")
+    x.add_argument('--ray-address', default='', metavar='ADDR', help='Ray cluster to use (default $RAY_ADDRESS; '
+                   'neither: a local cluster is started for the run)')
+    x.add_argument('--shard-seconds', type=float, default=0.0, metavar='S',
+                   help='split bags longer than S seconds of log time into slices run in parallel (default 0: '
+                   'one shard per bag)')
+    x.add_argument('--max-retries', type=int, default=2,
+                   help='attempts after the first for a failing shard or a lost worker (default 2)')
+    x.add_argument('--task-cpus', type=float, default=1.0, help='CPUs reserved per Ray worker (default 1)')
+    x.add_argument('--task-gpus', type=float, default=0.0, help='GPUs reserved per Ray worker (default 0)')
     lv = p.add_argument_group('live (play the bag into a running node over DDS)')
     lv.add_argument('--live', action='store_true', help='play into the node and score what it publishes')
     lv.add_argument('--rate', type=float, default=1.0, help='playback speed factor for --live (default 1.0)')
@@ -122,14 +136,19 @@ def _summary_lines(report: dict[str, Any], report_dir: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from evit_ros.config import load_config
     from evit_ros.datasets import dataset_for_model
+    from evit_ros.eval.executors import ExecutionOptions
     from evit_ros.eval.report import write_report
     from evit_ros.eval.runner import EvalSpec, PipelineFactory, evaluate_bags, group_class_ids, run_events
     from evit_ros.eval.verdict import nothing_scored_reason
 
     if not args.bag and not args.cityscapes:
         raise ConfigError('nothing to evaluate: pass --bag PATH (with --image-topic) or --cityscapes DIR')
-    if args.jobs < 1 or args.max_frames < 0:
-        raise ConfigError(f'--jobs {args.jobs} must be >= 1 and --max-frames {args.max_frames} >= 0')
+    if args.jobs < 0 or args.max_frames < 0:
+        raise ConfigError(f'--jobs {args.jobs} and --max-frames {args.max_frames} must be >= 0')
+    if args.executor == 'ray' and (args.live or args.cityscapes):
+        raise ConfigError('--executor ray evaluates --bag shards; --live and --cityscapes run locally')
+    execution = ExecutionOptions(args.executor, args.jobs, args.ray_address, args.shard_seconds, args.max_retries,
+                                 args.task_cpus, args.task_gpus, progress=not args.no_progress)
     check_outputs(args)
     pairs = None
     if args.cityscapes and not args.live:   # the dataset layout is checked before the model is loaded
@@ -175,7 +194,8 @@ def run(args: argparse.Namespace) -> int:
             spec = EvalSpec(tuple(args.image_topic), tuple(args.label_topic), args.labels_dir, args.label_format,
                             args.max_frames, args.out_bag, samples=args.samples, progress=not args.no_progress,
                             save_predictions=args.save_predictions)
-            state = evaluate_bags(args.bag, spec, PipelineFactory(cfg), dataset.num_classes, jobs=args.jobs)
+            state = evaluate_bags(args.bag, spec, PipelineFactory(cfg), dataset.num_classes, execution=execution)
+            meta['executor'] = args.executor
     from evit_ros.eval.report import build_report
     label_source = _label_source(args)
     error = nothing_scored_reason(build_report(state, dataset.class_names, groups, meta), label_source=label_source)

@@ -104,9 +104,11 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + '...'
 
 
-def read_messages(reader: Any, connections: Sequence[Any], path: str | Path) -> Iterator[tuple[Any, int, bytes]]:
-    """``reader.messages`` with a truncated or corrupt bag turned into a DataError naming the file."""
-    it = reader.messages(connections=connections)
+def read_messages(reader: Any, connections: Sequence[Any], path: str | Path, start_ns: int | None = None,
+                  stop_ns: int | None = None) -> Iterator[tuple[Any, int, bytes]]:
+    """``reader.messages`` (log times in ``[start_ns, stop_ns)``) with a truncated or corrupt bag turned into a
+    DataError naming the file."""
+    it = reader.messages(connections=connections, start=start_ns, stop=stop_ns)
     while True:
         try:
             item = next(it)
@@ -127,14 +129,22 @@ def bag_topics(path: str | Path) -> dict[str, tuple[str, int]]:
         return out
 
 
-def iter_events(path: str | Path, image_topics: Sequence[str], label_topics: Sequence[str] = ()) -> Iterator[BagEvent]:
-    """Yield decoded image and label events of the wanted topics in log order; bad messages as error events."""
+def iter_events(path: str | Path, image_topics: Sequence[str], label_topics: Sequence[str] = (), *,
+                start_ns: int | None = None, stop_ns: int | None = None,
+                labels_only: bool = False) -> Iterator[BagEvent]:
+    """Yield decoded image and label events of the wanted topics in log order; bad messages as error events.
+
+    ``start_ns``/``stop_ns`` restrict to log times in ``[start_ns, stop_ns)`` (a time slice of the bag);
+    ``labels_only`` reads the label topics alone (the pairing margins of a slice).
+    """
     ts = typestore()
     wanted = set(image_topics) | set(label_topics)
+    if labels_only:
+        wanted = set(label_topics) - set(image_topics)
     with open_reader(path) as reader:
         conns = [c for c in reader.connections if c.topic in wanted]
-        found = {c.topic for c in conns}
-        have = ', '.join(sorted({c.topic for c in reader.connections})) or 'none'
+        found = {c.topic for c in reader.connections}
+        have = ', '.join(sorted(found)) or 'none'
         missing = [t for t in image_topics if t not in found]
         if missing:
             raise DataError(f'bag {path} has no topic {missing[0]!r}; its topics are: {have}')
@@ -144,7 +154,9 @@ def iter_events(path: str | Path, image_topics: Sequence[str], label_topics: Seq
             if c.msgtype not in IMAGE_TYPES:
                 raise DataError(f'topic {c.topic} in {path} has type {c.msgtype}; use a sensor_msgs/Image or '
                                 'CompressedImage topic')
-        for conn, log_ns, raw in read_messages(reader, conns, path):
+        if not conns:
+            return
+        for conn, log_ns, raw in read_messages(reader, conns, path, start_ns, stop_ns):
             is_label = conn.topic in label_topics and conn.topic not in image_topics
             try:
                 msg = ts.deserialize_cdr(raw, conn.msgtype)

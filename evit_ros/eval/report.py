@@ -44,6 +44,7 @@ def build_report(state: EvalState, class_names: Sequence[str], groups: Sequence[
         'error': None,
         'sources': state.sources,
         'failed_sources': dict(state.failed_sources),
+        'shards': state.shards,
         'interrupted': state.interrupted,
         'frames': counters.get('frames', 0),
         'frames_scored': counters.get('frames_scored', 0),
@@ -113,8 +114,26 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f'| labels_without_image | {report["labels_without_image"]} |')
     else:
         lines.append('none')
+    lines += _shard_lines(report.get('shards') or {})
     lines += ['', '## Protocol', '', report['miou_protocol'], '', 'Plots: ' + ', '.join(f'![]({p})' for p in PLOTS), '']
     return '\n'.join(lines)
+
+
+def _shard_lines(sh: dict[str, Any]) -> list[str]:
+    if not sh:
+        return []
+    lines = ['', '## Shards', '', f'executor `{sh.get("executor", "local")}`: {sh.get("done", 0)} of '
+             f'{sh.get("total", 0)} shards evaluated, {sh.get("retried", 0)} retries, '
+             f'{len(sh.get("failed", []))} failed, {len(sh.get("not_run", []))} not run (interrupted)', '']
+    if sh.get('failed'):
+        lines += ['| failed shard (not in the numbers above) | attempts | error |', '|---|---|---|']
+        for f in sh['failed']:
+            lines.append(f'| {f["shard"]} | {f["attempts"]} | {str(f["error"]).replace("|", "/")} |')
+    if sh.get('not_run'):
+        lines += ['', 'not run: ' + ', '.join(sh['not_run'])]
+    if sh.get('out_bags'):
+        lines += ['', 'output bags: ' + ', '.join(f'`{b}`' for b in sh['out_bags'])]
+    return lines
 
 
 def write_report(out_dir: str | Path, state: EvalState, class_names: Sequence[str],
@@ -169,9 +188,9 @@ def write_plots(out: Path, state: EvalState, report: dict[str, Any], class_names
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for stage in state.latency.stages:
-        s = state.latency.samples(stage)
-        if s.size:
-            ax.hist(s, bins=40, alpha=0.5, label=stage)
+        mids, counts = state.latency.histogram(stage)
+        if mids.size:
+            ax.hist(mids, bins=40, weights=counts, alpha=0.5, label=stage)
     ax.set_xlabel('ms')
     ax.set_ylabel('frames')
     ax.set_title('latency per stage')

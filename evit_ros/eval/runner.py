@@ -19,7 +19,7 @@ import numpy as np
 
 from evit_ros.datasets import IGNORE_ID, cityscapes_label_lut
 from evit_ros.errors import ConfigError, DataError, FrameError
-from evit_ros.eval.bags import IMAGE, BagEvent, BagWriter, camera_name, iter_events
+from evit_ros.eval.bags import IMAGE, BagEvent, BagWriter, camera_name
 from evit_ros.eval.metrics import ConfusionMatrix, LatencyStats
 
 LOG = logging.getLogger('evit_ros.eval')
@@ -73,6 +73,7 @@ class EvalState:
     interrupted: bool = False
     sources: list[str] = field(default_factory=list)
     failed_sources: dict[str, str] = field(default_factory=dict)   # source -> one-line reason
+    shards: dict[str, Any] = field(default_factory=dict)   # how a bag run was sharded, retried, what failed
 
     def __post_init__(self) -> None:
         self.cm = ConfusionMatrix(self.num_classes)
@@ -97,7 +98,8 @@ class EvalState:
         return {'num_classes': self.num_classes, 'cm': self.cm.to_dict(),
                 'per_camera': {k: v.to_dict() for k, v in self.per_camera.items()},
                 'latency': self.latency.to_dict(), 'counters': dict(self.counters), 'samples': self.samples,
-                'interrupted': self.interrupted, 'sources': self.sources, 'failed_sources': self.failed_sources}
+                'interrupted': self.interrupted, 'sources': self.sources, 'failed_sources': self.failed_sources,
+                'shards': self.shards}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalState:
@@ -110,6 +112,7 @@ class EvalState:
         s.interrupted = bool(d['interrupted'])
         s.sources = list(d['sources'])
         s.failed_sources = dict(d.get('failed_sources', {}))
+        s.shards = dict(d.get('shards', {}))
         return s
 
 
@@ -433,100 +436,36 @@ def _default_palette(n: int) -> np.ndarray:
     return pal
 
 
-def _out_bag_for(out_bag: str, index: int, count: int) -> str:
-    """Out-bag of bag ``index`` of ``count``: ``OUT`` for one bag, ``OUT-<i>`` (``OUT-<i>.mcap``) for several."""
-    if not out_bag or count == 1:
-        return out_bag
-    p = Path(out_bag)
-    if p.suffix == '.mcap':
-        return str(p.with_name(f'{p.stem}-{index}.mcap'))
-    return f'{out_bag}-{index}'
-
-
 def out_bag_paths(out_bag: str, count: int) -> list[str]:
-    """Every out-bag path a run of ``count`` bags writes (checked before the model is loaded)."""
-    return [_out_bag_for(out_bag, i, count) for i in range(count)] if out_bag else []
+    """The path a run writes its out-bag to (checked before the model is loaded): one bag, or for several bags
+    or slices the folder of one bag per input bag (``evit_ros.eval.out_bags``)."""
+    return [out_bag] if out_bag else []
 
 
-def evaluate_bag(bag: str, spec: EvalSpec, segmenter: Any, num_classes: int, index: int = 0, count: int = 1,
+def evaluate_bag(bag: str, spec: EvalSpec, segmenter: Any, num_classes: int,
                  state: EvalState | None = None) -> EvalState:
-    """Evaluate one bag with an already-built segmenter."""
-    from evit_ros.eval.bags import bag_topics
-    state = state or EvalState(num_classes)
-    topics = bag_topics(bag)
-    total = sum(topics.get(t, ('', 0))[1] for t in spec.image_topics)
-    events = iter_events(bag, spec.image_topics, spec.label_topics)
-    return run_events(events, state, spec, segmenter, source=str(bag), total=total,
-                      out_bag=_out_bag_for(spec.out_bag, index, count))
-
-
-def _worker(bag: str, spec: EvalSpec, factory: Callable[[], Any], num_classes: int, index: int,
-            count: int) -> dict[str, Any]:
-    import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
-    seg = factory()
-    try:
-        return evaluate_bag(bag, spec, seg, num_classes, index, count).to_dict()
-    finally:
-        _close(seg)
-
-
-def _close(seg: Any) -> None:
-    backend = getattr(seg, 'backend', None)
-    if backend is not None and hasattr(backend, 'close'):
-        backend.close()
-
-
-def _record_failure(state: EvalState, bag: str, exc: DataError) -> None:
-    """A bag that cannot be read is one error line; the other bags are still evaluated."""
-    reason = ' '.join(str(exc).split())
-    state.failed_sources[str(bag)] = reason
-    LOG.error('skipped: %s', reason)
+    """Evaluate one whole bag with an already-built segmenter (the shard function on a one-bag shard)."""
+    from evit_ros.eval.shards import merge_results, plan_shards, run_shard
+    plan = plan_shards([bag], spec)
+    if plan.rejected:
+        raise DataError(plan.rejected[0].error)
+    result = run_shard(plan.shards[0], spec, segmenter, num_classes, out_part=spec.out_bag)
+    merged = merge_results([result], num_classes, spec.samples)
+    if state is None:
+        return merged
+    state.merge(merged)
+    return state
 
 
 def evaluate_bags(bags: Sequence[str], spec: EvalSpec, factory: Callable[[], Any], num_classes: int,
-                  jobs: int = 1) -> EvalState:
-    """Evaluate several bags, in parallel spawn processes when ``jobs > 1``; results merged in bag order."""
-    if not bags:
-        raise ConfigError('no --bag given; pass at least one ROS 2 bag')
-    for b in bags:
-        if not Path(b).exists():
-            raise DataError(f'bag {b} does not exist; pass a ROS 2 bag directory (with metadata.yaml) or an .mcap/.db3')
-    state = EvalState(num_classes)
-    if jobs <= 1 or len(bags) == 1:
-        seg = factory()
-        try:
-            for i, bag in enumerate(bags):
-                try:
-                    evaluate_bag(bag, spec, seg, num_classes, i, len(bags), state)
-                except DataError as exc:
-                    _record_failure(state, bag, exc)
-                if state.interrupted:
-                    break
-        finally:
-            _close(seg)
-        return state
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-    ctx = mp.get_context('spawn')
-    results: dict[int, dict[str, Any]] = {}
-    with ProcessPoolExecutor(max_workers=min(jobs, len(bags)), mp_context=ctx) as pool:
-        futures = {pool.submit(_worker, str(b), spec, factory, num_classes, i, len(bags)): i
-                   for i, b in enumerate(bags)}
-        try:
-            for fut, i in futures.items():
-                try:
-                    results[i] = fut.result()
-                except DataError as exc:
-                    _record_failure(state, str(bags[i]), exc)
-        except KeyboardInterrupt:
-            state.interrupted = True
-            for fut in futures:
-                fut.cancel()
-            LOG.warning('interrupted; reporting the %d finished bags', len(results))
-    for i in sorted(results):
-        state.merge(EvalState.from_dict(results[i]))
-    return state
+                  jobs: int = 1, execution: Any = None) -> EvalState:
+    """Evaluate bags as shards on an executor (default: ``jobs`` local processes); see ``evit_ros.eval.executors``.
+
+    ``execution`` is an ``ExecutionOptions`` (executor, workers, time slices, retries).
+    """
+    from evit_ros.eval.executors import ExecutionOptions, evaluate_shards
+    opts = execution if execution is not None else ExecutionOptions(jobs=jobs, progress=spec.progress)
+    return evaluate_shards(bags, spec, factory, num_classes, opts)
 
 
 __all__ = ['EvalSpec', 'EvalState', 'PipelineFactory', 'evaluate_bag', 'evaluate_bags', 'group_class_ids',

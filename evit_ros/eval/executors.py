@@ -1,0 +1,511 @@
+"""Where shards run: in this process, in local worker processes (``--jobs``), or on Ray actors across a cluster.
+
+One driver loop (:func:`execute`) serves every executor: it schedules shards onto long-lived workers (each
+builds the node's pipeline, and so loads its model or TensorRT engine, once), retries a failed shard up to
+``--max-retries`` times (a lost worker process or Ray actor counts as a failure of the shard it was running;
+Ray restarts the actor), lists shards that still fail with their error, shows progress over all shards, and
+on Ctrl-C cancels what is left and returns the finished part. Results are merged by :func:`merge_results`
+in plan order, so every executor gives the same report.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evit_ros.errors import ConfigError, DataError, EvitError
+from evit_ros.eval.runner import EvalSpec, EvalState
+from evit_ros.eval.shards import ResultMerger, Shard, ShardFailure, ShardPlan, ShardResult, run_shard, shard_spec
+
+LOG = logging.getLogger('evit_ros.eval')
+EXECUTORS = ('local', 'ray')
+RAY_INSTALL_HINT = ("--executor ray needs Ray on the driver and every worker: pip install 'ray>=2.10' "
+                    "(or pip install '.[ray]' from an evit_ros checkout)")
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    """How shards are run (``evit-ros eval --executor ...``)."""
+
+    executor: str = 'local'
+    jobs: int = 0               # workers; 0: local 1, ray: as many as the cluster's resources fit
+    ray_address: str = ''       # '' : $RAY_ADDRESS, else a local cluster started for this run
+    shard_seconds: float = 0.0  # 0: one shard per bag
+    max_retries: int = 2
+    task_cpus: float = 1.0
+    task_gpus: float = 0.0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f'--executor {self.executor!r} is not valid; use local or ray')
+        if self.jobs < 0 or self.max_retries < 0:
+            raise ConfigError(f'--jobs {self.jobs} and --max-retries {self.max_retries} must be >= 0')
+        if self.task_cpus <= 0 or self.task_gpus < 0:
+            raise ConfigError(f'--task-cpus {self.task_cpus} must be > 0 and --task-gpus {self.task_gpus} >= 0')
+        if self.executor == 'local' and (self.ray_address or self.task_gpus):
+            raise ConfigError('--ray-address and --task-gpus need --executor ray')
+
+
+class WorkerSetupError(ConfigError):
+    """A worker could not build the pipeline (model, engine, backend): every worker would fail the same way."""
+
+
+class _ShardError(Exception):
+    pass
+
+
+# -- what a worker runs ------------------------------------------------------------------------------------
+
+class ShardWorker:
+    """A long-lived worker: builds the pipeline on its first shard and reuses it for every later one."""
+
+    def __init__(self, spec: EvalSpec, factory: Callable[[], Any], num_classes: int) -> None:
+        self.spec, self.factory, self.num_classes = shard_spec(spec), factory, num_classes
+        self.segmenter: Any = None
+
+    def run(self, shard: Shard, out_part: str, progress: Callable[[int], None] | None = None) -> tuple[str, Any]:
+        """('ok', ShardResult) | ('setup' | 'bad-data' | 'error', message): plain values that pickle anywhere."""
+        if self.segmenter is None:
+            try:
+                self.segmenter = self.factory()
+            except Exception as exc:  # noqa: BLE001 - reported to the driver with its message
+                return 'setup', f'{type(exc).__name__}: {exc}'
+        try:
+            return 'ok', run_shard(shard, self.spec, self.segmenter, self.num_classes, out_part=out_part,
+                                   progress=progress)
+        except DataError as exc:   # the bag itself is bad (truncated, corrupt, a topic missing): retrying cannot help
+            return 'bad-data', str(exc)
+        except EvitError as exc:
+            return 'error', f'{type(exc).__name__}: {exc}'
+        except Exception as exc:  # noqa: BLE001 - any failure of one shard is that shard's, retried by the driver
+            tb = traceback.extract_tb(exc.__traceback__)[-1:]
+            where = f' at {Path(tb[0].filename).name}:{tb[0].lineno}' if tb else ''
+            return 'error', f'{type(exc).__name__}: {exc}{where}'
+
+    def close(self) -> None:
+        backend = getattr(self.segmenter, 'backend', None)
+        if backend is not None and hasattr(backend, 'close'):
+            backend.close()
+        self.segmenter = None
+
+
+# -- executors -------------------------------------------------------------------------------------------
+
+class _InlineExecutor:
+    """``--jobs 1``: shards run one after another in this process (Ctrl-C keeps the running shard's part)."""
+
+    def __init__(self, spec: EvalSpec, factory: Callable[[], Any], num_classes: int) -> None:
+        self.worker = ShardWorker(spec, factory, num_classes)
+        self.workers = 1
+        self._queue: list[tuple[int, Shard, str]] = []
+        self._done: dict[int, tuple[str, Any]] = {}
+        self._frames: dict[int, int] = {}
+        self._next = 0
+
+    def free(self, running: int) -> int:
+        return 0 if self._queue else 1
+
+    def submit(self, shard: Shard, out_part: str) -> int:
+        self._next += 1
+        self._queue.append((self._next, shard, out_part))
+        return self._next
+
+    def wait(self, handles: list[Any], timeout: float) -> list[Any]:
+        if not self._queue:
+            return []
+        h, shard, out_part = self._queue.pop(0)
+        self._done[h] = self.worker.run(shard, out_part, lambda n: self._frames.__setitem__(shard.index, n))
+        return [h]
+
+    def result(self, handle: Any) -> tuple[str, Any]:
+        return self._done.pop(handle)
+
+    def frames(self) -> dict[int, int]:
+        return dict(self._frames)
+
+    def cancel(self) -> None:
+        self._queue.clear()
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+_POOL_WORKER: ShardWorker | None = None
+_POOL_QUEUE: Any = None
+
+
+def _pool_init(spec: EvalSpec, factory: Callable[[], Any], num_classes: int, queue: Any) -> None:
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the driver decides what an interrupt means
+    global _POOL_WORKER, _POOL_QUEUE
+    _POOL_WORKER = ShardWorker(spec, factory, num_classes)
+    _POOL_QUEUE = queue
+
+
+def _pool_run(shard: Shard, out_part: str) -> tuple[str, Any]:
+    if _POOL_WORKER is None:
+        raise RuntimeError('worker process not initialized')
+    q = _POOL_QUEUE
+    return _POOL_WORKER.run(shard, out_part, (lambda n: q.put((shard.index, n))) if q is not None else None)
+
+
+class _ProcessExecutor:
+    """``--jobs N``: N spawned processes, each a long-lived ShardWorker; a crashed process is replaced."""
+
+    def __init__(self, spec: EvalSpec, factory: Callable[[], Any], num_classes: int, jobs: int) -> None:
+        import multiprocessing as mp
+        self.ctx = mp.get_context('spawn')
+        self.args = (spec, factory, num_classes)
+        self.workers = jobs
+        self.queue = self.ctx.Queue()
+        self._frames: dict[int, int] = {}
+        self.pool: Any = None
+
+    def _pool(self) -> Any:
+        from concurrent.futures import ProcessPoolExecutor
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=self.ctx, initializer=_pool_init,
+                                            initargs=(*self.args, self.queue))
+        return self.pool
+
+    def free(self, running: int) -> int:
+        return self.workers - running
+
+    def submit(self, shard: Shard, out_part: str) -> Any:
+        return self._pool().submit(_pool_run, shard, out_part)
+
+    def wait(self, handles: list[Any], timeout: float) -> list[Any]:
+        from concurrent.futures import FIRST_COMPLETED, wait
+        done, _ = wait(handles, timeout=timeout, return_when=FIRST_COMPLETED)
+        return list(done)
+
+    def result(self, handle: Any) -> tuple[str, Any]:
+        from concurrent.futures.process import BrokenProcessPool
+        try:
+            return handle.result()
+        except BrokenProcessPool as exc:
+            if self.pool is not None:
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                self.pool = None       # the next submit starts fresh processes
+            raise _ShardError(f'worker process died ({exc})') from exc
+
+    def frames(self) -> dict[int, int]:
+        import queue
+        while True:
+            try:
+                i, n = self.queue.get_nowait()
+            except queue.Empty:
+                return dict(self._frames)
+            self._frames[i] = n
+
+    def cancel(self) -> None:
+        if self.pool is not None:
+            for p in list(getattr(self.pool, '_processes', {}).values()):
+                p.terminate()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
+        self.queue.close()
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError(RAY_INSTALL_HINT) from exc
+    return ray
+
+
+class _RayExecutor:
+    """Ray actors (one per ``--task-cpus``/``--task-gpus`` slot of the cluster, or ``--jobs``), spread over nodes."""
+
+    def __init__(self, spec: EvalSpec, factory: Callable[[], Any], num_classes: int, opts: ExecutionOptions,
+                 shards: int) -> None:
+        ray = self.ray = import_ray()
+        self.started = False
+        if not ray.is_initialized():
+            address = opts.ray_address or os.environ.get('RAY_ADDRESS', '')
+            if address:
+                try:
+                    ray.init(address=address, logging_level=logging.WARNING)
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    raise ConfigError(f'cannot connect to the Ray cluster at {address} ({str(exc)[:200]}); use the '
+                                      'address `ray start --head` printed (--ray-address or RAY_ADDRESS); a cluster '
+                                      'with token authentication also needs RAY_AUTH_MODE=token and its token '
+                                      '(~/.ray/auth_token or RAY_AUTH_TOKEN) here') from exc
+            else:   # a local cluster for this run; workers import this evit_ros
+                root = str(Path(__file__).resolve().parents[2])
+                pp = os.pathsep.join(p for p in (root, os.environ.get('PYTHONPATH', '')) if p)
+                ray.init(address='local', include_dashboard=False, logging_level=logging.WARNING,
+                         runtime_env={'env_vars': {'PYTHONPATH': pp}})
+                self.started = True
+        resources = ray.cluster_resources()
+        if opts.task_gpus > 0:
+            fit = int(resources.get('GPU', 0) // opts.task_gpus)
+            if fit < 1:
+                raise ConfigError(f'--task-gpus {opts.task_gpus}: the Ray cluster has {resources.get("GPU", 0)} GPUs')
+        else:
+            fit = int(resources.get('CPU', 0) // opts.task_cpus)
+        if fit < 1:
+            raise ConfigError(f'--task-cpus {opts.task_cpus}: the Ray cluster has {resources.get("CPU", 0)} CPUs')
+        self.workers = max(1, min(opts.jobs or fit, shards))
+        if opts.jobs > fit:
+            LOG.warning('--jobs %d but the cluster fits %d workers of --task-cpus %g/--task-gpus %g; the rest wait',
+                        opts.jobs, fit, opts.task_cpus, opts.task_gpus)
+        import uuid
+        board_name = f'evit_ros_progress_{uuid.uuid4().hex[:12]}'   # found by name: no handle in actor arguments
+        self.board = ray.remote(num_cpus=0)(_ProgressBoard).options(name=board_name).remote()
+        actor = ray.remote(_RayShardWorker).options(num_cpus=opts.task_cpus, num_gpus=opts.task_gpus or None,
+                                                    max_restarts=-1, max_task_retries=0,
+                                                    scheduling_strategy='SPREAD')
+        # small arguments passed by value, so a restarted actor (max_restarts) always has them
+        self.actors = [actor.remote(spec, factory, num_classes, board_name) for _ in range(self.workers)]
+        self.idle = list(self.actors)
+        self.busy: dict[Any, Any] = {}
+        self.recovering: dict[Any, Any] = {}   # ping ref -> an actor Ray is restarting after it was lost
+        self._frames: dict[int, int] = {}
+        self._last_poll = 0.0
+
+    def free(self, running: int) -> int:
+        if self.recovering:
+            done, _ = self.ray.wait(list(self.recovering), num_returns=len(self.recovering), timeout=0)
+            for ref in done:
+                actor = self.recovering.pop(ref)
+                try:
+                    self.ray.get(ref)
+                    self.idle.append(actor)          # restarted: give it work again
+                except self.ray.exceptions.RayError:
+                    self.recovering[actor.ping.remote()] = actor
+        return len(self.idle)
+
+    def submit(self, shard: Shard, out_part: str) -> Any:
+        actor = self.idle.pop(0)
+        ref = actor.run.remote(shard, out_part)
+        self.busy[ref] = actor
+        return ref
+
+    def wait(self, handles: list[Any], timeout: float) -> list[Any]:
+        if not handles:   # every actor is being restarted
+            time.sleep(timeout)
+            return []
+        done, _ = self.ray.wait(handles, num_returns=1, timeout=timeout)
+        return list(done)
+
+    def result(self, handle: Any) -> tuple[str, Any]:
+        actor = self.busy.pop(handle)
+        try:
+            out = self.ray.get(handle)
+            self.idle.append(actor)
+            return out
+        except self.ray.exceptions.RayActorError as exc:   # the worker process or its node was lost
+            self.recovering[actor.ping.remote()] = actor   # back to work once Ray has restarted it
+            raise _ShardError(f'Ray worker lost ({str(exc).splitlines()[0][:300]})') from exc
+        except self.ray.exceptions.RayError as exc:
+            self.idle.append(actor)
+            raise _ShardError(f'Ray task failed ({str(exc).splitlines()[0][:300]})') from exc
+
+    def frames(self) -> dict[int, int]:
+        now = time.monotonic()
+        if now - self._last_poll > 1.0:
+            self._last_poll = now
+            try:
+                self._frames = self.ray.get(self.board.snapshot.remote(), timeout=10)
+            except Exception:   # noqa: BLE001 - progress is best effort; results are not
+                pass
+        return dict(self._frames)
+
+    def cancel(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor, no_restart=True)
+        self.busy.clear()
+
+    def close(self) -> None:
+        for actor in self.actors:
+            try:
+                self.ray.kill(actor, no_restart=True)
+            except Exception:   # noqa: BLE001 - already gone
+                pass
+        self.ray.kill(self.board)
+        if self.started:
+            self.ray.shutdown()
+
+
+class _ProgressBoard:
+    """A zero-CPU Ray actor the workers report frame counts to; the driver polls it."""
+
+    def __init__(self) -> None:
+        self.frames: dict[int, int] = {}
+
+    def report(self, index: int, frames: int) -> None:
+        self.frames[index] = frames
+
+    def snapshot(self) -> dict[int, int]:
+        return dict(self.frames)
+
+
+class _RayShardWorker:
+    def __init__(self, spec: EvalSpec, factory: Callable[[], Any], num_classes: int, board_name: str) -> None:
+        self.worker = ShardWorker(spec, factory, num_classes)
+        self.board_name = board_name
+        self.board: Any = None
+
+    def _report(self, index: int, frames: int) -> None:
+        import ray
+        try:
+            if self.board is None:
+                self.board = ray.get_actor(self.board_name)
+            self.board.report.remote(index, frames)
+        except Exception:   # noqa: BLE001 - progress is best effort
+            pass
+
+    def run(self, shard: Shard, out_part: str) -> tuple[str, Any]:
+        return self.worker.run(shard, out_part, lambda n: self._report(shard.index, n))
+
+    def ping(self) -> bool:
+        return True
+
+
+# -- the driver ------------------------------------------------------------------------------------------
+
+class _DriverProgress:
+    """One line over all shards on the driver: frames done / total, shards done, retried, failed."""
+
+    def __init__(self, total_frames: int, total_shards: int, enabled: bool) -> None:
+        self.total, self.shards, self.enabled = total_frames, total_shards, enabled
+        self.start = self._last = time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self._said = (-1, -1, -1)
+
+    def update(self, frames: int, done: int, failed: int, retried: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._last < (0.5 if self.tty else 10.0)):
+            return
+        if force and self._said == (frames, done, failed):
+            return
+        self._last, self._said = now, (frames, done, failed)
+        pct = f' ({100.0 * frames / self.total:.1f}%)' if self.total else ''
+        line = (f'eval: {frames}/{self.total} frames{pct} {frames / max(now - self.start, 1e-9):.1f} fps | '
+                f'shards {done}/{self.shards} done, {failed} failed, {retried} retried')
+        sys.stderr.write(('\r' + line) if self.tty else line + '\n')
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            sys.stderr.write('\n')
+
+
+def make_executor(spec: EvalSpec, factory: Callable[[], Any], num_classes: int, opts: ExecutionOptions,
+                  shards: int) -> Any:
+    if opts.executor == 'ray':
+        return _RayExecutor(spec, factory, num_classes, opts, shards)
+    jobs = min(opts.jobs or 1, max(1, shards))
+    if jobs <= 1:
+        return _InlineExecutor(spec, factory, num_classes)
+    return _ProcessExecutor(spec, factory, num_classes, jobs)
+
+
+def execute(plan: ShardPlan, spec: EvalSpec, factory: Callable[[], Any], num_classes: int,
+            opts: ExecutionOptions, out_part: Callable[[Shard], str] = lambda s: '',
+            on_result: Callable[[ShardResult], None] | None = None) -> tuple[EvalState, list[ShardResult]]:
+    """Run every shard of ``plan`` on the chosen executor, with retries; the merged state and the raw results.
+
+    The state's ``shards`` entry says what ran: totals, retries, failed shards with their error, shards not run
+    (after Ctrl-C). A shard is merged at most once: only its first successful attempt returns a result.
+    """
+    results: dict[int, ShardResult] = {}
+    merger = ResultMerger(num_classes, spec.samples)
+    frames_done = 0
+    failures: list[ShardFailure] = list(plan.rejected)
+    attempts: dict[int, int] = {}
+    pending: deque[Shard] = deque(plan.shards)
+    running: dict[Any, Shard] = {}
+    retried = 0
+    interrupted = False
+    progress = _DriverProgress(plan.total_frames, len(plan.shards) + len(plan.rejected), opts.progress)
+    ex: Any = None
+    try:
+        ex = make_executor(spec, factory, num_classes, opts, len(plan.shards)) if plan.shards else None
+        while ex is not None and (pending or running):
+            while pending and ex.free(len(running)) > 0:
+                sh = pending.popleft()
+                attempts[sh.index] = attempts.get(sh.index, 0) + 1
+                running[ex.submit(sh, out_part(sh))] = sh
+            for h in ex.wait(list(running), 0.5):
+                sh = running.pop(h)
+                try:
+                    kind, value = ex.result(h)
+                except _ShardError as exc:
+                    kind, value = 'error', str(exc)
+                if kind == 'setup' and not results:   # before any success: the configuration is wrong, stop
+                    raise WorkerSetupError(f'a worker could not build the pipeline: {value}')
+                if kind == 'setup':                   # one node's problem (e.g. its GPU): a failed attempt
+                    kind, value = 'error', f'worker setup failed: {value}'
+                if kind == 'ok':
+                    results[sh.index] = value
+                    merger.add(value)
+                    frames_done += value.state.counters.get('frames', 0)
+                    value.state.samples = []   # merged; the driver keeps only small per-shard numbers
+                    if on_result is not None:
+                        on_result(value)
+                    if value.state.interrupted:   # Ctrl-C inside an inline shard: keep its part and stop
+                        raise KeyboardInterrupt
+                elif kind == 'error' and attempts[sh.index] <= opts.max_retries:
+                    retried += 1
+                    LOG.warning('shard %s failed (attempt %d of %d): %s; retrying', sh.name, attempts[sh.index],
+                                opts.max_retries + 1, value)
+                    pending.append(sh)
+                else:
+                    LOG.error('shard %s failed after %d attempts: %s', sh.name, attempts[sh.index], value)
+                    failures.append(ShardFailure(sh.name, sh.bag, str(value), attempts[sh.index]))
+            frames = ex.frames()
+            progress.update(frames_done + sum(frames.get(s.index, 0) for s in running.values()), len(results),
+                            len(failures), retried)
+    except KeyboardInterrupt:
+        interrupted = True
+        LOG.warning('interrupted; cancelling %d running and %d queued shards, reporting the %d finished',
+                    len(running), len(pending), len(results))
+        if ex is not None:
+            ex.cancel()
+    finally:
+        if ex is not None:
+            ex.close()
+        progress.update(frames_done, len(results), len(failures), retried, force=True)
+        progress.close()
+    state = merger.finish()
+    state.interrupted |= interrupted
+    not_run = [s.name for s in plan.shards if s.index not in results
+               and all(f.shard != s.name for f in failures)]
+    for f in failures:   # one line each in the summary and the report; the exit code says a bag is missing
+        state.failed_sources.setdefault(f.shard, f.error)
+    state.shards = {'executor': opts.executor, 'total': len(plan.shards) + len(plan.rejected),
+                    'done': len(results), 'retried': retried,
+                    'failed': [f.to_dict() for f in failures], 'not_run': not_run}
+    return state, [results[i] for i in sorted(results)]
+
+
+def evaluate_shards(bags: list[str] | tuple[str, ...], spec: EvalSpec, factory: Callable[[], Any], num_classes: int,
+                    opts: ExecutionOptions) -> EvalState:
+    """Plan shards (bag paths checked here, on the driver), run them, merge, publish ``--out-bag``."""
+    from evit_ros.eval.out_bags import OutBags
+    from evit_ros.eval.shards import plan_shards
+    plan = plan_shards(list(bags), spec, opts.shard_seconds)
+    outs = OutBags(spec.out_bag, plan)
+    try:
+        state, results = execute(plan, spec, factory, num_classes, opts, out_part=outs.part_path)
+    except BaseException:
+        outs.discard()
+        raise
+    state.shards['out_bags'] = outs.publish(results)
+    return state
