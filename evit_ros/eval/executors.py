@@ -22,7 +22,16 @@ from typing import Any
 
 from evit_ros.errors import ConfigError, DataError, EvitError
 from evit_ros.eval.runner import EvalSpec, EvalState
-from evit_ros.eval.shards import ResultMerger, Shard, ShardFailure, ShardPlan, ShardResult, run_shard, shard_spec
+from evit_ros.eval.shards import (
+    ResultMerger,
+    Shard,
+    ShardFailure,
+    ShardPlan,
+    ShardResult,
+    one_line,
+    run_shard,
+    shard_spec,
+)
 
 LOG = logging.getLogger('evit_ros.eval')
 EXECUTORS = ('local', 'ray')
@@ -467,8 +476,9 @@ def execute(plan: ShardPlan, spec: EvalSpec, factory: Callable[[], Any], num_cla
                                 opts.max_retries + 1, value)
                     pending.append(sh)
                 else:
-                    LOG.error('shard %s failed after %d attempts: %s', sh.name, attempts[sh.index], value)
-                    failures.append(ShardFailure(sh.name, sh.bag, str(value), attempts[sh.index]))
+                    LOG.error('not evaluated: %s after %d attempts: %s', sh.name, attempts[sh.index],
+                              one_line(str(value)))
+                    failures.append(ShardFailure(sh.name, sh.bag, one_line(str(value)), attempts[sh.index]))
             frames = ex.frames()
             progress.update(frames_done + sum(frames.get(s.index, 0) for s in running.values()), len(results),
                             len(failures), retried)

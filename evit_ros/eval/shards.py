@@ -134,11 +134,11 @@ def plan_shards(bags: Sequence[str], spec: EvalSpec, shard_seconds: float = 0.0)
                     counts[c.topic] = counts.get(c.topic, 0) + int(c.msgcount)
                 start, end = int(reader.start_time), int(reader.end_time)
         except DataError as exc:
-            rejected.append(ShardFailure(bag, bag, str(exc), 0))
+            rejected.append(ShardFailure(bag, bag, one_line(str(exc)), 0))
             continue
         except Exception as exc:  # noqa: BLE001 - rosbags raises assorted types for unreadable bags
-            rejected.append(ShardFailure(bag, bag, f'bag {bag} cannot be opened ({type(exc).__name__}: {exc}); it is '
-                                         'empty, truncated or not a ROS 2 bag', 0))
+            rejected.append(ShardFailure(bag, bag, one_line(f'bag {bag} cannot be opened ({type(exc).__name__}: '
+                                                            f'{exc}); it is empty, truncated or not a ROS 2 bag'), 0))
             continue
         missing = [t for t in spec.image_topics if t not in counts]
         have = ', '.join(sorted(counts)) or 'none'
@@ -157,7 +157,16 @@ def plan_shards(bags: Sequence[str], spec: EvalSpec, shard_seconds: float = 0.0)
             hi = None if k == parts - 1 else start + (k + 1) * step
             frames = images if parts == 1 else round(images * ((hi or end) - (lo or start)) / max(end - start, 1))
             shards.append(Shard(len(shards), bag, bi, k, parts, lo, hi, frames))
+    for f in rejected:
+        LOG.error('skipped: %s', f.error)
     return ShardPlan(shards, rejected)
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """An error as one short line (reports and logs list one line per failed bag)."""
+    flat = ' '.join(str(text).split())
+    return flat if len(flat) <= limit else flat[:limit - 3] + '...'
+
 
 
 def sample_key(source: str, camera: str, stamp_ns: int) -> int:
