@@ -147,6 +147,9 @@ def test_out_bag_folder_one_bag_per_input_published_atomically(drives, tmp_path)
     assert st.shards['out_bags'] == [str(out / n) for n in ('long', 'short_a', 'short_b')]
     with pytest.raises(ConfigError, match='already exists'):
         run(drives, spec(out_bag=str(out)))
+    with pytest.raises(ConfigError, match='names one MCAP file'):
+        run(drives, spec(out_bag=str(tmp_path / 'all.mcap')))
+    assert not (tmp_path / 'all.mcap').exists()
 
 
 def interrupt_when(path, timeout: float = 60.0):
