@@ -168,7 +168,6 @@ def one_line(text: str, limit: int = 300) -> str:
     return flat if len(flat) <= limit else flat[:limit - 3] + '...'
 
 
-
 def sample_key(source: str, camera: str, stamp_ns: int) -> int:
     """A frame's overlay-sample priority: a hash of where it is, so the kept samples do not depend on sharding."""
     h = hashlib.blake2b(f'{source}|{camera}|{stamp_ns}'.encode(), digest_size=8).digest()
