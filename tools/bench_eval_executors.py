@@ -1,4 +1,4 @@
-"""Benchmark of the eval executors: local (one process) vs Ray with 1 and 2 actors on the same bags.
+"""Benchmark of the eval executors: local (one and two processes) vs Ray with 1 and 2 actors on the same bags.
 
 Prints a table and writes JSON. Two measurements per executor, with the node's real pipeline (ONNX Runtime,
 EfficientViT-B0 graph with seeded weights):
@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
              runtime_env={'env_vars': {'PYTHONPATH': os.pathsep.join([str(REPO), str(REPO / 'tests')])}})
     cluster_start = time.time() - t0
     cores = os.cpu_count() or 1
-    configs = [('local --jobs 1', 'local', 1, cores), ('ray 1 actor', 'ray', 1, cores),
-               ('ray 2 actors', 'ray', 2, max(1, cores // 2))]
+    configs = [('local --jobs 1', 'local', 1, cores), ('local --jobs 2', 'local', 2, max(1, cores // 2)),
+               ('ray 1 actor', 'ray', 1, cores), ('ray 2 actors', 'ray', 2, max(1, cores // 2))]
     runs: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {c[0]: [] for c in configs}
     load_before = os.getloadavg()
     try:
