@@ -204,3 +204,10 @@ def test_a_bad_bag_fails_once_without_retries(drives, tmp_path) -> None:
     (f,) = st.shards['failed']
     assert f['bag'] == str(wrong) and f['attempts'] == 1 and 'std_msgs/msg/String' in f['error']
     assert st.shards['retried'] == 0 and st.counters['frames'] == 32
+
+
+def test_progress_on_the_driver_counts_frames_and_shards(drives, capsys) -> None:
+    run(drives, shard_seconds=10.0, progress=True)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith('eval: ')]
+    assert lines and lines[-1].startswith('eval: 320/')
+    assert 'shards 9/9 done, 0 failed, 0 retried' in lines[-1] and len(lines) <= 3   # not one line per frame
