@@ -367,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--camera-width', type=int, default=2048, help='camera frame width (default 2048)')
     p.add_argument('--threads', type=int, default=0, help='ONNX Runtime threads, 0: default (all cores)')
     p.add_argument('--input-reliability', choices=('best_effort', 'reliable'), default='best_effort',
-                   help='qos.input_reliability of the node (default best_effort, as shipped)')
+                   help='qos.input_reliability of the node (default best_effort, fixed so runs compare; '
+                        'the shipped default is auto)')
     p.add_argument('--transport', choices=('shm-large', 'default'), default='shm-large',
                    help='Fast DDS transport (default shm-large; see the module docstring)')
     p.add_argument('--onnx', default='', help='exported ONNX; default: the backend exports b0 to its cache')
