@@ -28,6 +28,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from test_ros_node import export_test_onnx  # noqa: E402
+from test_ros_process import _stop  # noqa: E402
 
 from evit_ros.ros import conversions as conv  # noqa: E402
 
@@ -319,18 +320,6 @@ def _rss_kib(pid: int) -> tuple[int, int]:
         k, _, v = line.partition(':')
         fields[k] = v.strip()
     return int(fields['VmRSS'].split()[0]), int(fields['VmHWM'].split()[0])
-
-
-def _stop(proc: subprocess.Popen, sig: int) -> tuple[int, float]:
-    t0 = time.monotonic()
-    proc.send_signal(sig)
-    try:
-        rc = proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise
-    return rc, time.monotonic() - t0
 
 
 @pytest.mark.skipif(not Path('/proc/self/status').is_file(), reason='needs /proc for RSS')
