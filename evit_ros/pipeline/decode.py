@@ -75,13 +75,12 @@ def decode_image(data: bytes | bytearray | memoryview | np.ndarray, encoding: st
                          f'step must be at least {row_bytes} bytes', 'step')
     rows = height * 3 // 2 if encoding == 'nv12' else height
     buf = _as_bytes_array(data)
-    need = step * (rows - 1) + row_bytes
     if step > row_bytes and buf.size < step * rows and buf.size >= row_bytes * rows:
         implied = buf.size // rows
         raise FrameError(f'{encoding} {width}x{height} step {step} is larger than the data implies '
                          f'({buf.size} bytes for {rows} rows: step {implied}); fix the driver\'s step field',
                          'step')
-    if buf.size < need or buf.size < step * rows:
+    if buf.size < step * rows:
         raise FrameError(f'{encoding} {width}x{height} step {step} needs {step * rows} bytes '
                          f'(step*{rows}), got {buf.size}', 'truncated')
     if buf.size > step * rows:
@@ -178,8 +177,7 @@ def decode_compressed(data: bytes | bytearray | memoryview | np.ndarray, format:
         raise FrameError(f'{kind} header claims {width}x{height} = {width * height} pixels, more than '
                          f'input.max_decoded_pixels={max_pixels} (a decompression bomb, or raise that parameter '
                          'for a camera this large); not decoded', 'size')
-    is_jpeg = buf.size >= 2 and buf[0] == 0xFF and buf[1] == 0xD8
-    if is_jpeg and not (buf.size >= 4 and buf[-2] == 0xFF and buf[-1] == 0xD9):
+    if kind == 'jpeg' and not (buf.size >= 4 and buf[-2] == 0xFF and buf[-1] == 0xD9):
         # OpenCV silently decodes truncated JPEGs with grey bottom rows; refuse them instead.
         tail = bytes(buf[-16:]).rstrip(b'\x00')
         if not tail.endswith(b'\xff\xd9'):
