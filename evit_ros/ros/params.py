@@ -297,12 +297,14 @@ class ParameterGuard:
 
     def __init__(self, flat: Mapping[str, Any], specs: Mapping[str, ParamSpec],
                  apply: Callable[[NodeConfig, dict[str, Any]], None],
-                 check: Callable[[NodeConfig], None] | None = None) -> None:
+                 check: Callable[[NodeConfig], None] | None = None, post_set_supported: bool = False) -> None:
         self.flat = dict(flat)
         self.specs = dict(specs)
         self._apply = apply
         self._check = check
         self._pending: tuple[NodeConfig, dict[str, Any]] | None = None
+        # True where rclpy calls on_post_set (Jazzy+): apply there; False (Humble): apply in on_set
+        self._post_set_supported = post_set_supported
 
     def validate(self, changes: Mapping[str, Any]) -> tuple[NodeConfig | None, str]:
         """(new config, '') if the changes are acceptable, else (None, reason)."""
@@ -361,8 +363,6 @@ class ParameterGuard:
             else:
                 self.flat[k] = v
         self._apply(cfg, changes)
-
-    _post_set_supported = False
 
     def attach(self, node: Any) -> None:
         """Register the callbacks (post-set where rclpy has it, i.e. Jazzy+; on Humble apply in on-set)."""

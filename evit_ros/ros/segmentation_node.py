@@ -158,6 +158,7 @@ class SegmentationNode(LifecycleNode):
         self._qos_timer: Any = None
         self._warned_unknown = False
         self._label_info_off_logged = False
+        self._label_info: tuple[Any, Any] | None = None   # (LabelInfo, VisionClass) once configured
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._guard_change_state_service()
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -313,10 +314,10 @@ class SegmentationNode(LifecycleNode):
                               f're-export with --head {NODE_HEAD} so it is computed only while subscribed')
         self._guard = ParameterGuard(flat, all_specs([c.name for c in cfg.cameras],
                                                      [g for g, _ in cfg.drivable.groups]),
-                                     self._apply_config, check=self._check_config)
-        self._guard._post_set_supported = hasattr(self, 'add_post_set_parameters_callback')
+                                     self._apply_config, check=self._check_config,
+                                     post_set_supported=hasattr(self, 'add_post_set_parameters_callback'))
         out_qos = qos_profile(cfg.qos.output_reliability, cfg.qos.output_depth)
-        label_info = self._label_info_types()
+        self._label_info = label_info = self._label_info_types()
         cameras: dict[str, _Camera] = {}
         self.cameras = cameras
         for cam_cfg in cfg.cameras:
@@ -359,9 +360,9 @@ class SegmentationNode(LifecycleNode):
         cfg = self.cfg
         stamp = self.get_clock().now().to_msg()
         for cam in self.cameras.values():
-            if cam.label_info_pub is not None:
-                from vision_msgs.msg import LabelInfo, VisionClass
-                cam.label_info_pub.publish(conv.label_info(LabelInfo, VisionClass, self.dataset.class_names, stamp))
+            if cam.label_info_pub is not None and self._label_info is not None:
+                label_info, vision_class = self._label_info
+                cam.label_info_pub.publish(conv.label_info(label_info, vision_class, self.dataset.class_names, stamp))
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
         mode, depth = cfg.qos.input_reliability, cfg.qos.input_depth
         self._stop.clear()   # the same Event the output stage checks between cameras
