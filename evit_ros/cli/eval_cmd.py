@@ -95,12 +95,11 @@ def check_outputs(args: argparse.Namespace) -> None:
     from evit_ros.eval.bags import check_new_bag_path
     from evit_ros.eval.predictions import check_predictions_dir
     from evit_ros.eval.report import check_report_dir
-    from evit_ros.eval.runner import out_bag_paths
     check_report_dir(args.report)
     if args.out_bag and args.live:
         raise ConfigError('--out-bag is not available with --live (record the node\'s topics with ros2 bag record)')
-    for path in out_bag_paths(args.out_bag, 1 if args.cityscapes else len(args.bag)):
-        check_new_bag_path(Path(path))
+    if args.out_bag:   # one bag, or for several bags or slices the folder of one bag per input bag
+        check_new_bag_path(Path(args.out_bag))
     if args.save_predictions:
         if args.live:
             raise ConfigError('--save-predictions is not available with --live')

@@ -119,16 +119,6 @@ def read_messages(reader: Any, connections: Sequence[Any], path: str | Path, sta
         yield item
 
 
-def bag_topics(path: str | Path) -> dict[str, tuple[str, int]]:
-    """topic -> (msgtype, message count) of a bag, for error messages and progress totals."""
-    with open_reader(path) as reader:
-        out: dict[str, tuple[str, int]] = {}
-        for c in reader.connections:
-            old = out.get(c.topic, (c.msgtype, 0))
-            out[c.topic] = (c.msgtype, old[1] + int(c.msgcount))
-        return out
-
-
 def iter_events(path: str | Path, image_topics: Sequence[str], label_topics: Sequence[str] = (), *,
                 start_ns: int | None = None, stop_ns: int | None = None,
                 labels_only: bool = False) -> Iterator[BagEvent]:

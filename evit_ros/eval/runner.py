@@ -436,12 +436,6 @@ def _default_palette(n: int) -> np.ndarray:
     return pal
 
 
-def out_bag_paths(out_bag: str, count: int) -> list[str]:
-    """The path a run writes its out-bag to (checked before the model is loaded): one bag, or for several bags
-    or slices the folder of one bag per input bag (``evit_ros.eval.out_bags``)."""
-    return [out_bag] if out_bag else []
-
-
 def evaluate_bag(bag: str, spec: EvalSpec, segmenter: Any, num_classes: int,
                  state: EvalState | None = None) -> EvalState:
     """Evaluate one whole bag with an already-built segmenter (the shard function on a one-bag shard)."""

@@ -282,7 +282,7 @@ def run_shard(shard: Shard, spec: EvalSpec, segmenter: Any, num_classes: int, *,
         state.interrupted = True
         LOG.warning('interrupted after %d frames of %s', scorer.frames, shard.name)
     except BaseException:
-        getattr(scorer, 'abort', scorer.flush)()   # a failed shard's output is discarded (its result never merged)
+        scorer.abort()   # a failed shard's output is discarded (its result never merged)
         raise
     scorer.flush()
     if progress is not None:
