@@ -60,3 +60,9 @@ META_BATCH = 'evit.batch'                  # "N" static, or "dynamic:MAX"
 META_CHECKPOINT_SHA256 = 'evit.checkpoint_sha256'  # '' for random/deterministic weights
 META_EXPORTER = 'evit.exporter'            # JSON {evit_ros, torch, onnx, opset}
 META_FP32_SCOPES = 'evit.fp32_scopes'      # JSON list of node-name prefixes that must stay FP32
+
+
+def dynamic_max_batch(meta: dict[str, str]) -> int | None:
+    """MAX of an exported graph's ``evit.batch = "dynamic:MAX"``; None for a static batch."""
+    batch = meta.get(META_BATCH, '1')
+    return int(batch.split(':', 1)[1]) if batch.startswith('dynamic:') else None

@@ -49,8 +49,8 @@ def model_io_from_metadata(meta: dict[str, str], input_spec: TensorSpec,
     if contract.META_MODEL not in meta or contract.META_HEAD not in meta:
         raise BackendError('the ONNX graph has no evit.* metadata (not exported by `evit-ros export`); '
                            're-export it with `evit-ros export --model NAME ...`')
-    batch = meta.get(contract.META_BATCH, '1')
-    max_batch = int(batch.split(':', 1)[1]) if batch.startswith('dynamic:') else int(batch)
+    dynamic_max = contract.dynamic_max_batch(meta)
+    max_batch = dynamic_max if dynamic_max is not None else int(meta.get(contract.META_BATCH, '1'))
     try:
         classes = tuple(json.loads(meta.get(contract.META_CLASSES, '[]')))
         colors = tuple(tuple(int(v) for v in c) for c in json.loads(meta.get(contract.META_COLORS, '[]')))

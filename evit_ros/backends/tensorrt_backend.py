@@ -185,8 +185,8 @@ class TensorRTBackend(InferenceBackend):
         if self.onnx_path is None:
             return opt
         from evit_ros.export.onnx_export import read_metadata
-        batch = read_metadata(self.onnx_path).get(contract.META_BATCH, '1')
-        return min(opt, int(batch.split(':', 1)[1])) if batch.startswith('dynamic:') else None
+        dynamic_max = contract.dynamic_max_batch(read_metadata(self.onnx_path))
+        return min(opt, dynamic_max) if dynamic_max is not None else None
 
     def _deserialize(self) -> None:
         trt_mod = self._trt

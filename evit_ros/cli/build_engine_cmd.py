@@ -84,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
     if opt_batch is None and cfg is not None:   # the node batches one frame per camera
         from evit_ros import contract
         from evit_ros.export.onnx_export import read_metadata
-        batch_meta = read_metadata(onnx_path).get(contract.META_BATCH, '1')
-        if batch_meta.startswith('dynamic:'):
-            opt_batch = min(len(cfg.cameras), int(batch_meta.split(':', 1)[1]))
+        dynamic_max = contract.dynamic_max_batch(read_metadata(onnx_path))
+        if dynamic_max is not None:
+            opt_batch = min(len(cfg.cameras), dynamic_max)
     timing_cache = args.timing_cache or str(Path(output).parent / 'timing.cache' if output else 'engines/timing.cache')
     t0 = time.perf_counter()
     calib_options = {'calib_images': args.calib_images, 'calib_bag': args.calib_bag, 'calib_topic': args.calib_topic,

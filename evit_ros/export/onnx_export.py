@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -71,17 +71,26 @@ class ExportReport:
                 f'{len(self.fp32_nodes)} attention nodes marked FP32')
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """``metadata_props`` of an ONNX file (weights are not loaded)."""
+def load_onnx(path: str | Path) -> Any:
+    """The ONNX model of a file (external weight files are not loaded); ExportError naming the fix otherwise."""
     import onnx
     p = Path(path)
     if not p.is_file():
         raise ExportError(f'ONNX file {p} does not exist; create it with `evit-ros export ... -o {p}`')
     try:
-        model = onnx.load(str(p), load_external_data=False)
+        return onnx.load(str(p), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError / various protobuf errors
         raise ExportError(f'{p} is not a readable ONNX file ({exc}); re-export it with `evit-ros export`') from exc
+
+
+def metadata_of(model: Any) -> dict[str, str]:
+    """``metadata_props`` of a loaded ONNX model as a dict."""
     return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file (external weight files are not loaded)."""
+    return metadata_of(load_onnx(path))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,7 +36,8 @@ from evit_ros.export import engine_cache
 from evit_ros.export.onnx_export import (
     fp32_scope_nodes,
     integer_tensors,
-    read_metadata,
+    load_onnx,
+    metadata_of,
     scopes_from_metadata,
     to_mixed_precision,
 )
@@ -491,17 +492,15 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path | None = None, *
     if dla_core is not None and precision == 'fp32':
         raise EngineError('--dla-core needs --precision fp16 or int8: DLA runs FP16/INT8 only, an fp32 build '
                           'would silently run on the GPU; drop --dla-core or choose fp16')
-    meta = read_metadata(onnx_p)
-    batch_meta = meta.get(contract.META_BATCH, '1')
-    if max_batch is None and batch_meta.startswith('dynamic:'):
-        max_batch = int(batch_meta.split(':', 1)[1])
+    onnx_model = load_onnx(onnx_p)   # read once: metadata, Q/DQ check and the pinned-layer set
+    meta = metadata_of(onnx_model)
+    if max_batch is None:
+        max_batch = contract.dynamic_max_batch(meta)
     trt_mod = import_tensorrt(trt_module)
     version = trt_version(trt_mod)
     gpu_id = engine_cache.GpuIdentity.from_tuple(gpu) if gpu is not None else detect_gpu()
     exporter = json.loads(meta.get(contract.META_EXPORTER, '{}') or '{}')
     mixed = bool(exporter.get('mixed_precision_fp16', False))
-    import onnx
-    onnx_model = onnx.load(str(onnx_p), load_external_data=False)
     qdq = is_qdq(onnx_model)
     plan = plan_precision(trt_mod, precision, mixed=mixed, qdq=qdq)
     if qdq:
