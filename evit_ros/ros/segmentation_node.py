@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import sys
 import threading
 import time
@@ -54,7 +53,7 @@ from evit_ros.ros.diagnostics import CameraStats, EngineStats, diagnostic_array,
 from evit_ros.ros.outputs import NODE_HEAD, OutputStage, pipeline_threads
 from evit_ros.ros.params import ParameterGuard, all_specs, declare_all, declare_one, unknown_overrides
 from evit_ros.ros.qos import InputSubscription, qos_profile
-from evit_ros.ros.startup import Interrupted, SignalFlag, check_ros_args, one_line
+from evit_ros.ros.startup import SignalFlag, check_ros_args, exit_now, one_line
 
 try:  # Jazzy and later
     from rclpy.event_handler import SubscriptionEventCallbacks
@@ -193,8 +192,6 @@ class SegmentationNode(LifecycleNode):
                     getattr(self, public)()
                 except AttributeError:   # early Humble rclpy: trigger_* name a constant that does not exist
                     self._LifecycleNodeMixin__change_state(tid)
-                if self._interrupted is not None:
-                    raise self._interrupted
                 # success is read from our own state: Humble's trigger_* return nothing
                 if self.lifecycle_state != reached:
                     raise self.transition_error or EvitError(f'lifecycle transition {public[8:]} failed')
@@ -202,7 +199,6 @@ class SegmentationNode(LifecycleNode):
             self._quiet_failures = False
 
     _quiet_failures = False
-    _interrupted: BaseException | None = None
 
     def _guard_change_state_service(self) -> None:
         """rclpy raises out of the change_state service for a transition the current state does not have (e.g.
@@ -233,10 +229,6 @@ class SegmentationNode(LifecycleNode):
             self.lifecycle_state = failure_state
             if not self._quiet_failures:
                 self._log.error(f'{name} failed: {_startup_error(exc)}')
-            return TransitionCallbackReturn.FAILURE
-        except BaseException as exc:  # a signal during startup (Interrupted): it must not cross rclpy's C++
-            self._interrupted = exc     # callback layer (that aborts the process); _autostart re-raises it
-            self.lifecycle_state = failure_state
             return TransitionCallbackReturn.FAILURE
         self.transition_error = None
         self.lifecycle_state = success_state
@@ -711,7 +703,7 @@ def _startup_error(exc: BaseException) -> str:
 def main(args: list[str] | None = None) -> int:
     """Console entry point (``segmentation_node``): run until SIGINT/SIGTERM (exit 0); exit 2 on any startup failure.
 
-    rclpy's own signal handlers are off: SIGINT/SIGTERM during startup interrupt it without a traceback, and
+    rclpy's own signal handlers are off: SIGINT/SIGTERM during startup end the process at once (exit 0), and
     while running they end the spin loop within 0.1 s. Shutdown keeps to 2 s at any uptime: when the worker
     is still inside a long inference after its grace time, the process exits without waiting for it.
     """
@@ -722,13 +714,7 @@ def main(args: list[str] | None = None) -> int:
         check_ros_args(argv)
         rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
         node = SegmentationNode()
-        flag.raise_now = False   # from here on a signal only ends the spin loop
-    except Interrupted:
-        _quiet_teardown(node)
-        # the signal may have landed inside torch's ONNX export or a backend's load: interpreter finalization
-        # over that half-built state can crash (SIGSEGV seen), so end the process without it
-        _exit_now(0)
-        return 0
+        flag.exit_on_signal = False   # from here on a signal only ends the spin loop
     except Exception as exc:  # noqa: BLE001 - every startup failure is one FATAL line
         code = _fatal(_startup_error(exc))
         _quiet_teardown(node)
@@ -742,7 +728,7 @@ def main(args: list[str] | None = None) -> int:
     try:
         while not flag.event.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException, Interrupted):
+    except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:  # noqa: BLE001 - report, then shut down cleanly
         node.get_logger().error(f'executor failed: {type(exc).__name__}: {one_line(exc)}')
@@ -763,22 +749,8 @@ def main(args: list[str] | None = None) -> int:
             _quiet_teardown(node)
     # Interpreter finalization with torch/ONNX Runtime/OpenCV loaded takes ~2 s on a small CPU: the node has
     # released everything it owns, so end the process now (the 2 s shutdown promise holds at any uptime).
-    _exit_now(0)
+    exit_now(0)
     return 0
-
-
-def _exit_now(code: int) -> None:
-    """Flush Python and C stdio (rcutils logs through C streams), then end the process without finalization."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    try:
-        ctypes.CDLL(None).fflush(None)
-    except (OSError, AttributeError):
-        pass
-    os._exit(code)
 
 
 def _quiet_teardown(node: SegmentationNode | None) -> None:

@@ -6,7 +6,10 @@ exports, ends the process with exit code 0 and no traceback.
 """
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,16 +19,32 @@ from typing import Any
 from evit_ros.errors import ConfigError
 
 
-class Interrupted(BaseException):  # noqa: N818 - not an error: the user asked to stop
-    """Raised in the main thread by SIGINT/SIGTERM while the node starts up."""
+def exit_now(code: int) -> None:
+    """Flush Python and C stdio (rcutils logs through C streams), then end the process without finalization."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
+    os._exit(code)
 
 
 class SignalFlag:
-    """SIGINT/SIGTERM handler: sets :attr:`event`; while ``raise_now`` is true also raises :class:`Interrupted`."""
+    """SIGINT/SIGTERM handler: sets :attr:`event`; while ``exit_on_signal`` is true (startup) ends the process.
+
+    During startup the process exits from the handler (code 0) instead of raising: an exception raised
+    asynchronously can land in Python code that a C++ extension called (a nanobind module's import, rclpy's
+    lifecycle), where it aborts the process (``terminate called after throwing nanobind::python_error``).
+    Startup holds nothing that outlives the process (file locks are released by the OS).
+    """
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self.raise_now = True
+        self.exit_on_signal = True
         self.signum = 0
         self._previous: dict[int, Any] = {}
 
@@ -37,9 +56,8 @@ class SignalFlag:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum
         self.event.set()
-        if self.raise_now:
-            self.raise_now = False   # once: cleanup after the first signal must not be interrupted again
-            raise Interrupted(signum)
+        if self.exit_on_signal:
+            exit_now(0)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -120,4 +138,4 @@ def one_line(exc: BaseException) -> str:
     return text if text else type(exc).__name__
 
 
-__all__ = ['Interrupted', 'SignalFlag', 'check_params_file', 'check_ros_args', 'one_line']
+__all__ = ['SignalFlag', 'exit_now', 'check_params_file', 'check_ros_args', 'one_line']
