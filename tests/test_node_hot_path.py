@@ -91,6 +91,23 @@ def test_confidence_only_when_asked(segmenters) -> None:
     assert not seg.engine_confidence and segmenters['labels+confidence'].engine_confidence
 
 
+def test_fractions_and_groups_only_when_asked(segmenters) -> None:
+    seg = segmenters['labels+logits']
+    frame = generate_scene(HELDOUT_SEED_BASE + 7, 256, 512)[0]
+    full = seg.derive(seg.run_labels([frame])[0], want_color=False)
+    fractions = full.class_fractions.copy()
+    walkable = full.groups['walkable'].boundary_rows.copy()
+    fr = seg.derive(seg.run_labels([frame])[0], want_color=False, group_masks=False, want_fractions=False,
+                    compute_groups={'walkable'})
+    assert fr.class_fractions is None and set(fr.groups) == {'walkable'}
+    np.testing.assert_array_equal(fr.groups['walkable'].boundary_rows, walkable)
+    fr = seg.derive(seg.run_labels([frame])[0], want_color=False, group_masks={'drivable'}, want_fractions=False,
+                    compute_groups=False)
+    assert set(fr.groups) == {'drivable'}                      # a wanted mask is always computed
+    fr = seg.derive(seg.run_labels([frame])[0], want_color=False)
+    np.testing.assert_array_equal(fr.class_fractions, fractions)
+
+
 def test_message_payload_is_the_pipeline_buffer(segmenters) -> None:
     pytest.importorskip('sensor_msgs')
     from evit_ros.ros import conversions as conv

@@ -120,6 +120,12 @@ def test_palette_lookup_overrides_and_ignore() -> None:
     assert pal.colorize(labels, out=out) is out
     np.testing.assert_array_equal(out, ref[labels])
     assert pal.color_of(11) == (1, 2, 3) and pal.color_of(255) == (0, 0, 0) and pal.color_of(0) == (128, 64, 128)
+    planes = [np.full((16, 24), 7, np.uint8) for _ in range(3)]      # reused scratch: same result
+    again = np.zeros_like(out)
+    assert pal.colorize(labels, out=again, planes=planes) is again
+    np.testing.assert_array_equal(again, ref[labels])
+    with pytest.raises(ConfigError, match='3 scratch planes'):
+        pal.colorize(labels, planes=planes[:2])
     with pytest.raises(ConfigError):
         Palette(CITYSCAPES.colors, overrides=((255, (1, 1, 1)),))
 

@@ -80,3 +80,18 @@ def test_lost_frames_warning_names_the_cause_and_both_fixes() -> None:
     assert lost_frames_hint('reliable', 6 * 1024 * 1024) == ''          # reliable frames are not lost this way
     assert lost_frames_hint('best_effort', 300 * 1024) == ''            # small frames fit the segment
     assert 'larger than 512 KiB' in lost_frames_hint('best_effort', 0)  # nothing arrived yet: size unknown
+
+
+def test_class_fractions_are_taken_once_per_report_and_groups_merge() -> None:
+    st = CameraStats('front', '/front/image_raw', ('road', 'sidewalk'))
+    assert st.fractions_due()                                  # nothing stored yet
+    st.on_result({}, np.array([0.6, 0.4]), {'drivable': (0.6, 0.5), 'walkable': (0.4, 0.1)})
+    assert not st.fractions_due()                              # the next report has them
+    st.on_result({}, None, {'drivable': (0.7, 0.55)})         # a frame that computed only the drivable group
+    v = _values(st.status('evit_segmentation', CFG))
+    assert v['class_fraction.road'] == '0.6000'
+    assert v['drivable.drivable.fraction'] == '0.7000' and v['drivable.walkable.fraction'] == '0.4000'
+    assert st.fractions_due()                                  # reported: the next frame counts again
+    st.on_result({}, np.array([1.0, 0.0]), {'drivable': (1.0, 1.0)})   # a full frame replaces (groups renamed)
+    v = _values(st.status('evit_segmentation', CFG))
+    assert v['class_fraction.road'] == '1.0000' and 'drivable.walkable.fraction' not in v

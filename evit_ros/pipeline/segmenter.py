@@ -52,7 +52,7 @@ class FrameResult:
     color: np.ndarray | None
     overlay: np.ndarray | None
     groups: dict[str, GroupResult]
-    class_fractions: np.ndarray
+    class_fractions: np.ndarray | None     # None when derive() was told nobody reads them
     timings_ms: dict[str, float] = field(default_factory=dict)
     plan: ResizePlan | None = None
     # what derive() needs (valid until the next Segmenter.process/run_labels call)
@@ -110,6 +110,26 @@ def confidence_lowres(logits: np.ndarray) -> np.ndarray:
     mx = logits.max(axis=0)
     denom = np.exp(logits - mx).sum(axis=0)
     return np.clip(np.rint(255.0 / denom), 0, 255).astype(np.uint8)
+
+
+def _named(which: bool | Container[str], name: str) -> bool:
+    """``which`` is True (all), False (none) or a set of names."""
+    if isinstance(which, bool):
+        return which
+    return name in which
+
+
+def _resize_linear(src: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Bilinear ``src`` -> ``out``'s size, written into ``out``."""
+    res = cv2.resize(src, (out.shape[1], out.shape[0]), dst=out, interpolation=cv2.INTER_LINEAR)
+    if res is not out and not np.shares_memory(res, out):
+        np.copyto(out, res)
+    return out
+
+
+def _planes(slot: _Slot, hw: tuple[int, int]) -> list[np.ndarray]:
+    """Three reused single-channel scratch buffers for :meth:`Palette.colorize`."""
+    return [slot.get(f'plane{c}', hw) for c in range(3)]
 
 
 def _integer_stretch(plan: ResizePlan) -> tuple[int, int] | None:
@@ -274,14 +294,12 @@ class Segmenter:
         else:
             labels_model = labels_raw
         conf_model = None
-        if conf_raw is not None:
+        direct = conf_raw is not None and not at_model and plan.mode == 'stretch' and conf_raw.shape != model_hw
+        if conf_raw is not None and not direct:
             if conf_raw.shape == model_hw:
                 conf_model = conf_raw
             else:   # 1/8 confidence: bilinear (a probability map, unlike class ids, may be interpolated)
-                conf_model = slot.get('conf_model', model_hw)
-                res = cv2.resize(conf_raw, (model_hw[1], model_hw[0]), dst=conf_model, interpolation=cv2.INTER_LINEAR)
-                if res is not conf_model and not np.shares_memory(res, conf_model):
-                    np.copyto(conf_model, res)
+                conf_model = _resize_linear(conf_raw, slot.get('conf_model', model_hw))
         if at_model:
             out_hw = model_hw
             labels = slot.get('labels', out_hw)
@@ -295,20 +313,27 @@ class Segmenter:
         else:
             out_hw = plan.src_hw
             labels = labels_to_source(labels_model, plan, out_hw, out=slot.get('labels', out_hw))
-            conf = None if conf_model is None else labels_to_source(
-                conf_model, plan, out_hw, out=slot.get('confidence', out_hw), fill=0)
+            if direct and conf_raw is not None:
+                # stretch: the 1/8 map interpolated straight at the camera pixels (one pass, not two)
+                conf = _resize_linear(conf_raw, slot.get('confidence', out_hw))
+            else:
+                conf = None if conf_model is None else labels_to_source(
+                    conf_model, plan, out_hw, out=slot.get('confidence', out_hw), fill=0)
         return FrameResult(labels=labels, confidence=conf, color=None, overlay=None, groups={},
                            class_fractions=np.zeros(0), plan=plan, frame=frame, model_rgb=model_rgb,
                            labels_model=labels_model, slot=slot)
 
     def derive(self, fr: FrameResult, *, want_color: bool = True, want_overlay: bool = False,
-               group_masks: bool | Container[str] = True) -> FrameResult:
+               group_masks: bool | Container[str] = True, want_fractions: bool = True,
+               compute_groups: bool | Container[str] = True) -> FrameResult:
         """Phase 2: color, overlay, groups and class fractions of a :meth:`run_labels` result (in place).
 
         ``group_masks``: which groups need their full-size 0/255 mask (True: all). With a camera-size
         output that is an integer multiple of the model size (stretch), fractions and boundaries are
         computed at the model size, where they are exact, and unneeded full-size masks are skipped.
-        Adds its time to ``timings_ms['postprocess']``.
+        ``want_fractions=False`` leaves ``class_fractions`` None (the node counts them once per diagnostics
+        report); ``compute_groups`` names the groups to compute at all (True: all; a group in ``group_masks`` is
+        always computed). Adds its time to ``timings_ms['postprocess']``.
         """
         t0 = time.perf_counter()
         slot, plan, labels, labels_model = fr.slot, fr.plan, fr.labels, fr.labels_model
@@ -321,10 +346,11 @@ class Segmenter:
         color: np.ndarray | None = None
         ovl: np.ndarray | None = None
         if (want_color or want_overlay) and at_model:
-            color = self.palette.colorize(labels, out=slot.get('color', (*out_hw, 3)))
+            color = self.palette.colorize(labels, out=slot.get('color', (*out_hw, 3)), planes=_planes(slot, out_hw))
         elif want_color or want_overlay:
             # color at the model size, then map: identical result, a quarter of the lookups
-            color_model = self.palette.colorize(labels_model, out=slot.get('color_model', (*model_hw, 3)))
+            color_model = self.palette.colorize(labels_model, out=slot.get('color_model', (*model_hw, 3)),
+                                                planes=_planes(slot, model_hw))
             color = labels_to_source(color_model, plan, out_hw, out=slot.get('color', (*out_hw, 3)), fill=0)
         if want_overlay and color is not None:
             ovl = overlay(rgb, color, self.outputs.overlay_alpha, out=slot.get('overlay', (*out_hw, 3)))
@@ -336,19 +362,21 @@ class Segmenter:
         groups = {}
         scratch = (slot.get('b_bool', base_hw, np.bool_), slot.get('b_u16', base_hw, np.uint16))
         for g in self.groups:
+            if not (_named(compute_groups, g.name) or _named(group_masks, g.name)):
+                continue
             mask = g.mask(base, out=slot.get(f'group_base_{g.name}', base_hw))
             boundary = freespace_boundary(mask, scratch=scratch)
             full: np.ndarray | None = mask
             if rep is not None:
                 sy, sx = rep
                 boundary = np.repeat(boundary * sy, sx)
-                wanted = group_masks is True or (group_masks is not False and g.name in group_masks)  # type: ignore[operator]
+                wanted = _named(group_masks, g.name)
                 full = g.mask(labels, out=slot.get(f'group_{g.name}', out_hw)) if wanted else None
             groups[g.name] = GroupResult(mask=full, fraction=group_fraction(mask),
                                          roi_fraction=self.roi.fraction(mask, scratch=slot.get('roi', base_hw)),
                                          boundary_rows=boundary)
         fr.color, fr.overlay, fr.groups = color, ovl, groups
-        fr.class_fractions = class_fractions(base, self.dataset.num_classes)
+        fr.class_fractions = class_fractions(base, self.dataset.num_classes) if want_fractions else None
         fr.timings_ms['postprocess'] = fr.timings_ms.get('postprocess', 0.0) + (time.perf_counter() - t0) * 1e3
         return fr
 

@@ -8,8 +8,11 @@
   messages filled from ``tobytes()``.
 * ``floor``: the publish floor: the messages the node publishes for one frame, pre-built once, published
   in a plain rclpy loop to the benchmark's subscribers; prints the per-round publish times as JSON.
+* ``echo``: the transport floor: a node that does no work. It subscribes to the camera like the node
+  (best effort) and answers every frame with the same pre-built messages stamped with the frame's stamp;
+  its end-to-end time is what moving the frame in and the outputs out costs any node on this machine.
 
-Run only by the benchmark: ``python -m evit_ros.ros.bench_baselines plain|floor ...``.
+Run only by the benchmark: ``python -m evit_ros.ros.bench_baselines plain|floor|echo ...``.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import numpy as np
 from evit_ros.contract import IMAGENET_MEAN, IMAGENET_STD
 
 PLAIN_NS = '/plain'
+ECHO_NS = '/echo'
 FLOOR_NS = '/floor'
 IMAGE_OUTPUTS = ('mask', 'color_mask', 'overlay', 'confidence')
 
@@ -145,11 +149,29 @@ def run_floor(node: Any, camera_hw: tuple[int, int], subscribe: str, rounds: int
     sys.stdout.flush()
 
 
+class EchoNode:
+    """See the module docstring: the pre-built messages of :func:`floor_messages`, sent back per frame."""
+
+    def __init__(self, node: Any, camera_hw: tuple[int, int], subscribe: str) -> None:
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+        self.msgs = floor_messages(camera_hw, subscribe)
+        self.pubs = {k: node.create_publisher(type(m), f'{ECHO_NS}/{k}', 1) for k, m in self.msgs.items()}
+        node.create_subscription(Image, f'{ECHO_NS}/image_raw', self.callback,
+                                 QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+
+    def callback(self, msg: Any) -> None:
+        for k, p in self.pubs.items():
+            out = self.msgs[k]
+            out.header.stamp = msg.header.stamp
+            p.publish(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     p = argparse.ArgumentParser(prog='python -m evit_ros.ros.bench_baselines')
-    p.add_argument('mode', choices=('plain', 'floor'))
+    p.add_argument('mode', choices=('plain', 'floor', 'echo'))
     p.add_argument('--onnx', default='')
     p.add_argument('--threads', type=int, default=0)
     p.add_argument('--subscribe', choices=('mask', 'all'), default='mask')
@@ -163,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.mode == 'floor':
             run_floor(node, (args.camera_height, args.camera_width), args.subscribe, args.rounds)
             return 0
-        PlainSegmentationNode(node, args.onnx, args.threads,
-                              ['mask'] if args.subscribe == 'mask' else list(IMAGE_OUTPUTS))
+        if args.mode == 'echo':
+            EchoNode(node, (args.camera_height, args.camera_width), args.subscribe)
+        else:
+            PlainSegmentationNode(node, args.onnx, args.threads,
+                                  ['mask'] if args.subscribe == 'mask' else list(IMAGE_OUTPUTS))
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         try:

@@ -60,6 +60,7 @@ class CameraStats:
         self.last_rx: float | None = None          # monotonic seconds
         self.created = time.monotonic()
         self.class_fractions: np.ndarray | None = None
+        self._fractions_reported = True      # the stored class fractions went out in a report: take new ones
         self.groups: dict[str, tuple[float, float]] = {}
         self.grid_status = 'no camera_info_topic configured: no ground grid/boundary'
         self.last_delay_ms: float | None = None
@@ -103,9 +104,18 @@ class CameraStats:
                     self.stages[k].add(v)
             if 'end_to_end' in timings_ms:
                 self.last_delay_ms = timings_ms['end_to_end']
-            if class_fractions is not None:
+            if class_fractions is not None:   # a frame with every statistic: replace (groups may be renamed)
                 self.class_fractions = np.array(class_fractions, dtype=float)
-            self.groups = dict(groups)
+                self._fractions_reported = False
+                self.groups = dict(groups)
+            else:                             # only the groups some output needed this frame
+                self.groups.update(groups)
+
+    def fractions_due(self) -> bool:
+        """True when the next report has no class fractions yet: they are counted for one frame per report
+        (a histogram of every frame's mask costs about 1 ms that no report would show)."""
+        with self.lock:
+            return self._fractions_reported
 
     def status(self, node_name: str, cfg: Any, now: float | None = None) -> Any:
         """DiagnosticStatus of this camera; resets the rate window. ``cfg`` is DiagnosticsConfig."""
@@ -134,6 +144,7 @@ class CameraStats:
                     values.append((f'latency.{s}.{q}_ms', 'nan' if sm is None else f'{sm[q]:.2f}'))
             for g, (frac, roi_frac) in sorted(self.groups.items()):
                 values += [(f'drivable.{g}.fraction', f'{frac:.4f}'), (f'drivable.{g}.roi_fraction', f'{roi_frac:.4f}')]
+            self._fractions_reported = True
             if self.class_fractions is not None:
                 for i, f in enumerate(self.class_fractions):
                     name = self.class_names[i] if i < len(self.class_names) else str(i)

@@ -52,6 +52,7 @@ class Wants:
     group_masks: frozenset[str]
     grids: frozenset[str]
     boundaries: frozenset[str]
+    fractions: bool = True      # class fractions for the next diagnostics report
 
 
 def camera_wants(cam: Any, cfg: NodeConfig) -> Wants:
@@ -72,7 +73,8 @@ def camera_wants(cam: Any, cfg: NodeConfig) -> Wants:
                 gb.add(g)
     return Wants(mask=out.mask and sub(p['mask']), color=out.color_mask and sub(p['color_mask']),
                  overlay=out.overlay and sub(p['overlay']), confidence=out.confidence and sub(p['confidence']),
-                 group_masks=frozenset(gm), grids=frozenset(gg), boundaries=frozenset(gb))
+                 group_masks=frozenset(gm), grids=frozenset(gg), boundaries=frozenset(gb),
+                 fractions=cam.stats.fractions_due())
 
 
 class OutputStage:
@@ -101,7 +103,11 @@ class OutputStage:
                 cam.pubs['confidence'].publish(conv.numpy_to_image(res.confidence, 'mono8', header, share=True))
             pub_ms = (time.perf_counter() - t0) * 1e3
             need_masks = want.group_masks | want.grids
-            self.segmenter.derive(res, want_color=want.color, want_overlay=want.overlay, group_masks=need_masks)
+            # the diagnostics report fractions of one frame per report; between reports only groups that
+            # feed a subscribed output are computed
+            self.segmenter.derive(res, want_color=want.color, want_overlay=want.overlay, group_masks=need_masks,
+                                  want_fractions=want.fractions,
+                                  compute_groups=True if want.fractions else need_masks | want.boundaries)
             t1 = time.perf_counter()
             self._publish_rest(cam, header, res, want, cfg)
             pub_ms += (time.perf_counter() - t1) * 1e3
