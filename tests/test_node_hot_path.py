@@ -144,12 +144,15 @@ def test_bench_node_runs_with_every_output_and_the_baselines(tmp_path) -> None:
     res = json.loads(out.read_text())
     for key in ('ratio_p50', 'host_ms_p50', 'memcpy_ms', 'plain_node_ratio', 'publish_floor_ms', 'mask_ratio_p50',
                 'decode_ms_p50', 'preprocess_ms_p50', 'infer_ms_p50', 'postprocess_ms_p50', 'publish_ms_p50',
-                'end_to_end_ms_p50', 'load_average'):
+                'end_to_end_ms_p50', 'load_average', 'transport_floor_ms', 'ratio_floor_p50', 'mask_ratio_floor_p50',
+                'overhead_beyond_floor_ms'):
         assert key in res, key
-    for key in ('ratio_p50', 'host_ms_p50', 'memcpy_ms', 'plain_node_ratio', 'publish_floor_ms'):
+    for key in ('ratio_p50', 'host_ms_p50', 'memcpy_ms', 'plain_node_ratio', 'publish_floor_ms', 'transport_floor_ms'):
         assert np.isfinite(res[key]) and res[key] > 0, (key, res[key])
+    assert res['ratio_floor_p50'] > 1.0          # moving the frame in and the outputs out is never free
     assert res['subscribe'] == 'all' and len(res['node_samples_ms']) == 3 == len(res['plain_samples_ms'])
+    assert len(res['echo_samples_ms']) == 3
     assert '/segmentation/front/drivable/drivable/grid' in res['outputs']
     # every output of every measured frame arrived, so the last one is no earlier than the mask
     assert res['node_end_to_end_ms']['p50'] >= res['node_mask_end_to_end_ms']['p50']
-    assert 'ratio_p50' in proc.stdout and 'plain_node_ratio' in proc.stdout
+    assert 'ratio_p50' in proc.stdout and 'plain_node_ratio' in proc.stdout and 'echo node' in proc.stdout
