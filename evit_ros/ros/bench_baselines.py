@@ -7,10 +7,12 @@
   resized to the camera; the color mask built by a loop over classes; the overlay blended in numpy;
   messages filled from ``tobytes()``.
 * ``floor``: the publish floor: the messages the node publishes for one frame, pre-built once, published
-  in a plain rclpy loop to the benchmark's subscribers; prints the per-round publish times as JSON.
+  in a plain rclpy loop to the benchmark's subscribers (with the node's heap settings); prints the
+  per-round publish times as JSON.
 * ``echo``: the transport floor: a node that does no work. It subscribes to the camera like the node
-  (best effort) and answers every frame with the same pre-built messages stamped with the frame's stamp;
-  its end-to-end time is what moving the frame in and the outputs out costs any node on this machine.
+  (best effort, and the node's heap settings, :func:`evit_ros.heap.keep_frame_buffers`) and answers every
+  frame with the same pre-built messages stamped with the frame's stamp; its end-to-end time is what moving
+  the frame in and the outputs out costs on this machine.
 
 Run only by the benchmark: ``python -m evit_ros.ros.bench_baselines plain|floor|echo ...``.
 """
@@ -179,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--camera-width', type=int, default=2048)
     p.add_argument('--rounds', type=int, default=20)
     args = p.parse_args(argv)
+    if args.mode in ('floor', 'echo'):   # the floors get the node's heap settings; the plain node stays plain
+        from evit_ros.heap import keep_frame_buffers
+        keep_frame_buffers()
     rclpy.init()
     node = rclpy.create_node(f'evit_bench_{args.mode}')
     try:

@@ -23,7 +23,6 @@ Run: ``ros2 run evit_ros segmentation_node --ros-args --params-file config/evit_
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import sys
 import threading
@@ -47,6 +46,7 @@ from evit_ros.config import CameraConfig, NodeConfig, from_flat
 from evit_ros.datasets import dataset_for_model
 from evit_ros.deps import missing_module_error, missing_module_message
 from evit_ros.errors import ConfigError, EngineError, EvitError, FrameError
+from evit_ros.heap import keep_frame_buffers, release_free_heap
 from evit_ros.pipeline import ClassGroups, GroundProjector, Segmenter
 from evit_ros.ros import conversions as conv
 from evit_ros.ros.diagnostics import CameraStats, EngineStats, diagnostic_array, lifecycle_status
@@ -71,20 +71,6 @@ QOS_POLL_S = 0.5            # how often auto-QoS subscriptions look at the publi
 DRAIN_TIMEOUT_S = 30.0      # deactivate waits this long for the frame in flight to be published
 # vision_msgs/LabelInfo as Nav2's semantic_segmentation_layer subscribes it: reliable, transient local, depth 1
 LABEL_INFO_QOS = qos_profile('reliable', 1, transient_local=True)
-
-
-_LIBC: Any = None
-
-
-def release_free_heap() -> None:
-    """Return freed heap pages to the OS (glibc ``malloc_trim``): after an outlier frame, RSS goes back down."""
-    global _LIBC
-    try:
-        if _LIBC is None:
-            _LIBC = ctypes.CDLL(None)
-        _LIBC.malloc_trim(0)
-    except (OSError, AttributeError):   # not glibc: nothing to do
-        pass
 
 
 class _RosLogHandler(logging.Handler):
@@ -709,6 +695,7 @@ def main(args: list[str] | None = None) -> int:
     """
     argv = list(sys.argv if args is None else args)
     flag = SignalFlag().install()
+    keep_frame_buffers()   # process-wide: frame-sized messages reuse heap memory instead of fresh pages
     node: SegmentationNode | None = None
     try:
         check_ros_args(argv)
