@@ -10,6 +10,12 @@
   network input. Bare and node frames are interleaved (bare, node, bare, node, ...) so both see the same
   machine load and the same idle gaps (ONNX Runtime's thread pool is slower after idling).
 
+* Echo: a node that does no work (``bench_baselines echo``) answers each frame with the same messages,
+  pre-built; its end-to-end time is the transport floor, and (bare + echo) / bare the ratio a node doing
+  no work would reach on this machine.
+* Plain (unless ``--no-plain``): a node written the usual way; publish floor: the messages, pre-built, published
+  by a plain loop (see :mod:`evit_ros.ros.bench_baselines`).
+
 Ratio = median(node end-to-end) / median(bare inference); the target is <= 1.10. The node's own per-stage
 medians (from ``/diagnostics``) are reported to show where the overhead goes.
 
