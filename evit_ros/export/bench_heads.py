@@ -1,0 +1,150 @@
+"""What each graph head costs as a share of the network on ONNX Runtime: ``python -m evit_ros.export.bench_heads``.
+
+The head is everything after the 1/8 logits (bicubic upsampling to the input size and the argmax for
+``labels``). The ``logits`` graph is the network alone, so a head costs median(head graph) - median(logits
+graph), reported as a percentage of median(logits graph). Every graph is the cached, verified export the
+node would use (same model, checkpoint and size), run through the node's ONNX Runtime backend (same session
+options, spin-wait off), interleaved round by round on the same held-out synthetic frame (the order reverses
+every round), so all graphs see the same machine load; only ratios within one run are meaningful on a shared
+machine. Prints a table and writes JSON (``--json``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evit_ros import contract
+from evit_ros.config import DEFAULT_MODEL, InputConfig, ModelConfig
+from evit_ros.errors import ConfigError, EvitError
+
+log = logging.getLogger(__name__)
+
+NETWORK = 'logits'                       # the graph without a head
+DEFAULT_HEADS = ('labels', 'labels+logits')
+TARGET_PCT = 15.0                        # issue 17: a head should cost at most this share of the network
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # not available on every platform
+        return None
+
+
+def _parse_heads(text: str) -> tuple[str, ...]:
+    heads = tuple(dict.fromkeys(h.strip() for h in text.split(',') if h.strip()))
+    valid = [h for h in contract.HEADS if h != NETWORK]
+    bad = [h for h in heads if h not in valid]
+    if not heads or bad:
+        raise ConfigError(f'--heads {text!r} is not valid; give a comma-separated list of {", ".join(valid)}')
+    return heads
+
+
+def run_head_benchmark(*, model: ModelConfig, hw: tuple[int, int], heads: tuple[str, ...] = DEFAULT_HEADS,
+                       rounds: int = 30, warmup: int = 3, threads: int = 2) -> dict:
+    """Per-graph latency (median, p10, p90 ms) and per-head cost (ms and % of the logits graph)."""
+    from evit_ros.backends import ensure_onnx, resolve_checkpoint
+    from evit_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from evit_ros.synthetic.scenes import generate_scene
+    from evit_ros.synthetic.train import HELDOUT_SEED_BASE
+
+    if rounds < 1 or warmup < 0 or threads < 0:
+        raise ConfigError(f'rounds={rounds}, warmup={warmup}, threads={threads}: need rounds >= 1, warmup >= 0, '
+                          'threads >= 0 (0: ONNX Runtime default)')
+    input_cfg = InputConfig(height=hw[0], width=hw[1])
+    checkpoint = resolve_checkpoint(model, log)
+    names = (NETWORK, *[h for h in heads if h != NETWORK])
+    backends = {}
+    try:
+        for name in names:
+            path = ensure_onnx(model, input_cfg, name, checkpoint=checkpoint, logger=log)
+            backend = OnnxRuntimeBackend(path, threads=threads, device='cpu')
+            backend.load()
+            backends[name] = backend
+        frame = np.ascontiguousarray(generate_scene(HELDOUT_SEED_BASE, *hw)[0][None])
+        for _ in range(warmup):
+            for backend in backends.values():
+                backend.infer(frame)
+        load_before = _loadavg()
+        samples: dict[str, list[float]] = {name: [] for name in names}
+        order = list(names)
+        for r in range(rounds):
+            for name in (order if r % 2 == 0 else order[::-1]):
+                t0 = time.perf_counter()
+                backends[name].infer(frame)
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+        load_after = _loadavg()
+        providers = backends[NETWORK].describe().get('providers', '')
+    finally:
+        for backend in backends.values():
+            backend.close()
+    graphs: dict[str, dict[str, Any]] = {
+        name: {'median_ms': round(float(np.median(v)), 3), 'p10_ms': round(float(np.percentile(v, 10)), 3),
+               'p90_ms': round(float(np.percentile(v, 90)), 3), 'samples_ms': [round(x, 3) for x in v]}
+        for name, v in samples.items()}
+    net = float(graphs[NETWORK]['median_ms'])
+    head_cost = {}
+    for name in names[1:]:
+        ms = float(graphs[name]['median_ms']) - net
+        head_cost[name] = {'head_ms': round(ms, 3), 'head_pct_of_network': round(100.0 * ms / net, 2),
+                           'target_met': bool(100.0 * ms / net <= TARGET_PCT)}
+    import onnxruntime as ort
+    return {'model': model.name, 'checkpoint': checkpoint, 'input_hw': list(hw), 'threads': threads,
+            'rounds': rounds, 'warmup': warmup, 'onnxruntime': ort.__version__, 'providers': providers,
+            'load_average_before': load_before, 'load_average_after': load_after, 'target_pct': TARGET_PCT,
+            'graphs': graphs, 'heads': head_cost}
+
+
+def format_table(report: dict) -> str:
+    h, w = report['input_hw']
+    lines = [f"{report['model']} {h}x{w}, ONNX Runtime {report['onnxruntime']}, {report['threads']} threads, "
+             f"{report['rounds']} interleaved rounds, load average {report['load_average_before']} -> "
+             f"{report['load_average_after']}",
+             f"{'graph':<20}{'median ms':>10}{'p10':>9}{'p90':>9}{'head ms':>9}{'% of network':>14}"]
+    for name, g in report['graphs'].items():
+        cost = report['heads'].get(name)
+        extra = f"{cost['head_ms']:>9.2f}{cost['head_pct_of_network']:>13.1f}%" if cost else f"{'-':>9}{'-':>14}"
+        lines.append(f"{name:<20}{g['median_ms']:>10.2f}{g['p10_ms']:>9.2f}{g['p90_ms']:>9.2f}{extra}")
+    met = [n for n, c in report['heads'].items() if c['target_met']]
+    lines.append(f"heads at <= {report['target_pct']:.0f} % of the network: {', '.join(met) if met else 'none'}")
+    return '\n'.join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description='Cost of each graph head as a share of the network (ONNX Runtime).')
+    p.add_argument('--model', default=DEFAULT_MODEL, help=f'zoo name (default {DEFAULT_MODEL})')
+    p.add_argument('--checkpoint', default='', help='weights (default: official on the search path, else the demo)')
+    p.add_argument('--height', type=int, default=512, help='network input height (multiple of 32, default 512)')
+    p.add_argument('--width', type=int, default=1024, help='network input width (multiple of 32, default 1024)')
+    p.add_argument('--heads', default=','.join(DEFAULT_HEADS),
+                   help=f'comma-separated heads compared with the logits graph (default {",".join(DEFAULT_HEADS)})')
+    p.add_argument('--rounds', type=int, default=30, help='timed interleaved rounds (default 30)')
+    p.add_argument('--warmup', type=int, default=3, help='untimed rounds first (default 3)')
+    p.add_argument('--threads', type=int, default=2, help='ONNX Runtime intra-op threads (default 2; 0: default)')
+    p.add_argument('--json', default='', help='write the report to this JSON file')
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    try:
+        report = run_head_benchmark(model=ModelConfig(name=args.model, checkpoint=args.checkpoint),
+                                    hw=(args.height, args.width), heads=_parse_heads(args.heads),
+                                    rounds=args.rounds, warmup=args.warmup, threads=args.threads)
+    except EvitError as exc:
+        sys.stderr.write(f'bench_heads: {exc}\n')
+        return 2
+    sys.stdout.write(format_table(report) + '\n')
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        sys.stdout.write(f'wrote {args.json}\n')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

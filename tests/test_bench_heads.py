@@ -1,0 +1,41 @@
+"""``python -m evit_ros.export.bench_heads`` times real exported graphs in ONNX Runtime and writes its JSON."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from evit_ros.export.bench_heads import main
+
+
+def test_bench_heads_reports_each_head_against_the_logits_graph(tmp_path, capsys) -> None:
+    out = tmp_path / 'heads.json'
+    rc = main(['--height', '64', '--width', '128', '--heads', 'labels,labels+logits', '--rounds', '3',
+               '--warmup', '1', '--threads', '1', '--json', str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert '% of network' in text and 'labels+logits' in text and f'wrote {out}' in text
+    doc = json.loads(out.read_text())
+    assert doc['input_hw'] == [64, 128] and doc['threads'] == 1 and doc['rounds'] == 3
+    assert 'CPUExecutionProvider' in doc['providers'] and doc['target_pct'] == 15.0
+    assert list(doc['graphs']) == ['logits', 'labels', 'labels+logits'] and set(doc['heads']) == {'labels',
+                                                                                                 'labels+logits'}
+    net = doc['graphs']['logits']['median_ms']
+    for name, g in doc['graphs'].items():
+        assert len(g['samples_ms']) == 3 and all(s > 0 for s in g['samples_ms'])
+        assert abs(g['median_ms'] - float(np.median(g['samples_ms']))) < 2e-3
+        assert g['p10_ms'] <= g['median_ms'] <= g['p90_ms']
+        if name != 'logits':
+            cost = doc['heads'][name]
+            assert abs(cost['head_ms'] - (g['median_ms'] - net)) < 2e-3
+            assert abs(cost['head_pct_of_network'] - 100 * cost['head_ms'] / net) < 0.01
+            assert cost['target_met'] == (cost['head_pct_of_network'] <= 15.0)
+
+
+def test_bench_heads_rejects_bad_arguments_with_a_message(capsys) -> None:
+    assert main(['--heads', 'labels,softmax', '--height', '64', '--width', '128']) == 2
+    assert "--heads 'labels,softmax' is not valid" in capsys.readouterr().err
+    assert main(['--height', '70', '--width', '128']) == 2
+    assert 'multiple of 32' in capsys.readouterr().err
+    assert main(['--rounds', '0', '--height', '64', '--width', '128']) == 2
+    assert 'rounds >= 1' in capsys.readouterr().err
