@@ -248,10 +248,16 @@ def test_a_stop_signal_keeps_the_partial_report_and_a_finished_out_bag(tmp_path,
                              '--out-bag', str(out), '--report', str(rep), *_common(onnx_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     tmp_bag = tmp_path / f'.masks.mcap.partial-{proc.pid}'
+
+    def written() -> int:   # bytes of masks on disk: frames were scored (the partial bag exists before the model loads)
+        if tmp_bag.is_file():
+            return tmp_bag.stat().st_size
+        return sum(f.stat().st_size for f in tmp_bag.rglob('*') if f.is_file()) if tmp_bag.is_dir() else 0
+
     deadline = time.monotonic() + 60
-    while not tmp_bag.exists() and time.monotonic() < deadline and proc.poll() is None:
+    while written() < 256 * 1024 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    time.sleep(0.5)
+    print(f'signal after {written()} bytes of masks')
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr[-3000:]
