@@ -195,6 +195,7 @@ class _Scorer:
         self.lut = np.asarray(cityscapes_label_lut(), dtype=np.uint8)
         self.rng = np.random.default_rng(0)
         self.frames = 0
+        self.labels_owned = 0     # good label messages this source owns (feed_events counts them)
         self.cityscapes = False
         self.predictions: Any = None
         if spec.save_predictions:
@@ -383,6 +384,33 @@ def _read_label_png(path: Path, counters: Counter) -> np.ndarray | None:
     return img
 
 
+def feed_events(events: Iterable[tuple[BagEvent, bool]], state: EvalState, spec: EvalSpec, scorer: _Scorer,
+                label_format: str, on_frame: Callable[[int], None]) -> None:
+    """Hand each ``(event, owned)`` to ``scorer``: labels to ``on_label``, images to ``on_image``, bad ones
+    counted (bad labels only when ``owned``: a shard reads past its end for labels it does not own; good
+    owned labels go to ``scorer.labels_owned``). ``on_frame(frames)`` follows every image; stops at
+    ``spec.max_frames``.
+    """
+    label_cam = {lt: spec.camera_of(it) for it, lt in zip(spec.image_topics, spec.label_topics, strict=False)}
+    for ev, owned in events:
+        if ev.topic in label_cam and ev.topic not in spec.image_topics:
+            if ev.error or ev.data is None:
+                if owned:
+                    state.counters[f'bad_label_{ev.error}'.replace('bad_label_label_', 'bad_label_')] += 1
+                continue
+            scorer.labels_owned += owned
+            scorer.on_label(label_cam[ev.topic], ev.stamp_ns, scorer.prepare_label(ev.data, label_format))
+            continue
+        if ev.error or ev.data is None:
+            state.counters[f'bad_image_{ev.error or "empty"}'] += 1
+            LOG.debug('bad image on %s: %s', ev.topic, ev.detail)
+            continue
+        scorer.on_image(ev, spec.camera_of(ev.topic), ev.data, ev.label)
+        on_frame(scorer.frames)
+        if spec.max_frames and scorer.frames >= spec.max_frames:
+            break
+
+
 def run_events(events: Iterable[BagEvent], state: EvalState, spec: EvalSpec, segmenter: Any, *, source: str,
                out_bag: str = '', total: int = 0, palette: np.ndarray | None = None,
                label_format: str | None = None, cityscapes: bool = False) -> EvalState:
@@ -395,25 +423,10 @@ def run_events(events: Iterable[BagEvent], state: EvalState, spec: EvalSpec, seg
     scorer = _Scorer(state, spec, segmenter, out_bag, source, pal)
     scorer.cityscapes = cityscapes
     fmt = label_format or spec.label_format
-    label_cam = {lt: spec.camera_of(it) for it, lt in zip(spec.image_topics, spec.label_topics, strict=False)}
     progress = Progress(Path(source).name or source, min(total, spec.max_frames) if spec.max_frames else total,
                         spec.progress)
     try:
-        for ev in events:
-            if ev.topic in label_cam and ev.topic not in spec.image_topics:
-                if ev.error or ev.data is None:
-                    state.counters[f'bad_label_{ev.error}'.replace('bad_label_label_', 'bad_label_')] += 1
-                    continue
-                scorer.on_label(label_cam[ev.topic], ev.stamp_ns, scorer.prepare_label(ev.data, fmt))
-                continue
-            if ev.error or ev.data is None:
-                state.counters[f'bad_image_{ev.error or "empty"}'] += 1
-                LOG.debug('bad image on %s: %s', ev.topic, ev.detail)
-                continue
-            scorer.on_image(ev, spec.camera_of(ev.topic), ev.data, ev.label)
-            progress.update(scorer.frames)
-            if spec.max_frames and scorer.frames >= spec.max_frames:
-                break
+        feed_events(((ev, True) for ev in events), state, spec, scorer, fmt, progress.update)
     except KeyboardInterrupt:
         state.interrupted = True
         LOG.warning('interrupted after %d frames of %s; writing the partial report', scorer.frames, source)

@@ -34,7 +34,7 @@ import numpy as np
 
 from evit_ros.errors import ConfigError, DataError
 from evit_ros.eval.bags import BagEvent, iter_events, open_reader
-from evit_ros.eval.runner import EvalSpec, EvalState, _default_palette, _Scorer
+from evit_ros.eval.runner import EvalSpec, EvalState, _default_palette, _Scorer, feed_events
 
 LOG = logging.getLogger('evit_ros.eval')
 PAIR_MARGIN_S = 5.0
@@ -255,29 +255,15 @@ def run_shard(shard: Shard, spec: EvalSpec, segmenter: Any, num_classes: int, *,
     t0, started_at = time.monotonic(), time.time()
     state = EvalState(num_classes)
     scorer = _ShardScorer(state, spec, segmenter, out_part, shard.bag, _default_palette(num_classes))
-    label_cam = {lt: spec.camera_of(it) for it, lt in zip(spec.image_topics, spec.label_topics, strict=False)}
-    labels_seen = 0
-    last = time.monotonic()
+    last = [time.monotonic()]
+
+    def on_frame(frames: int) -> None:   # progress now and then, not per frame
+        if progress is not None and time.monotonic() - last[0] > 1.0:
+            last[0] = time.monotonic()
+            progress(frames)
+
     try:
-        for ev, owned in _shard_events(shard, spec, scorer):
-            if ev.topic in label_cam and ev.topic not in spec.image_topics:
-                if ev.error or ev.data is None:
-                    if owned:
-                        state.counters[f'bad_label_{ev.error}'.replace('bad_label_label_', 'bad_label_')] += 1
-                    continue
-                labels_seen += owned
-                scorer.on_label(label_cam[ev.topic], ev.stamp_ns, scorer.prepare_label(ev.data, spec.label_format))
-                continue
-            if ev.error or ev.data is None:
-                state.counters[f'bad_image_{ev.error or "empty"}'] += 1
-                LOG.debug('bad image on %s: %s', ev.topic, ev.detail)
-                continue
-            scorer.on_image(ev, spec.camera_of(ev.topic), ev.data, ev.label)
-            if progress is not None and time.monotonic() - last > 1.0:
-                last = time.monotonic()
-                progress(scorer.frames)
-            if spec.max_frames and scorer.frames >= spec.max_frames:
-                break
+        feed_events(_shard_events(shard, spec, scorer), state, spec, scorer, spec.label_format, on_frame)
     except KeyboardInterrupt:
         state.interrupted = True
         LOG.warning('interrupted after %d frames of %s', scorer.frames, shard.name)
@@ -288,7 +274,7 @@ def run_shard(shard: Shard, spec: EvalSpec, segmenter: Any, num_classes: int, *,
     if progress is not None:
         progress(scorer.frames)
     state.sources.append(shard.bag)
-    return ShardResult(shard, state, labels_seen, scorer.labels_paired, time.monotonic() - t0,
+    return ShardResult(shard, state, scorer.labels_owned, scorer.labels_paired, time.monotonic() - t0,
                        f'{socket.gethostname()}:{os.getpid()}', out_part, started_at)
 
 
