@@ -547,3 +547,34 @@ def test_tensorrt_86_path_weakly_typed_fp16_and_int8(onnx_files: dict[str, Path]
     with pytest.raises(EngineError, match='mixed-precision'):
         build_engine(onnx_files['mixed'], tmp_path / 'x.engine', precision='int8', gpu=GPU, trt_module=_Trt86(),
                      calib_factory=factory)
+
+
+def test_quantize_without_a_zero_point_is_refused_as_uint8() -> None:
+    """ONNX types a QuantizeLinear without a zero point as uint8: ONNX Runtime would clamp to [0, 255] where
+    TensorRT runs INT8, so verify-engine could not compare them; the check asks for an explicit INT8 0."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from evit_ros.export.tensorrt_build import check_qdq_for_tensorrt
+
+    def graph(zero_point: bool) -> onnx.ModelProto:
+        inits = [helper.make_tensor('s', TensorProto.FLOAT, [], [0.1])]
+        q_in, dq_in = ['x', 's'], ['q', 's']
+        if zero_point:
+            inits.append(helper.make_tensor('z', TensorProto.INT8, [], [0]))
+            q_in, dq_in = q_in + ['z'], dq_in + ['z']
+        nodes = [helper.make_node('QuantizeLinear', q_in, ['q']), helper.make_node('DequantizeLinear', dq_in, ['y'])]
+        g = helper.make_graph(nodes, 'g', [helper.make_tensor_value_info('x', TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info('y', TensorProto.FLOAT, [4])], inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid('', 17)])
+
+    check_qdq_for_tensorrt(graph(True))
+    with pytest.raises(EngineError, match='1 QuantizeLinear nodes without a zero point.*uint8.*explicit INT8'):
+        check_qdq_for_tensorrt(graph(False))
+    # the same graph really differs on ONNX Runtime: negative values vanish without the INT8 zero point
+    ort = pytest.importorskip('onnxruntime')
+    x = np.array([-1.0, -0.3, 0.2, 1.0], np.float32)
+    run = {zp: ort.InferenceSession(graph(zp).SerializeToString(), providers=['CPUExecutionProvider']).run(
+        None, {'x': x})[0] for zp in (True, False)}
+    np.testing.assert_allclose(run[True], x, atol=0.051)
+    assert (run[False] >= 0).all()

@@ -296,7 +296,7 @@ def is_qdq(model: Any) -> bool:
 
 
 def check_qdq_for_tensorrt(model: Any) -> None:
-    """EngineError unless every Q/DQ pair is what TensorRT builds: signed INT8, zero point 0, float biases.
+    """EngineError unless every Q/DQ pair is what TensorRT builds: signed INT8, an explicit zero point 0, float biases.
 
     ONNX Runtime's defaults (uint8 activations with a zero point, INT32-quantized Conv biases) give a
     graph the CPU runs but TensorRT's parser rejects or mis-handles.
@@ -304,7 +304,7 @@ def check_qdq_for_tensorrt(model: Any) -> None:
     from onnx import TensorProto, numpy_helper
     inits = {i.name: i for i in model.graph.initializer}
     consts = {n.output[0]: n for n in model.graph.node if n.op_type == 'Constant'}
-    int32_dq, asymmetric, unsigned = 0, 0, 0
+    int32_dq, asymmetric, unsigned, implicit = 0, 0, 0, 0
     for n in model.graph.node:
         if n.op_type not in ('QuantizeLinear', 'DequantizeLinear'):
             continue
@@ -312,7 +312,10 @@ def check_qdq_for_tensorrt(model: Any) -> None:
             int32_dq += 1
             continue
         if len(n.input) < 3 or not n.input[2]:
-            continue    # no zero point: int8, 0
+            # ONNX types a QuantizeLinear without a zero point as uint8 ([0, 255]): ONNX Runtime runs it so,
+            # TensorRT as INT8; a DequantizeLinear takes its input's type
+            implicit += n.op_type == 'QuantizeLinear'
+            continue
         zp = inits.get(n.input[2])
         if zp is None and n.input[2] in consts:
             zp = next((a.t for a in consts[n.input[2]].attribute if a.name == 'value'), None)
@@ -329,6 +332,9 @@ def check_qdq_for_tensorrt(model: Any) -> None:
         problems.append(f'{unsigned} Q/DQ nodes with a non-INT8 zero point (use signed INT8, QuantType.QInt8)')
     if asymmetric:
         problems.append(f'{asymmetric} Q/DQ nodes with a non-zero zero point (use symmetric quantization)')
+    if implicit:
+        problems.append(f'{implicit} QuantizeLinear nodes without a zero point (ONNX makes them uint8, so ONNX '
+                        'Runtime and TensorRT would compute different graphs; give an explicit INT8 zero point 0)')
     if problems:
         raise EngineError('this Q/DQ ONNX is not buildable by TensorRT: ' + '; '.join(problems) + '. Re-quantize '
                           'with `evit-ros quantize` (symmetric signed INT8 activations, per-channel symmetric '
