@@ -197,10 +197,11 @@ def run(args: argparse.Namespace) -> int:
             meta['executor'] = args.executor
     from evit_ros.eval.report import build_report
     label_source = _label_source(args)
-    error = nothing_scored_reason(build_report(state, dataset.class_names, groups, meta), label_source=label_source)
+    report = build_report(state, dataset.class_names, groups, meta)
+    error = nothing_scored_reason(report, label_source=label_source)
     if not label_source and not error:
-        meta['ground_truth'] = 'none given: latency only'
-    report = write_report(args.report, state, dataset.class_names, groups, meta, error=error)
+        report['meta']['ground_truth'] = 'none given: latency only'
+    report = write_report(args.report, state, dataset.class_names, groups, error=error, report=report)
     for line in _summary_lines(report, args.report):
         print(line)
     if error:

@@ -138,15 +138,18 @@ def _shard_lines(sh: dict[str, Any]) -> list[str]:
 
 def write_report(out_dir: str | Path, state: EvalState, class_names: Sequence[str],
                  groups: Sequence[tuple[str, Sequence[int]]], meta: dict[str, Any] | None = None,
-                 plots: bool = True, error: str | None = None) -> dict[str, Any]:
+                 plots: bool = True, error: str | None = None,
+                 report: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write report.json, report.md and the PNG plots into ``out_dir``; returns the report dict.
 
+    ``report``: :func:`build_report`'s dict when the caller already built it (``meta`` is then not used).
     Every file is written under a temporary name and moved into place: a reader sees a whole file or none.
     """
     check_report_dir(out_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = build_report(state, class_names, groups, meta)
+    if report is None:
+        report = build_report(state, class_names, groups, meta)
     report['error'] = error
     if plots:
         write_plots(out, state, report, class_names)
