@@ -123,6 +123,13 @@ def test_partly_bad_labels_are_counted_in_the_summary_and_report_md(tmp_path, on
     assert '| bad_label_size | 1 |' in md and '| bad_label_values | 1 |' in md
     r = _report(rep)
     assert r['frames_scored'] == 3 and r['error'] is None
+    assert 'ground_truth' not in r['meta']
+    # no ground truth at all: a latency-only run (exit 0), said in the report's header
+    latency = tmp_path / 'latency'
+    assert main(['eval', '--bag', str(bag), '--report', str(latency), *_common(onnx_path)]) == 0
+    r = _report(latency)
+    assert r['error'] is None and r['meta']['ground_truth'] == 'none given: latency only'
+    assert 'ground_truth: `none given: latency only`' in (latency / 'report.md').read_text()
 
 
 def _bad_bags(tmp_path: Path, good: Path) -> dict[str, Path]:
