@@ -552,12 +552,11 @@ def test_tensorrt_86_path_weakly_typed_fp16_and_int8(onnx_files: dict[str, Path]
 def test_quantize_without_a_zero_point_is_refused_as_uint8() -> None:
     """ONNX types a QuantizeLinear without a zero point as uint8: ONNX Runtime would clamp to [0, 255] where
     TensorRT runs INT8, so verify-engine could not compare them; the check asks for an explicit INT8 0."""
-    import onnx
-    from onnx import TensorProto, helper
+    from onnx import ModelProto, TensorProto, helper
 
     from evit_ros.export.tensorrt_build import check_qdq_for_tensorrt
 
-    def graph(zero_point: bool) -> onnx.ModelProto:
+    def graph(zero_point: bool) -> ModelProto:
         inits = [helper.make_tensor('s', TensorProto.FLOAT, [], [0.1])]
         q_in, dq_in = ['x', 's'], ['q', 's']
         if zero_point:
