@@ -87,7 +87,7 @@ def test_rtx_parses_and_builds_every_head(onnx_files: dict[str, Path], tmp_path:
     assert res.engine_path.stat().st_size == res.engine_bytes > 10_000
     assert res.num_layers > 300 and res.strongly_typed
     side = engine_cache.check_engine(res.engine_path, onnx_files[head], trt_version=trt.__version__,
-                                     gpu_name=GPU[0], compute_capability=GPU[1], precision='fp32')
+                                     gpu=engine_cache.GpuIdentity.from_tuple(GPU), precision='fp32')
     assert side['model_metadata'][contract.META_HEAD] == head
     assert side['fields']['shapes']['shape'] == [1, H, W, 3]
     assert side['fp32_layers'] == list(res.fp32_layers) and res.fp32_layers

@@ -294,7 +294,6 @@ def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
 
 
 def check_engine(engine_path: str | Path, onnx_path: str | Path | None = None, *, trt_version: str | None = None,
-                 gpu_name: str | None = None, compute_capability: str | None = None,
                  precision: str | None = None, verify_engine_hash: bool = True,
                  gpu: GpuIdentity | None = None) -> dict[str, Any]:
     """Raise EngineCacheMismatch unless the engine matches the given ONNX/TensorRT/GPU/precision.
@@ -303,8 +302,7 @@ def check_engine(engine_path: str | Path, onnx_path: str | Path | None = None, *
     and board at once. Returns the sidecar document when the engine is valid. The pair is read under a
     shared lock, so a concurrent :func:`write_engine` is never seen half-done.
     """
-    expected: dict[str, Any] = {'trt_version': trt_version, 'gpu_name': gpu_name,
-                                'compute_capability': compute_capability, 'precision': precision}
+    expected: dict[str, Any] = {'trt_version': trt_version, 'precision': precision}
     if gpu is not None:
         expected.update({'gpu_name': gpu.name, 'compute_capability': gpu.compute_capability,
                          'gpu_sm_count': gpu.sm_count, 'gpu_memory_mb': gpu.total_memory_mb, 'board': gpu.board})
