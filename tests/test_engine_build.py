@@ -556,18 +556,21 @@ def test_quantize_without_a_zero_point_is_refused_as_uint8() -> None:
 
     from evit_ros.export.tensorrt_build import check_qdq_for_tensorrt
 
-    def graph(zero_point: bool) -> ModelProto:
+    def graph(zero_point: bool, output_dtype: int = 0) -> ModelProto:
         inits = [helper.make_tensor('s', TensorProto.FLOAT, [], [0.1])]
         q_in, dq_in = ['x', 's'], ['q', 's']
         if zero_point:
             inits.append(helper.make_tensor('z', TensorProto.INT8, [], [0]))
             q_in, dq_in = q_in + ['z'], dq_in + ['z']
-        nodes = [helper.make_node('QuantizeLinear', q_in, ['q']), helper.make_node('DequantizeLinear', dq_in, ['y'])]
+        attrs = {'output_dtype': output_dtype} if output_dtype else {}
+        nodes = [helper.make_node('QuantizeLinear', q_in, ['q'], **attrs),
+                 helper.make_node('DequantizeLinear', dq_in, ['y'])]
         g = helper.make_graph(nodes, 'g', [helper.make_tensor_value_info('x', TensorProto.FLOAT, [4])],
                               [helper.make_tensor_value_info('y', TensorProto.FLOAT, [4])], inits)
-        return helper.make_model(g, opset_imports=[helper.make_opsetid('', 17)])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid('', 21 if output_dtype else 17)])
 
     check_qdq_for_tensorrt(graph(True))
+    check_qdq_for_tensorrt(graph(False, output_dtype=TensorProto.INT8))   # opset 21 names the type itself
     with pytest.raises(EngineError, match='1 QuantizeLinear nodes without a zero point.*uint8.*explicit INT8'):
         check_qdq_for_tensorrt(graph(False))
     # the same graph really differs on ONNX Runtime: negative values vanish without the INT8 zero point
@@ -577,3 +580,6 @@ def test_quantize_without_a_zero_point_is_refused_as_uint8() -> None:
         None, {'x': x})[0] for zp in (True, False)}
     np.testing.assert_allclose(run[True], x, atol=0.051)
     assert (run[False] >= 0).all()
+    typed = ort.InferenceSession(graph(False, TensorProto.INT8).SerializeToString(),
+                                 providers=['CPUExecutionProvider']).run(None, {'x': x})[0]
+    np.testing.assert_allclose(typed, x, atol=0.051)              # INT8 by its output_dtype: negatives kept

@@ -83,8 +83,10 @@ def test_sidecar_round_trip_and_check(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize('field,value,needle', [
     ('trt_version', '10.7.0', 'trt_version'),
-    ('gpu', ec.GpuIdentity('RTX 4090', '8.7', 16, 62800, AGX.board), "gpu_name: engine built for 'Orin'"),
-    ('gpu', ec.GpuIdentity('Orin', '8.9', 16, 62800, AGX.board), "compute_capability: engine built for '8.7'"),
+    ('gpu', ec.GpuIdentity('RTX 4090', '8.7', 16, 62800, AGX.board),
+     "gpu_name: engine built for 'Orin', this machine has 'RTX 4090'"),
+    ('gpu', ec.GpuIdentity('Orin', '8.9', 16, 62800, AGX.board),
+     "compute_capability: engine built for '8.7', this machine has '8.9'"),
     ('precision', 'fp32', 'precision'),
     ('gpu', ec.GpuIdentity('Orin', '8.7', 8, 7620, 'NVIDIA Jetson Orin Nano Developer Kit'), 'gpu_sm_count: '
      "engine built for 16, this machine has 8; gpu_memory_mb: engine built for 62800, this machine has 7620; "

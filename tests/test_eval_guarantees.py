@@ -257,9 +257,12 @@ def test_a_stop_signal_keeps_the_partial_report_and_a_finished_out_bag(tmp_path,
     tmp_bag = tmp_path / f'.masks.mcap.partial-{proc.pid}'
 
     def written() -> int:   # bytes of masks on disk: frames were scored (the partial bag exists before the model loads)
-        if tmp_bag.is_file():
-            return tmp_bag.stat().st_size
-        return sum(f.stat().st_size for f in tmp_bag.rglob('*') if f.is_file()) if tmp_bag.is_dir() else 0
+        try:
+            if tmp_bag.is_file():
+                return tmp_bag.stat().st_size
+            return sum(f.stat().st_size for f in tmp_bag.rglob('*') if f.is_file()) if tmp_bag.is_dir() else 0
+        except FileNotFoundError:   # renamed into place meanwhile (the run finished)
+            return 0
 
     deadline = time.monotonic() + 60
     while written() < 256 * 1024 and time.monotonic() < deadline and proc.poll() is None:

@@ -312,9 +312,11 @@ def check_qdq_for_tensorrt(model: Any) -> None:
             int32_dq += 1
             continue
         if len(n.input) < 3 or not n.input[2]:
-            # ONNX types a QuantizeLinear without a zero point as uint8 ([0, 255]): ONNX Runtime runs it so,
-            # TensorRT as INT8; a DequantizeLinear takes its input's type
-            implicit += n.op_type == 'QuantizeLinear'
+            # ONNX types a QuantizeLinear without a zero point as uint8 ([0, 255]) unless its output_dtype
+            # (opset 21) says INT8: ONNX Runtime runs it so, TensorRT as INT8; a DequantizeLinear takes its
+            # input's type
+            out_dtype = next((a.i for a in n.attribute if a.name == 'output_dtype'), 0)
+            implicit += n.op_type == 'QuantizeLinear' and out_dtype != TensorProto.INT8
             continue
         zp = inits.get(n.input[2])
         if zp is None and n.input[2] in consts:

@@ -378,7 +378,7 @@ def table(res: dict[str, Any]) -> str:
                  f"{verdict('host_ms_p50')}); memcpy of one frame {res['memcpy_ms']:.2f} ms; "
                  f"publish floor {res['publish_floor_ms']:.1f} ms")
     lines.append(f"plain_node_ratio = {res['plain_node_ratio']:.2f} (target >= {t['plain_node_ratio']}: "
-                 f"{verdict('plain_node_ratio')}); resent frames: {res['resends']}")
+                 f"{verdict('plain_node_ratio')}); frames resent (any node): {res['resends']}")
     return '\n'.join(lines)
 
 

@@ -108,7 +108,7 @@ class CameraStats:
                 self.class_fractions = np.array(class_fractions, dtype=float)
                 self._fractions_reported = False
                 self.groups = dict(groups)
-            else:                             # only the groups some output needed this frame
+            else:   # only the groups some output needed this frame; the others keep the last full frame's
                 self.groups.update(groups)
 
     def fractions_due(self) -> bool:

@@ -695,7 +695,8 @@ def main(args: list[str] | None = None) -> int:
     """
     argv = list(sys.argv if args is None else args)
     flag = SignalFlag().install()
-    keep_frame_buffers()   # process-wide: frame-sized messages reuse heap memory instead of fresh pages
+    # process-wide: frame-sized messages reuse heap memory instead of fresh pages (see evit_ros/heap.py)
+    heap_kept = keep_frame_buffers()
     node: SegmentationNode | None = None
     try:
         check_ros_args(argv)
@@ -709,6 +710,9 @@ def main(args: list[str] | None = None) -> int:
     if node.build_only:
         _quiet_teardown(node)
         return 0
+    if not heap_kept:
+        node.get_logger().info('the C library did not take the heap settings for frame buffers (not glibc?); '
+                               'large frames will cost fresh pages each time')
     executor = rclpy.executors.SingleThreadedExecutor()
     executor.add_node(node)
     t_stop = None
