@@ -5,6 +5,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +141,9 @@ def _writer(path: str, tag: int, rounds: int) -> None:
         ec.write_engine(path, payload, doc)
 
 
-def _checker(path: str, stop: Any, bad: Any, good: Any) -> None:
+def _checker(path: str, stop: Any, bad: Any, good: Any, ready: Any) -> None:
     """Loads the pair the way the backend does while the writers run; counts torn (mismatching) pairs."""
+    ready.set()
     while not stop.is_set():
         try:
             doc = ec.check_engine(path)
@@ -160,15 +162,19 @@ def _checker(path: str, stop: Any, bad: Any, good: Any) -> None:
 def test_two_processes_writing_leave_a_valid_engine_and_sidecar(tmp_path: Path) -> None:
     engine = tmp_path / 'e.engine'
     ctx = mp.get_context('spawn')
-    stop, bad, good = ctx.Event(), ctx.Value('i', 0), ctx.Value('i', 0)
-    checker = ctx.Process(target=_checker, args=(str(engine), stop, bad, good))
+    stop, ready, bad, good = ctx.Event(), ctx.Event(), ctx.Value('i', 0), ctx.Value('i', 0)
+    checker = ctx.Process(target=_checker, args=(str(engine), stop, bad, good, ready))
     checker.start()
+    assert ready.wait(60), 'the checker process did not start'   # spawn is slow on a loaded machine
     writers = [ctx.Process(target=_writer, args=(str(engine), tag, 15)) for tag in (1, 2)]
     for p in writers:
         p.start()
     for p in writers:
         p.join(60)
         assert p.exitcode == 0
+    deadline = time.monotonic() + 30
+    while good.value == 0 and time.monotonic() < deadline:   # the last pair is complete: it must be read once
+        time.sleep(0.01)
     stop.set()
     checker.join(60)
     assert checker.exitcode == 0
