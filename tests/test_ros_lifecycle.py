@@ -23,11 +23,10 @@ from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
-from test_ros_node import export_test_onnx, wait_for  # noqa: E402
+from test_ros_node import InProcessNode, export_test_onnx, wait_for  # noqa: E402
 
 from evit_ros.ros import conversions as conv  # noqa: E402
 from evit_ros.ros.segmentation_node import SegmentationNode  # noqa: E402
@@ -41,21 +40,18 @@ def onnx(tmp_path_factory) -> Path:
     return export_test_onnx(tmp_path_factory.mktemp('onnx') / 'b0_64x128.onnx')
 
 
-class Managed:
+class Managed(InProcessNode):
     """The node with lifecycle.autostart=false, a tester node (camera publisher, output subscribers, lifecycle
     and parameter clients) and one executor thread, as a lifecycle manager would see them."""
 
     def __init__(self, **params: Any) -> None:
-        self.ctx = rclpy.Context()
-        rclpy.init(context=self.ctx)
         flat = {'lifecycle.autostart': False, 'backend.type': 'onnxruntime', 'backend.threads': 1,
                 'input.height': 64, 'input.width': 128, 'cameras': ['front'], 'qos.input_reliability': 'reliable',
                 'qos.input_depth': 50, 'qos.output_depth': 50, 'diagnostics.silence_timeout_s': 60.0,
                 'diagnostics.expected_rate_hz': 0.1}
         flat.update(params)
-        self.node = SegmentationNode(context=self.ctx,
-                                     parameter_overrides=[Parameter(k, value=v) for k, v in flat.items()])
-        t = self.tester = rclpy.create_node('lifecycle_tester', context=self.ctx)
+        self._create([Parameter(k, value=v) for k, v in flat.items()], 'lifecycle_tester')
+        t = self.tester
         self.lock = threading.Lock()
         self.outputs: dict[str, list[Time]] = {'mask': [], 'confidence': []}
         self.diags: list[DiagnosticArray] = []
@@ -66,11 +62,7 @@ class Managed:
         self.change = t.create_client(ChangeState, f'{NODE}/change_state')
         self.get = t.create_client(GetState, f'{NODE}/get_state')
         self.params = t.create_client(SetParameters, f'{NODE}/set_parameters')
-        self.executor = SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-        self.executor.add_node(t)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self._spin()
         wait_for(lambda: self.change.service_is_ready() and self.get.service_is_ready(), what='lifecycle services')
 
     def _collector(self, name: str) -> Any:
@@ -120,13 +112,6 @@ class Managed:
         rng = np.random.default_rng(i)
         img = rng.integers(0, 255, (96, 160, 3), dtype=np.uint8)
         return conv.numpy_to_image(img, 'rgb8', _header(i))
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=1.0)
-        self.thread.join(timeout=2.0)
-        self.node.destroy_node()
-        self.tester.destroy_node()
-        rclpy.shutdown(context=self.ctx)
 
 
 GOAL = {Transition.TRANSITION_CONFIGURE: 'inactive', Transition.TRANSITION_ACTIVATE: 'active',

@@ -65,12 +65,35 @@ def wait_for(cond, timeout: float = 10.0, what: str = 'condition') -> None:
     raise AssertionError(f'timed out after {timeout} s waiting for {what}')
 
 
-class Harness:
+class InProcessNode:
+    """A SegmentationNode and a tester node in their own context, spun by one executor thread: the harness
+    shape of the in-process node tests (subclasses add their publishers and subscribers between the steps)."""
+
+    def _create(self, overrides: list[Parameter], tester_name: str) -> None:
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx)
+        self.node = SegmentationNode(context=self.ctx, parameter_overrides=overrides)
+        self.tester = rclpy.create_node(tester_name, context=self.ctx)
+
+    def _spin(self) -> None:
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.tester)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=1.0)
+        self.thread.join(timeout=2.0)
+        self.node.destroy_node()
+        self.tester.destroy_node()
+        rclpy.shutdown(context=self.ctx)
+
+
+class Harness(InProcessNode):
     """The node, a tester node with publishers/subscribers, and one executor spinning both in a thread."""
 
     def __init__(self, onnx: Path) -> None:
-        self.ctx = rclpy.Context()
-        rclpy.init(context=self.ctx)
         flat = {
             'backend.type': 'onnxruntime', 'backend.onnx_path': str(onnx), 'backend.threads': 1,
             'input.height': 64, 'input.width': 128,
@@ -84,9 +107,8 @@ class Harness:
             'qos.output_depth': 5,
         }
         self.flat = flat
-        overrides = [Parameter(k, value=v) for k, v in flat.items()] + [Parameter('use_sim_time', value=True)]
-        self.node = SegmentationNode(context=self.ctx, parameter_overrides=overrides)
-        self.tester = rclpy.create_node('tester', context=self.ctx)
+        self._create([Parameter(k, value=v) for k, v in flat.items()] + [Parameter('use_sim_time', value=True)],
+                     'tester')
         t = self.tester
         self.pubs = {'front': t.create_publisher(Image, '/front/image_raw', 5),
                      'left': t.create_publisher(CompressedImage, '/left/image_raw/compressed', 5)}
@@ -103,11 +125,7 @@ class Harness:
                 self.subscribe(f'/segmentation/{cam}/drivable/{g}/boundary', PolygonStamped)
         self.subscribe('/diagnostics', DiagnosticArray)
         self.param_client = t.create_client(SetParameters, '/evit_segmentation/set_parameters')
-        self.executor = SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-        self.executor.add_node(t)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self._spin()
         wait_for(lambda: all(p.get_subscription_count() > 0 for p in self.pubs.values()), what='node subscriptions')
         wait_for(lambda: all(p.get_subscription_count() > 0 for c in self.node.cameras.values()
                              for p in c.pubs.values()), what='output subscribers')
@@ -166,13 +184,6 @@ class Harness:
         fut = self.param_client.call_async(req)
         wait_for(fut.done, what='set_parameters response')
         return fut.result().results
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=1.0)
-        self.thread.join(timeout=2.0)
-        self.node.destroy_node()
-        self.tester.destroy_node()
-        rclpy.shutdown(context=self.ctx)
 
 
 @pytest.fixture(scope='module')

@@ -17,11 +17,10 @@ pytest.importorskip('torch')
 
 from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
-from test_ros_node import export_test_onnx, wait_for  # noqa: E402
+from test_ros_node import InProcessNode, export_test_onnx, wait_for  # noqa: E402
 
 from evit_ros.errors import ConfigError  # noqa: E402
 from evit_ros.ros import conversions as conv  # noqa: E402
@@ -37,30 +36,22 @@ def onnx(tmp_path_factory) -> Path:
     return export_test_onnx(tmp_path_factory.mktemp('onnx') / 'b0_64x128.onnx')
 
 
-class Rig:
+class Rig(InProcessNode):
     """One node (auto input QoS unless told otherwise), a tester node, one executor thread."""
 
     def __init__(self, onnx: Path, **params: Any) -> None:
-        self.ctx = rclpy.Context()
-        rclpy.init(context=self.ctx)
         flat = {'backend.type': 'onnxruntime', 'backend.onnx_path': str(onnx), 'backend.threads': 1,
                 'input.height': 64, 'input.width': 128, 'cameras': ['front'],
                 'cameras.front.camera_info_topic': '/front/camera_info', 'diagnostics.silence_timeout_s': 60.0,
                 'diagnostics.expected_rate_hz': 0.1}
         flat.update(params)
-        self.node = SegmentationNode(context=self.ctx,
-                                     parameter_overrides=[Parameter(k, value=v) for k, v in flat.items()])
-        self.tester = rclpy.create_node('vehicle_tester', context=self.ctx)
+        self._create([Parameter(k, value=v) for k, v in flat.items()], 'vehicle_tester')
         self.lock = threading.Lock()
         self.masks: list[Image] = []
         self.diags: list[tuple[float, DiagnosticArray]] = []
         self.tester.create_subscription(Image, '/segmentation/front/mask', self._on_mask, RELIABLE)
         self.tester.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 10)
-        self.executor = SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-        self.executor.add_node(self.tester)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self._spin()
 
     def _on_mask(self, msg: Image) -> None:
         with self.lock:
@@ -97,13 +88,6 @@ class Rig:
                             return m
                 time.sleep(0.01)
         raise AssertionError('no mask')
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=1.0)
-        self.thread.join(timeout=2.0)
-        self.node.destroy_node()
-        self.tester.destroy_node()
-        rclpy.shutdown(context=self.ctx)
 
 
 def _frame(stamp: Time, hw: tuple[int, int] = (48, 80)) -> Image:

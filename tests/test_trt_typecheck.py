@@ -22,6 +22,17 @@ def _fixer():  # noqa: ANN202 (module object loaded from tools/)
     return mod
 
 
+
+def _mypy_errors(probe: Path, tmp_path: Path, timeout: float) -> str:
+    """Run the project's mypy configuration on one probe file that must have errors; its output."""
+    out = subprocess.run([sys.executable, '-m', 'mypy', '--config-file', str(REPO / 'mypy.ini'),
+                          '--cache-dir', str(tmp_path / 'cache'), str(probe)],
+                         capture_output=True, text=True, cwd=REPO, timeout=timeout)
+    text = out.stdout + out.stderr
+    assert out.returncode == 1, text
+    return text
+
+
 def test_fix_source_renames_keyword_params_and_fills_defaults() -> None:
     src = ('class P:\n'
            '    def configure(self, in: list[int], out: list[int], n: int = 1, m: int) -> None:\n'
@@ -47,11 +58,7 @@ def test_mypy_reads_the_stubs_and_reports_a_wrong_call(tmp_path: Path) -> None:
                      '    engine.get_tensor_shape(0)\n'
                      '    ctx.execute_async_v3()\n'
                      '    ctx.set_tensor_address("images", 1234)\n')
-    out = subprocess.run([sys.executable, '-m', 'mypy', '--config-file', str(REPO / 'mypy.ini'),
-                          '--cache-dir', str(tmp_path / 'cache'), str(probe)],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
-    text = out.stdout + out.stderr
-    assert out.returncode == 1, text
+    text = _mypy_errors(probe, tmp_path, timeout=120)
     assert 'probe.py:5: error: Argument 1 to "get_tensor_shape" of "ICudaEngine" has incompatible type "int"' in text
     assert 'probe.py:6: error: Missing positional argument "stream_handle"' in text
     assert 'probe.py:7' not in text
@@ -75,11 +82,7 @@ def test_mypy_checks_cuda_python_calls_against_generated_stubs(tmp_path: Path) -
                      'n: int = props.multiProcessorCount\n'
                      'props.smCount\n'
                      'ok = cudart.cudaError_t.cudaSuccess\n')
-    out = subprocess.run([sys.executable, '-m', 'mypy', '--config-file', str(REPO / 'mypy.ini'),
-                          '--cache-dir', str(tmp_path / 'cache'), str(probe)],
-                         capture_output=True, text=True, cwd=REPO, timeout=180)
-    text = out.stdout + out.stderr
-    assert out.returncode == 1, text
+    text = _mypy_errors(probe, tmp_path, timeout=180)
     assert 'probe_cuda.py:4: error: Missing positional argument "size" in call to "cudaMalloc"' in text
     assert 'probe_cuda.py:5: error: Need more than 1 value to unpack (2 expected)' in text
     assert 'probe_cuda.py:6: error: Argument 4 to "cudaMemcpyAsync" has incompatible type "int"' in text
