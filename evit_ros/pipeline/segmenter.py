@@ -293,35 +293,34 @@ class Segmenter:
             labels_model = upsample_nearest(labels_raw, model_hw, out=slot.get('labels_model', model_hw))
         else:
             labels_model = labels_raw
-        conf_model = None
-        direct = conf_raw is not None and not at_model and plan.mode == 'stretch' and conf_raw.shape != model_hw
-        if conf_raw is not None and not direct:
-            if conf_raw.shape == model_hw:
-                conf_model = conf_raw
-            else:   # 1/8 confidence: bilinear (a probability map, unlike class ids, may be interpolated)
-                conf_model = _resize_linear(conf_raw, slot.get('conf_model', model_hw))
         if at_model:
-            out_hw = model_hw
-            labels = slot.get('labels', out_hw)
+            labels = slot.get('labels', model_hw)
             np.copyto(labels, labels_model)
             mask_padding(labels, plan)
-            conf = None
-            if conf_model is not None:
-                conf = slot.get('confidence', out_hw)
-                np.copyto(conf, conf_model)
-                mask_padding(conf, plan, fill=0)
         else:
-            out_hw = plan.src_hw
-            labels = labels_to_source(labels_model, plan, out_hw, out=slot.get('labels', out_hw))
-            if direct and conf_raw is not None:
-                # stretch: the 1/8 map interpolated straight at the camera pixels (one pass, not two)
-                conf = _resize_linear(conf_raw, slot.get('confidence', out_hw))
-            else:
-                conf = None if conf_model is None else labels_to_source(
-                    conf_model, plan, out_hw, out=slot.get('confidence', out_hw), fill=0)
+            labels = labels_to_source(labels_model, plan, plan.src_hw, out=slot.get('labels', plan.src_hw))
+        conf = None if conf_raw is None else self._confidence_out(slot, conf_raw, plan, at_model)
         return FrameResult(labels=labels, confidence=conf, color=None, overlay=None, groups={},
                            class_fractions=np.zeros(0), plan=plan, frame=frame, model_rgb=model_rgb,
                            labels_model=labels_model, slot=slot)
+
+    def _confidence_out(self, slot: _Slot, conf_raw: np.ndarray, plan: ResizePlan, at_model: bool) -> np.ndarray:
+        """Confidence at the output size: the graph's model-size map, or the 1/8 map interpolated bilinearly
+        (a probability map, unlike class ids, may be interpolated); outside the model's view it is 0."""
+        model_hw = self.preprocessor.out_hw
+        full = conf_raw.shape == model_hw
+        if at_model:
+            conf = slot.get('confidence', model_hw)
+            if full:
+                np.copyto(conf, conf_raw)
+            else:
+                _resize_linear(conf_raw, conf)
+            return mask_padding(conf, plan, fill=0)
+        out = slot.get('confidence', plan.src_hw)
+        if not full and plan.mode == 'stretch':   # the 1/8 map straight at the camera pixels (one pass, not two)
+            return _resize_linear(conf_raw, out)
+        conf_model = conf_raw if full else _resize_linear(conf_raw, slot.get('conf_model', model_hw))
+        return labels_to_source(conf_model, plan, plan.src_hw, out=out, fill=0)
 
     def derive(self, fr: FrameResult, *, want_color: bool = True, want_overlay: bool = False,
                group_masks: bool | Container[str] = True, want_fractions: bool = True,
