@@ -21,9 +21,9 @@ import pytest
 import torch
 from trt_fakes import GPU_CC, GPU_MEM_MB, GPU_NAME, GPU_SMS, DataType, FakeCudart, FakeEngine, FakeTRT, pinned_view, rtx
 
-from evit_ros.backends import cuda_runtime
 from evit_ros.backends.base import InferenceBackend
 from evit_ros.backends.tensorrt_backend import TensorRTBackend, numpy_dtype, tensorrt_available
+from evit_ros.device import cuda_runtime, identity
 from evit_ros.errors import BackendError, BackendUnavailableError, EngineCacheMismatch
 from evit_ros.export import engine_cache
 from evit_ros.export.onnx_export import export_onnx, read_metadata
@@ -49,8 +49,8 @@ def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
                        max_batch=2).path
 
 
-FAKE_GPU = engine_cache.GpuIdentity(GPU_NAME, f'{GPU_CC[0]}.{GPU_CC[1]}', GPU_SMS, GPU_MEM_MB,
-                                    engine_cache.board_model())
+FAKE_GPU = identity.GpuIdentity(GPU_NAME, f'{GPU_CC[0]}.{GPU_CC[1]}', GPU_SMS, GPU_MEM_MB,
+                                    identity.board_model())
 
 
 @pytest.fixture(scope='module')
@@ -86,7 +86,7 @@ def engine(built_engine: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def cudart(monkeypatch: pytest.MonkeyPatch) -> FakeCudart:
-    """The fake GPU behind evit_ros.backends.cuda_runtime (replaced per test)."""
+    """The fake GPU behind evit_ros.device.cuda_runtime (replaced per test)."""
     fake = FakeCudart()
     monkeypatch.setattr(cuda_runtime, 'cudart', fake)
     return fake
@@ -262,7 +262,7 @@ def test_board_model_is_part_of_the_identity(engine: Path, onnx_file: Path, cuda
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     board = tmp_path / 'model'
     board.write_bytes(b'NVIDIA Jetson Orin Nano Engineering Reference Developer Kit\x00')
-    monkeypatch.setattr(engine_cache, 'DEVICE_TREE_MODEL', board)
+    monkeypatch.setattr(identity, 'DEVICE_TREE_MODEL', board)
     be, _ = _backend(engine, onnx_file, cudart)
     with pytest.raises(EngineCacheMismatch, match="board: engine built for '.*', this machine has 'NVIDIA Jetson "
                                                   "Orin Nano Engineering Reference Developer Kit'"):
@@ -426,7 +426,7 @@ from pathlib import Path
 import numpy as np
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from trt_fakes import FakeCudart, FakeTRT
-from evit_ros.backends import cuda_runtime
+from evit_ros.device import cuda_runtime
 from evit_ros.backends.tensorrt_backend import TensorRTBackend
 from evit_ros.export import calibration, tensorrt_build, engine_cache
 fake = FakeCudart()
@@ -458,7 +458,7 @@ def test_both_cuda_python_import_paths(tmp_path: Path, layout: str, expected: st
     if layout == 'old':
         (pkg / 'cudart.py').write_text('class cudaError_t:\n    cudaSuccess = 0\n'
                                        'def cudaGetDeviceCount():\n    return (0, 3)\n')
-    code = ('from evit_ros.backends import cuda_runtime as c\n'
+    code = ('from evit_ros.device import cuda_runtime as c\n'
             'print(c.cudart.__name__ if c.cudart is not None else None, c.device_count())\n'
             'from evit_ros.errors import BackendUnavailableError\n'
             'try:\n    c.runtime()\nexcept BackendUnavailableError as e:\n    print("unavailable:", e)\n')

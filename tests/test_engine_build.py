@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from evit_ros import contract
+from evit_ros.device.identity import GpuIdentity
 from evit_ros.errors import EngineBuildError, EngineError
 from evit_ros.export import engine_cache
 from evit_ros.export.onnx_export import export_onnx
@@ -87,7 +88,7 @@ def test_rtx_parses_and_builds_every_head(onnx_files: dict[str, Path], tmp_path:
     assert res.engine_path.stat().st_size == res.engine_bytes > 10_000
     assert res.num_layers > 300 and res.strongly_typed
     side = engine_cache.check_engine(res.engine_path, onnx_files[head], trt_version=trt.__version__,
-                                     gpu=engine_cache.GpuIdentity.from_tuple(GPU), precision='fp32')
+                                     gpu=GpuIdentity.from_tuple(GPU), precision='fp32')
     assert side['model_metadata'][contract.META_HEAD] == head
     assert side['fields']['shapes']['shape'] == [1, H, W, 3]
     assert side['fp32_layers'] == list(res.fp32_layers) and res.fp32_layers

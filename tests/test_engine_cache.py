@@ -11,21 +11,22 @@ from typing import Any
 
 import pytest
 
+from evit_ros.device.identity import GpuIdentity
 from evit_ros.errors import EngineCacheMismatch
 from evit_ros.export import engine_cache as ec
 
-AGX = ec.GpuIdentity('Orin', '8.7', 16, 62800, 'NVIDIA Jetson AGX Orin Developer Kit')
+AGX = GpuIdentity('Orin', '8.7', 16, 62800, 'NVIDIA Jetson AGX Orin Developer Kit')
 BASE: dict[str, Any] = dict(onnx_sha256='a' * 64, trt_version='10.3.0', gpu=AGX, precision='fp16',
                             shapes={'input': 'images', 'shape': [1, 512, 1024, 3]},
                             builder_flags=['FP16', 'OBEY_PRECISION_CONSTRAINTS'], pinned_layers=['/a/MatMul'])
 CHANGES: dict[str, tuple[str, dict[str, Any]]] = {   # key field -> (what changed, cache_key arguments)
     'onnx_sha256': ('onnx', {'onnx_sha256': 'b' * 64}),
     'trt_version': ('trt', {'trt_version': '8.6.2'}),
-    'gpu_name': ('gpu', {'gpu': ec.GpuIdentity('Xavier', '8.7', 16, 62800, AGX.board)}),
-    'compute_capability': ('cc', {'gpu': ec.GpuIdentity('Orin', '7.2', 16, 62800, AGX.board)}),
-    'gpu_sm_count': ('sms', {'gpu': ec.GpuIdentity('Orin', '8.7', 8, 62800, AGX.board)}),
-    'gpu_memory_mb': ('memory', {'gpu': ec.GpuIdentity('Orin', '8.7', 16, 7620, AGX.board)}),
-    'board': ('board', {'gpu': ec.GpuIdentity('Orin', '8.7', 16, 62800, 'NVIDIA Jetson Orin NX')}),
+    'gpu_name': ('gpu', {'gpu': GpuIdentity('Xavier', '8.7', 16, 62800, AGX.board)}),
+    'compute_capability': ('cc', {'gpu': GpuIdentity('Orin', '7.2', 16, 62800, AGX.board)}),
+    'gpu_sm_count': ('sms', {'gpu': GpuIdentity('Orin', '8.7', 8, 62800, AGX.board)}),
+    'gpu_memory_mb': ('memory', {'gpu': GpuIdentity('Orin', '8.7', 16, 7620, AGX.board)}),
+    'board': ('board', {'gpu': GpuIdentity('Orin', '8.7', 16, 62800, 'NVIDIA Jetson Orin NX')}),
     'precision': ('precision', {'precision': 'int8'}),
     'precision_policy': ('policy', {'precision_policy': ec.PRECISION_POLICY + 1}),
     'pinned_layers_sha256': ('pinned', {'pinned_layers': ['/a/MatMul', '/a/Slice']}),
@@ -84,12 +85,12 @@ def test_sidecar_round_trip_and_check(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize('field,value,needle', [
     ('trt_version', '10.7.0', 'trt_version'),
-    ('gpu', ec.GpuIdentity('RTX 4090', '8.7', 16, 62800, AGX.board),
+    ('gpu', GpuIdentity('RTX 4090', '8.7', 16, 62800, AGX.board),
      "gpu_name: engine built for 'Orin', this machine has 'RTX 4090'"),
-    ('gpu', ec.GpuIdentity('Orin', '8.9', 16, 62800, AGX.board),
+    ('gpu', GpuIdentity('Orin', '8.9', 16, 62800, AGX.board),
      "compute_capability: engine built for '8.7', this machine has '8.9'"),
     ('precision', 'fp32', 'precision'),
-    ('gpu', ec.GpuIdentity('Orin', '8.7', 8, 7620, 'NVIDIA Jetson Orin Nano Developer Kit'), 'gpu_sm_count: '
+    ('gpu', GpuIdentity('Orin', '8.7', 8, 7620, 'NVIDIA Jetson Orin Nano Developer Kit'), 'gpu_sm_count: '
      "engine built for 16, this machine has 8; gpu_memory_mb: engine built for 62800, this machine has 7620; "
      "board: engine built for 'NVIDIA Jetson AGX Orin Developer Kit'"),
 ])

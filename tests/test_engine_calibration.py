@@ -152,7 +152,7 @@ def test_default_device_copy_goes_through_cuda_python(folder: Path, monkeypatch:
     """Without ``to_device`` the calibrator copies each batch with cuda-python (pinned staging, one device buffer)."""
     from trt_fakes import FakeCudart
 
-    from evit_ros.backends import cuda_runtime
+    from evit_ros.device import cuda_runtime
     fake = FakeCudart()
     monkeypatch.setattr(cuda_runtime, 'cudart', fake)
     c = cal.EntropyCalibrator(cal.iter_batches(cal.iter_image_folder(folder, HW), 2), 2, None)

@@ -21,6 +21,7 @@ from evit_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
 from evit_ros.backends.tensorrt_backend import TensorRTBackend
 from evit_ros.cli import verify_engine_cmd
 from evit_ros.cli.main import main
+from evit_ros.device import identity
 from evit_ros.eval.verify_engine import Thresholds, compare, onnx_from_sidecar
 from evit_ros.export import engine_cache
 from evit_ros.export.onnx_export import read_metadata
@@ -66,8 +67,8 @@ def _engine(onnx_file: Path, directory: Path, precision: str) -> Path:
     if trt_fakes is None:
         fields = engine_cache.key_fields(file_sha256(onnx_file), TRT_VERSION, GPU_NAME, '8.7', precision, shapes, [])
     else:
-        gpu = engine_cache.GpuIdentity(GPU_NAME, f'{GPU_CC[0]}.{GPU_CC[1]}', GPU_SMS, GPU_MEM_MB,
-                                       engine_cache.board_model())
+        gpu = identity.GpuIdentity(GPU_NAME, f'{GPU_CC[0]}.{GPU_CC[1]}', GPU_SMS, GPU_MEM_MB,
+                                       identity.board_model())
         fields = engine_cache.key_fields(file_sha256(onnx_file), TRT_VERSION, gpu, precision, shapes, [])
     doc = engine_cache.make_sidecar(fields, model_metadata=read_metadata(onnx_file), fp32_layers=[],
                                     rebuild_command=engine_cache.build_command(onnx_file, ep, precision))
@@ -100,7 +101,7 @@ class PerturbedSession:
 def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fake CUDA runtime behind the TensorRT backend (cuda-python backend only)."""
     if trt_fakes is not None:
-        from evit_ros.backends import cuda_runtime
+        from evit_ros.device import cuda_runtime
         monkeypatch.setattr(cuda_runtime, 'cudart', FakeCudart())
 
 
@@ -111,7 +112,7 @@ def _trt_backend(engine: Path, onnx_file: Path, precision: str, perturb: float =
         trt = FakeTRT(ft, onnx_file)
         kw: dict[str, Any] = {'torch_module': ft}
     else:
-        from evit_ros.backends import cuda_runtime
+        from evit_ros.device import cuda_runtime
         trt = FakeTRT(cuda_runtime.cudart, onnx_file, TRT_VERSION)
         kw = {}
     if perturb:

@@ -3,7 +3,7 @@
 Deliberately thin: everything that can run without a GPU (cache key, sidecar, rebuild decision,
 shape/dtype mapping, argument checks) lives here in plain Python or in :mod:`evit_ros.export`; the
 CUDA-only part is a handful of TensorRT and cuda-python runtime calls
-(:mod:`evit_ros.backends.cuda_runtime`), unit-tested with fakes. PyTorch is never imported.
+(:mod:`evit_ros.device.cuda_runtime`), unit-tested with fakes. PyTorch is never imported.
 
 * ``load()`` checks ``<engine>.json`` (:func:`evit_ros.export.engine_cache.check_engine`) against the
   installed TensorRT, the GPU, the precision and (if given) the ONNX sha256. On a mismatch it rebuilds
@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evit_ros import contract
-from evit_ros.backends import cuda_runtime
 from evit_ros.backends.base import InferenceBackend, InferenceResult, ModelIO, TensorSpec
+from evit_ros.device import cuda_runtime
+from evit_ros.device.identity import GpuIdentity
 from evit_ros.errors import BackendError, BackendUnavailableError, EngineCacheMismatch
 from evit_ros.export import engine_cache
 
@@ -121,7 +122,7 @@ class TensorRTBackend(InferenceBackend):
         self._graphs: dict[int, cuda_runtime.CudaGraph] = {}
         self._scratch: cuda_runtime.DeviceBuffer | None = None
         self._sidecar: dict[str, Any] = {}
-        self._gpu = engine_cache.GpuIdentity('none', 'none')
+        self._gpu = GpuIdentity('none', 'none')
 
     # -- load ------------------------------------------------------------------------------------
     def load(self) -> None:

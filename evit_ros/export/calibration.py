@@ -131,7 +131,7 @@ def iter_batches(frames: Iterable[np.ndarray], batch: int, input_format: str = '
 
 def cuda_to_device() -> Callable[[np.ndarray], int]:
     """Default ``to_device``: one reusable pinned + device buffer pair through cuda-python (no PyTorch)."""
-    from evit_ros.backends import cuda_runtime
+    from evit_ros.device import cuda_runtime
     from evit_ros.errors import BackendError
     try:
         cuda_runtime.runtime()

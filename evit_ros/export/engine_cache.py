@@ -19,10 +19,10 @@ import json
 import os
 import shlex
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evit_ros.device.identity import GpuIdentity
 from evit_ros.errors import EngineCacheMismatch, EngineError
 from evit_ros.fileio import file_sha256, replace_atomically
 
@@ -34,41 +34,6 @@ PRECISION_POLICY = 2
 KEY_FIELDS: tuple[str, ...] = ('onnx_sha256', 'trt_version', 'gpu_name', 'compute_capability', 'gpu_sm_count',
                                'gpu_memory_mb', 'board', 'precision', 'precision_policy', 'pinned_layers_sha256',
                                'shapes', 'builder_flags')
-DEVICE_TREE_MODEL = Path('/proc/device-tree/model')
-
-
-def board_model() -> str:
-    """``/proc/device-tree/model`` (e.g. 'NVIDIA Jetson AGX Orin Developer Kit'); '' off a Jetson."""
-    try:
-        return DEVICE_TREE_MODEL.read_text(errors='ignore').strip('\x00 \n')
-    except OSError:
-        return ''
-
-
-@dataclass(frozen=True)
-class GpuIdentity:
-    """What an engine is tied to. The compute capability alone is not enough: every Orin module reports
-    8.7, but an AGX Orin engine tuned for 16 SMs and 64 GB must not be loaded on an 8 GB Orin Nano."""
-
-    name: str
-    compute_capability: str
-    sm_count: int = 0
-    total_memory_mb: int = 0
-    board: str = ''
-
-    @classmethod
-    def from_tuple(cls, gpu: GpuIdentity | tuple[str, str]) -> GpuIdentity:
-        """Accept the old ``(name, compute capability)`` pair (SM count / memory unknown = 0)."""
-        if isinstance(gpu, GpuIdentity):
-            return gpu
-        return cls(str(gpu[0]), str(gpu[1]), 0, 0, board_model())
-
-    def describe(self) -> str:
-        board = f' on {self.board}' if self.board else ''
-        return (f'{self.name} (sm {self.compute_capability}, {self.sm_count} SMs, {self.total_memory_mb} MiB)'
-                f'{board}')
-
-
 def pinned_layers_sha256(layers: Sequence[str]) -> str:
     """Order-independent hash of the FP32-pinned layer names (the list itself is in the sidecar)."""
     return hashlib.sha256('\n'.join(sorted(set(layers))).encode()).hexdigest()

@@ -21,8 +21,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +29,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evit_ros import contract
-from evit_ros.errors import BackendUnavailableError, EngineBuildError, EngineError, EvitError
+from evit_ros.device.detect import detect_gpu
+from evit_ros.device.identity import GpuIdentity
+from evit_ros.errors import BackendUnavailableError, EngineBuildError, EngineError
 from evit_ros.export import engine_cache
 from evit_ros.export.onnx_export import (
     fp32_scope_nodes,
@@ -104,32 +104,6 @@ def import_tensorrt(trt_module: Any = None) -> Any:
 
 def trt_version(trt_mod: Any) -> str:
     return str(getattr(trt_mod, '__version__', 'unknown'))
-
-
-def detect_gpu() -> engine_cache.GpuIdentity:
-    """Identity of CUDA device 0 via cuda-python; else nvidia-smi; else the Jetson board; else 'none'."""
-    try:
-        from evit_ros.backends import cuda_runtime
-        if cuda_runtime.device_count()[0] > 0:
-            return cuda_runtime.gpu_identity(0)
-    except EvitError as exc:
-        log.debug('cuda-python GPU query failed: %s', exc)
-    board = engine_cache.board_model()
-    smi = shutil.which('nvidia-smi')
-    if smi:
-        try:
-            out = subprocess.run([smi, '--query-gpu=name,compute_cap,memory.total', '--format=csv,noheader,nounits'],
-                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-            if out:
-                name, cc, mem = (s.strip() for s in out.splitlines()[0].split(',', 2))
-                return engine_cache.GpuIdentity(name, cc, 0, int(float(mem)), board)
-        except (OSError, subprocess.SubprocessError, ValueError):
-            pass
-    if board:
-        for key, cc in (('Orin', '8.7'), ('Xavier', '7.2'), ('Thor', '11.0')):
-            if key in board:
-                return engine_cache.GpuIdentity(board, cc, 0, 0, board)
-    return engine_cache.GpuIdentity('none', 'none', 0, 0, board)
 
 
 def is_strongly_typed_only(trt_mod: Any) -> bool:
@@ -481,7 +455,7 @@ def inspect_engine(trt_mod: Any, engine: bytes, pinned: list[str], logger: trt.I
 def build_engine(onnx_path: str | Path, engine_path: str | Path | None = None, *, precision: str = 'fp16',
                  calib: Any = None, workspace_mb: int | None = None, dla_core: int | None = None,
                  timing_cache: str | Path | None = None, max_batch: int | None = None, trt_module: Any = None,
-                 gpu: engine_cache.GpuIdentity | tuple[str, str] | None = None, engines_dir: str | Path = 'engines',
+                 gpu: GpuIdentity | tuple[str, str] | None = None, engines_dir: str | Path = 'engines',
                  calib_factory: Callable[[tuple[int, ...], str], Any] | None = None,
                  rebuild_command: str | None = None, command_options: dict[str, Any] | None = None,
                  opt_batch: int | None = None, force: bool = True) -> BuildResult:
@@ -506,7 +480,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path | None = None, *
         max_batch = contract.dynamic_max_batch(meta)
     trt_mod = import_tensorrt(trt_module)
     version = trt_version(trt_mod)
-    gpu_id = engine_cache.GpuIdentity.from_tuple(gpu) if gpu is not None else detect_gpu()
+    gpu_id = GpuIdentity.from_tuple(gpu) if gpu is not None else detect_gpu()
     exporter = json.loads(meta.get(contract.META_EXPORTER, '{}') or '{}')
     mixed = bool(exporter.get('mixed_precision_fp16', False))
     qdq = is_qdq(onnx_model)

@@ -1,10 +1,10 @@
 """The few CUDA runtime calls the TensorRT path needs, through NVIDIA's ``cuda-python`` (not PyTorch).
 
 Not a backend: the device memory, pinned host memory, stream, async copies and CUDA graphs that
-:mod:`evit_ros.backends.tensorrt_backend` and the INT8 calibrator use, as in TensorRT's own Python
-samples (``cudaMalloc``, ``cudaHostAlloc``, ``cudaStreamCreate``, ``cudaMemcpyAsync``). PyTorch is never
-imported here: on a Jetson it is a separate NVIDIA wheel, and its CUDA initialisation alone costs
-hundreds of MB on an 8 GB Orin.
+:mod:`evit_ros.backends.tensorrt_backend` and the INT8 calibrator (:mod:`evit_ros.export.calibration`) use,
+as in TensorRT's own Python samples (``cudaMalloc``, ``cudaHostAlloc``, ``cudaStreamCreate``,
+``cudaMemcpyAsync``). PyTorch is never imported here: on a Jetson it is a separate NVIDIA wheel, and its
+CUDA initialisation alone costs hundreds of MB on an 8 GB Orin.
 
 ``cuda-python`` returns a tuple from every call whose first element is the error code; :func:`check`
 turns a failure into :class:`~evit_ros.errors.BackendError` naming the call and the CUDA error. The
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from evit_ros.device.identity import GpuIdentity, board_model
 from evit_ros.errors import BackendError, BackendUnavailableError
-from evit_ros.export.engine_cache import GpuIdentity, board_model
 
 try:
     from cuda.bindings import runtime as cudart
