@@ -5,7 +5,7 @@ first such buffer is freed the threshold rises to that size, so later frame-size
 heap, but free memory at the top of the heap is returned to the OS above twice that threshold: with a
 frame, its copy and the output messages freed together, most of it goes back every frame and comes back
 as fresh pages the kernel zeroes, one fault per 4 KiB page (about 1,000-1,500 faults per cycle of three
-6 MB buffers, ``tests/test_heap.py``). Measured with ``python -m evit_ros.ros.bench_node``: a node that only
+6 MB buffers, ``tests/test_heap.py``). Measured with ``python -m evit_ros.bench.node``: a node that only
 receives a 1024x2048 rgb8 frame and publishes a pre-built mask took 14-31 ms to receive the frame with the
 defaults and 6-9 ms with the heap keeping its buffers (see the README's measurements).
 

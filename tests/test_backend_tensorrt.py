@@ -21,13 +21,13 @@ import pytest
 import torch
 from trt_fakes import GPU_CC, GPU_MEM_MB, GPU_NAME, GPU_SMS, DataType, FakeCudart, FakeEngine, FakeTRT, pinned_view, rtx
 
-from evit_ros.backends.base import InferenceBackend
 from evit_ros.backends.tensorrt_backend import TensorRTBackend, numpy_dtype, tensorrt_available
 from evit_ros.device import cuda_runtime, identity
 from evit_ros.errors import BackendError, BackendUnavailableError, EngineCacheMismatch
 from evit_ros.export import engine_cache
 from evit_ros.export.onnx_export import export_onnx, read_metadata
 from evit_ros.fileio import file_sha256
+from evit_ros.inference import InferenceBackend
 
 MODEL = 'efficientvit-seg-b0-cityscapes'
 H, W = 64, 128

@@ -48,8 +48,8 @@ def test_bench_rss_is_per_backend_not_the_process_peak(tmp_path) -> None:
     """A 1.5 GB allocation freed before the run must not show up in the backend's peak RSS."""
     import numpy as np
 
+    from evit_ros.bench.backends import peak_rss_mb, run_benchmark
     from evit_ros.config import InputConfig, ModelConfig
-    from evit_ros.eval.benchmark import peak_rss_mb, run_benchmark
     ballast = np.ones(1536 * 2**20 // 8)
     ballast_mb = ballast.nbytes / 2**20
     del ballast

@@ -1,11 +1,11 @@
-"""``python -m evit_ros.export.bench_heads`` times real exported graphs in ONNX Runtime and writes its JSON."""
+"""``python -m evit_ros.bench.heads`` times real exported graphs in ONNX Runtime and writes its JSON."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
 
-from evit_ros.export.bench_heads import main
+from evit_ros.bench.heads import main
 
 
 def test_bench_heads_reports_each_head_against_the_logits_graph(tmp_path, capsys) -> None:

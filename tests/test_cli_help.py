@@ -37,7 +37,7 @@ def test_every_option_with_a_default_says_it(command: str) -> None:
 def test_bench_node_help_states_its_defaults() -> None:
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, '-m', 'evit_ros.ros.bench_node', '--help'], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, '-m', 'evit_ros.bench.node', '--help'], capture_output=True, text=True,
                          timeout=60, env={**__import__('os').environ, 'PYTHONPATH': str(REPO)})
     assert out.returncode == 0, out.stderr
     text = ' '.join(out.stdout.split())

@@ -135,7 +135,7 @@ def test_bench_node_runs_with_every_output_and_the_baselines(tmp_path) -> None:
     pytest.importorskip('rclpy')
     out = tmp_path / 'node_bench.json'
     env = dict(os.environ, PYTHONPATH=f'{REPO}{os.pathsep}{os.environ.get("PYTHONPATH", "")}')
-    proc = subprocess.run([sys.executable, '-m', 'evit_ros.ros.bench_node', '--frames', '3', '--warmup', '1',
+    proc = subprocess.run([sys.executable, '-m', 'evit_ros.bench.node', '--frames', '3', '--warmup', '1',
                            '--height', '128', '--width', '256', '--camera-height', '256', '--camera-width', '512',
                            '--threads', '1', '--subscribe', 'all', '--json', str(out)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

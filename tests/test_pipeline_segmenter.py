@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evit_ros.backends.base import InferenceBackend, InferenceResult, ModelIO, TensorSpec
 from evit_ros.config import DrivableConfig, InputConfig, OutputConfig
 from evit_ros.datasets import CITYSCAPES
 from evit_ros.errors import ConfigError, FrameError
+from evit_ros.inference import InferenceBackend, InferenceResult, ModelIO, TensorSpec
 from evit_ros.pipeline.segmenter import Segmenter
 
 MODEL_HW = (64, 128)

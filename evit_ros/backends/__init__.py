@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 
 from evit_ros import __version__
-from evit_ros.backends.base import InferenceBackend, InferenceResult, ModelIO, TensorSpec
 from evit_ros.config import BackendConfig, InputConfig, ModelConfig
 from evit_ros.deps import missing_module_error
 from evit_ros.errors import BackendUnavailableError, CheckpointError, ConfigError
+from evit_ros.inference import InferenceBackend, InferenceResult, ModelIO, TensorSpec
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ CUDA-only part is a handful of TensorRT and cuda-python runtime calls
   after its context's shape changed would run with stale shapes).
 * Every TensorRT call that reports failure by returning ``False``/``None`` raises BackendError.
 
-Buffer contract (see :mod:`evit_ros.backends.base`): the arrays of an :class:`InferenceResult` are
+Buffer contract (see :mod:`evit_ros.inference`): the arrays of an :class:`InferenceResult` are
 views of the pinned host buffers and are overwritten by the next ``infer``.
 """
 from __future__ import annotations
@@ -34,11 +34,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evit_ros import contract
-from evit_ros.backends.base import InferenceBackend, InferenceResult, ModelIO, TensorSpec
 from evit_ros.device import cuda_runtime
 from evit_ros.device.identity import GpuIdentity
 from evit_ros.errors import BackendError, BackendUnavailableError, EngineCacheMismatch
 from evit_ros.export import engine_cache
+from evit_ros.inference import InferenceBackend, InferenceResult, ModelIO, TensorSpec
 
 if TYPE_CHECKING:
     import tensorrt as trt

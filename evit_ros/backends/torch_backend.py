@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from evit_ros import contract
-from evit_ros.backends.base import InferenceBackend, InferenceResult, ModelIO, TensorSpec
 from evit_ros.datasets import dataset_for_model
 from evit_ros.errors import BackendError, BackendUnavailableError
+from evit_ros.inference import InferenceBackend, InferenceResult, ModelIO, TensorSpec
 
 log = logging.getLogger(__name__)
 

@@ -39,9 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from evit_ros.bench.backends import BASELINE, BENCH_BACKENDS, format_report, run_benchmark
     from evit_ros.cli.export_cmd import parse_hw
     from evit_ros.config import BackendConfig, load_config
-    from evit_ros.eval.benchmark import BASELINE, BENCH_BACKENDS, format_report, run_benchmark
 
     overrides: dict[str, object] = {}
     for key, value in (('model.name', args.model), ('model.checkpoint', args.checkpoint),
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.params_file, overrides=overrides)
     camera_hw = parse_hw(args.camera_size) if args.camera_size else (cfg.input.height, cfg.input.width)
     if args.stages:
-        from evit_ros.pipeline.bench import format_table, run_stage_benchmark
+        from evit_ros.bench.stages import format_table, run_stage_benchmark
         rep = run_stage_benchmark(camera_hw, (cfg.input.height, cfg.input.width), args.iters,
                                   interpolation=cfg.input.interpolation)
         sys.stdout.write(format_table(rep) + '\n')

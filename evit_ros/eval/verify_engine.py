@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from evit_ros.backends.base import InferenceBackend, InferenceResult
 from evit_ros.errors import DataError, EngineError
 from evit_ros.eval.metrics import ConfusionMatrix
+from evit_ros.inference import InferenceBackend, InferenceResult
 
 DEFAULT_MIN_AGREEMENT = {'fp32': 99.9, 'fp16': 99.5}
 DEFAULT_MAX_MIOU_DELTA = {'int8': 1.0}

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from evit_ros.backends.base import InferenceBackend, InferenceResult
 from evit_ros.config import DrivableConfig, InputConfig, OutputConfig
 from evit_ros.contract import CONFIDENCE_NAME, IMAGENET_MEAN, IMAGENET_STD
 from evit_ros.datasets import IGNORE_ID, DatasetInfo
 from evit_ros.errors import BackendError, FrameError
+from evit_ros.inference import InferenceBackend, InferenceResult
 from evit_ros.pipeline.drivable import ClassGroups, RoiMask, class_fractions, freespace_boundary, group_fraction
 from evit_ros.pipeline.postprocess import Palette, labels_to_source, mask_padding, overlay, upsample_nearest
 from evit_ros.pipeline.preprocess import Preprocessor, ResizePlan, normalize_nchw

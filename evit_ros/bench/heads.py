@@ -1,4 +1,4 @@
-"""What each graph head costs as a share of the network on ONNX Runtime: ``python -m evit_ros.export.bench_heads``.
+"""What each graph head costs as a share of the network on ONNX Runtime: ``python -m evit_ros.bench.heads``.
 
 The head is everything after the 1/8 logits (bicubic upsampling to the input size and the argmax for
 ``labels``). The ``logits`` graph is the network alone, so a head costs median(head graph) - median(logits
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                                     hw=(args.height, args.width), heads=_parse_heads(args.heads),
                                     rounds=args.rounds, warmup=args.warmup, threads=args.threads)
     except EvitError as exc:
-        sys.stderr.write(f'bench_heads: {exc}\n')
+        sys.stderr.write(f'evit_ros.bench.heads: {exc}\n')
         return 2
     sys.stdout.write(format_table(report) + '\n')
     if args.json:

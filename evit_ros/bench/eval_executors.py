@@ -11,7 +11,7 @@ EfficientViT-B0 graph with seeded weights):
 
 The machine is usually shared: compare the ratios within one run, and read the load average it records.
 
-    .venv/bin/python tools/bench_eval_executors.py --json bench_eval_executors.json
+    python -m evit_ros.bench.eval_executors --json bench_eval_executors.json
 """
 from __future__ import annotations
 
@@ -27,21 +27,39 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / 'tests'))
+# the folder that holds the evit_ros package: Ray's workers import it from there
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 IMG = '/front/image_raw'
 
 
 def _bags(root: Path, count: int, frames: int, hw: tuple[int, int], seed: int) -> list[str]:
-    from eval_support import write_bag
+    """``count`` MCAP bags of ``frames`` random JPEG frames each on one camera topic (10 Hz stamps)."""
+    from evit_ros.eval.bags import COMPRESSED, BagWriter
     rng = np.random.default_rng(seed)
     out = []
     for b in range(count):
-        fr = [{'topic': IMG, 'stamp': 1_700_000_000_000_000_000 + i * 10**8,
-               'rgb': rng.integers(0, 255, (*hw, 3), dtype=np.uint8), 'compressed': 'jpeg'} for i in range(frames)]
-        out.append(str(write_bag(root / f'bag{seed}_{b}', fr)))
+        path = root / f'bag{seed}_{b}'
+        with BagWriter(path) as w:
+            for i in range(frames):
+                stamp = 1_700_000_000_000_000_000 + i * 10**8
+                rgb = rng.integers(0, 255, (*hw, 3), dtype=np.uint8)
+                w.write(IMG, COMPRESSED, w.factory.compressed(rgb, stamp, 'jpeg'), 1_000_000_000 + i * 1000)
+        out.append(str(path))
+    return out
+
+
+def _seeded_onnx(out: Path, height: int, width: int) -> Path:
+    """A b0 graph (labels+confidence head) with seeded random weights: the pipeline's real work, no checkpoint."""
+    import torch
+
+    from evit_ros.export.onnx_export import export_onnx
+    from evit_ros.model import create_model
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = create_model('efficientvit-seg-b0-cityscapes', pretrained=False).eval()
+    export_onnx('efficientvit-seg-b0-cityscapes', out, height=height, width=width, model=model,
+                head='labels+confidence')
     return out
 
 
@@ -74,7 +92,8 @@ def _run(bags: list[str], factory: Any, executor: str, jobs: int) -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog='python -m evit_ros.bench.eval_executors', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--bags', type=int, default=4, help='bags for the throughput run (default 4)')
     p.add_argument('--frames', type=int, default=24, help='frames per bag (default 24)')
     p.add_argument('--tiny-bags', type=int, default=24, help='one-frame bags for the per-shard cost (default 24)')
@@ -89,12 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     ih, iw = (int(v) for v in args.input.split('x'))
 
     import ray
-    from eval_support import export_tiny_onnx
 
     from evit_ros.config import load_config
     from evit_ros.eval.runner import PipelineFactory
     root = Path(tempfile.mkdtemp(prefix='evit_bench_eval_'))
-    onnx = export_tiny_onnx(root / 'b0.onnx', ih, iw)
+    onnx = _seeded_onnx(root / 'b0.onnx', ih, iw)
     big = _bags(root, args.bags, args.frames, cam, 1)   # type: ignore[arg-type]
     tiny = _bags(root, args.tiny_bags, 1, cam, 2)       # type: ignore[arg-type]
 
@@ -106,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     ray.init(address='local', num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              logging_level=logging.WARNING,
-             runtime_env={'env_vars': {'PYTHONPATH': os.pathsep.join([str(REPO), str(REPO / 'tests')])}})
+             runtime_env={'env_vars': {'PYTHONPATH': str(PACKAGE_ROOT)}})
     cluster_start = time.time() - t0
     cores = os.cpu_count() or 1
     configs = [('local --jobs 1', 'local', 1, cores), ('local --jobs 2', 'local', 2, max(1, cores // 2)),
@@ -144,14 +162,15 @@ def main(argv: list[str] | None = None) -> int:
                      'camera': args.camera, 'input': args.input, 'ray_local_cluster_start_s': round(cluster_start, 2)},
            'results': rows}
     Path(args.json).write_text(json.dumps(out, indent=2))
-    print(f'medians of {args.rounds} interleaved rounds')
-    print(f'{"config":<16}{"fps":>8}{"x local":>9}{"startup s":>11}{"shard gap ms":>14}{"1-frame shard s":>17}')
+    lines = [f'medians of {args.rounds} interleaved rounds',
+             f'{"config":<16}{"fps":>8}{"x local":>9}{"startup s":>11}{"shard gap ms":>14}{"1-frame shard s":>17}']
     for r in rows:
         t, o = r['throughput'], r['per_shard']
-        print(f'{r["config"]:<16}{t["fps"]:>8.2f}{r["fps_vs_local"]:>9.2f}{t["startup_s"]:>11.2f}'
-              f'{o["gap_per_shard_ms"]:>14.1f}{o["worker_shard_s_mean"]:>17.3f}')
-    print(f'Ray local cluster start {cluster_start:.1f} s; load average before {load_before[0]:.2f}, '
-          f'after {os.getloadavg()[0]:.2f} on {cores} CPUs (shared machine); JSON: {args.json}')
+        lines.append(f'{r["config"]:<16}{t["fps"]:>8.2f}{r["fps_vs_local"]:>9.2f}{t["startup_s"]:>11.2f}'
+                     f'{o["gap_per_shard_ms"]:>14.1f}{o["worker_shard_s_mean"]:>17.3f}')
+    lines.append(f'Ray local cluster start {cluster_start:.1f} s; load average before {load_before[0]:.2f}, '
+                 f'after {os.getloadavg()[0]:.2f} on {cores} CPUs (shared machine); JSON: {args.json}')
+    sys.stdout.write('\n'.join(lines) + '\n')
     return 0
 
 

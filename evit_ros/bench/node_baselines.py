@@ -1,4 +1,4 @@
-"""Reference processes for ``python -m evit_ros.ros.bench_node`` (not part of the node).
+"""Reference processes for ``python -m evit_ros.bench.node`` (not part of the node).
 
 * ``plain``: a segmentation node written the usual way, as a point of comparison: everything in the
   subscription callback; float32 NCHW input normalized in numpy; ONNX Runtime runs the same network
@@ -14,7 +14,7 @@
   frame with the same pre-built messages stamped with the frame's stamp; its end-to-end time is what moving
   the frame in and the outputs out costs on this machine.
 
-Run only by the benchmark: ``python -m evit_ros.ros.bench_baselines plain|floor|echo ...``.
+Run only by the benchmark: ``python -m evit_ros.bench.node_baselines plain|floor|echo ...``.
 """
 from __future__ import annotations
 
@@ -172,7 +172,7 @@ class EchoNode:
 def main(argv: list[str] | None = None) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
-    p = argparse.ArgumentParser(prog='python -m evit_ros.ros.bench_baselines')
+    p = argparse.ArgumentParser(prog='python -m evit_ros.bench.node_baselines')
     p.add_argument('mode', choices=('plain', 'floor', 'echo'))
     p.add_argument('--onnx', default='')
     p.add_argument('--threads', type=int, default=0)

@@ -1,6 +1,6 @@
 """Node overhead benchmark: end-to-end latency through the running node over DDS vs bare backend inference.
 
-    python -m evit_ros.ros.bench_node --json node_bench.json [--frames 20] [--height 512 --width 1024]
+    python -m evit_ros.bench.node --json node_bench.json [--frames 20] [--height 512 --width 1024]
 
 * Node: the node runs as a separate process (``python -m evit_ros.ros.segmentation_node``, ONNX Runtime CPU,
   the same ONNX file and thread count, default QoS: best-effort input); this process publishes a
@@ -10,11 +10,11 @@
   network input. Bare and node frames are interleaved (bare, node, bare, node, ...) so both see the same
   machine load and the same idle gaps (ONNX Runtime's thread pool is slower after idling).
 
-* Echo: a node that does no work (``bench_baselines echo``) answers each frame with the same messages,
+* Echo: a node that does no work (``node_baselines echo``) answers each frame with the same messages,
   pre-built; its end-to-end time is the transport floor, and (bare + echo) / bare the ratio a node doing
   no work would reach on this machine.
 * Plain (unless ``--no-plain``): a node written the usual way; publish floor: the messages, pre-built, published
-  by a plain loop (see :mod:`evit_ros.ros.bench_baselines`).
+  by a plain loop (see :mod:`evit_ros.bench.node_baselines`).
 
 Ratio = median(node end-to-end) / median(bare inference); the target is <= 1.10. The node's own per-stage
 medians (from ``/diagnostics``) are reported to show where the overhead goes.
@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 
+from evit_ros.bench.node_baselines import ECHO_NS, FLOOR_NS, PLAIN_NS
 from evit_ros.config import BackendConfig, InputConfig, ModelConfig
 from evit_ros.errors import ConfigError, EvitError
-from evit_ros.ros.bench_baselines import ECHO_NS, FLOOR_NS, PLAIN_NS
 
 STAGE_KEYS = ('decode', 'preprocess', 'infer', 'postprocess', 'publish', 'host', 'end_to_end')
 OURS_NS = '/segmentation/front'
@@ -148,7 +148,7 @@ def measure(onnx: str, input_cfg: InputConfig, threads: int, frame: np.ndarray, 
            '-p', 'cameras.front.camera_info_topic:=/front/camera_info', '-p', 'cameras.front.mount.pitch_deg:=5.0']
     procs = [subprocess.Popen(cmd, env=os.environ.copy())]
     cam_hw = (int(frame.shape[0]), int(frame.shape[1]))
-    base = [sys.executable, '-m', 'evit_ros.ros.bench_baselines']
+    base = [sys.executable, '-m', 'evit_ros.bench.node_baselines']
     procs.append(subprocess.Popen(base + ['echo', '--subscribe', subscribe, '--camera-height', str(cam_hw[0]),
                                           '--camera-width', str(cam_hw[1])], env=os.environ.copy()))
     if plain:
@@ -282,7 +282,7 @@ def measure(onnx: str, input_cfg: InputConfig, threads: int, frame: np.ndarray, 
 
 
 def _floor_keys(subscribe: str) -> list[str]:
-    from evit_ros.ros.bench_baselines import floor_messages
+    from evit_ros.bench.node_baselines import floor_messages
     return list(floor_messages((32, 32), subscribe))
 
 
@@ -383,7 +383,7 @@ def table(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog='python -m evit_ros.ros.bench_node', description=__doc__.split('\n\n')[0])
+    p = argparse.ArgumentParser(prog='python -m evit_ros.bench.node', description=__doc__.split('\n\n')[0])
     p.add_argument('--json', default='', help='write the results to this JSON file')
     p.add_argument('--frames', type=int, default=20, help='measured frames (default 20)')
     p.add_argument('--warmup', type=int, default=3, help='unmeasured frames first (default 3)')
@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         res = run(args)
     except EvitError as exc:
-        sys.stderr.write(f'bench_node: {exc}\n')
+        sys.stderr.write(f'evit_ros.bench.node: {exc}\n')
         return 2
     sys.stdout.write(table(res) + '\n')
     if args.json:

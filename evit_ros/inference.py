@@ -1,5 +1,8 @@
 """One interface for every inference runtime (TensorRT, ONNX Runtime, PyTorch).
 
+It lives below both sides: :mod:`evit_ros.pipeline` drives any backend through it without importing a
+runtime, and :mod:`evit_ros.backends` implements it.
+
 Lifecycle (as Polygraphy's runners): construct (cheap, no runtime import) -> ``load()`` -> ``warmup()``
 -> ``infer()`` many times -> ``close()``; or use the backend as a context manager.
 

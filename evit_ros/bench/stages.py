@@ -1,7 +1,7 @@
 """Stage benchmark of everything outside inference for one frame (decode .. occupancy grid).
 
 A synthetic label map stands in for the network output, so the numbers isolate host-side cost. The plain
-copy of the frame's bytes is the floor any decode can reach. Run ``python -m evit_ros.pipeline.bench``.
+copy of the frame's bytes is the floor any decode can reach. Run ``python -m evit_ros.bench.stages``.
 """
 from __future__ import annotations
 
