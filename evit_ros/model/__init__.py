@@ -9,6 +9,7 @@ from evit_ros.model.checkpoint import (
     CHECKPOINT_ENV,
     checkpoint_search_path,
     checkpoint_sha256,
+    create_model,
     download_url,
     find_checkpoint,
     identify_variant,
@@ -22,7 +23,6 @@ from evit_ros.model.zoo import (
     ModelSpec,
     build_model,
     checkpoint_filename,
-    create_model,
     list_models,
     model_spec,
 )

@@ -1,4 +1,4 @@
-"""Loading official EfficientViT-Seg checkpoints (strict, offline) and finding them on disk.
+"""Loading official EfficientViT-Seg checkpoints (strict, offline), finding them on disk, and ``create_model``.
 
 Search path for ``pretrained=True`` (first hit wins), file name ``efficientvit_seg_<variant>_<dataset>.pt``:
 
@@ -21,9 +21,10 @@ from torch import nn
 
 from evit_ros.errors import CheckpointError
 from evit_ros.fileio import file_sha256
+from evit_ros.model.zoo import build_model, checkpoint_filename, list_models
 
 __all__ = ['CHECKPOINT_ENV', 'DOWNLOAD_URL', 'checkpoint_search_path', 'find_checkpoint', 'read_state_dict',
-           'load_checkpoint', 'identify_variant', 'checkpoint_sha256', 'download_url']
+           'load_checkpoint', 'identify_variant', 'checkpoint_sha256', 'download_url', 'create_model']
 
 CHECKPOINT_ENV = 'EVIT_ROS_CHECKPOINTS'
 DOWNLOAD_URL = 'https://huggingface.co/han-cai/efficientvit-seg/resolve/main/{file}'
@@ -32,7 +33,6 @@ _SHOW = 5  # keys listed per category in mismatch messages
 
 def download_url(name: str) -> str:
     """Official download URL of a zoo model's checkpoint."""
-    from evit_ros.model.zoo import checkpoint_filename
     return DOWNLOAD_URL.format(file=checkpoint_filename(name))
 
 
@@ -57,7 +57,6 @@ def checkpoint_search_path() -> list[Path]:
 
 def find_checkpoint(name: str) -> str:
     """Path of the official checkpoint of ``name`` on the search path, or CheckpointError saying how to get it."""
-    from evit_ros.model.zoo import checkpoint_filename
     file = checkpoint_filename(name)
     dirs = checkpoint_search_path()
     for d in dirs:
@@ -112,7 +111,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 @cache
 def _reference_shapes(name: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """Ordered (key, shape) of a zoo model, built on the meta device (no memory, no init cost)."""
-    from evit_ros.model.zoo import build_model
     with torch.device('meta'):
         model = build_model(name)
     return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
@@ -124,12 +122,10 @@ def identify_variant(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
 
 
 def _matching_variants(have: dict[str, tuple[int, ...]]) -> list[str]:
-    from evit_ros.model.zoo import list_models
     return [n for n in list_models() if dict(_reference_shapes(n)) == have]
 
 
 def _closest_variant(have: dict[str, tuple[int, ...]]) -> tuple[str, float]:
-    from evit_ros.model.zoo import list_models
     best, best_score = '', 0.0
     for n in list_models():
         ref = dict(_reference_shapes(n))
@@ -179,3 +175,18 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, model_name: str |
     except RuntimeError as exc:
         raise CheckpointError(f'checkpoint {str(path)!r} could not be loaded into {model_name}: {exc}') from exc
     return model
+
+
+def create_model(name: str, pretrained: bool = False, checkpoint: str | None = None) -> nn.Module:
+    """An eval-mode EfficientViT-Seg model by official zoo name.
+
+    ``checkpoint`` (a path) is loaded strictly; otherwise ``pretrained=True`` loads the official file
+    found on the checkpoint search path (see :func:`evit_ros.model.checkpoint.find_checkpoint`); with
+    neither the weights are PyTorch's default random init. Nothing is ever downloaded.
+    """
+    model = build_model(name)
+    if checkpoint:
+        load_checkpoint(model, checkpoint, model_name=name)
+    elif pretrained:
+        load_checkpoint(model, find_checkpoint(name), model_name=name)
+    return model.eval()

@@ -1,4 +1,7 @@
-"""The EfficientViT-Seg model zoo: official names, configurations and the ``create_model`` factory."""
+"""The EfficientViT-Seg model zoo: official names, configurations, checkpoint file names and structures.
+
+The registry the rest of :mod:`evit_ros.model` builds on; weights are loaded by :mod:`evit_ros.model.checkpoint`.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,7 +12,7 @@ from evit_ros.errors import ModelError
 from evit_ros.model.ops import set_norm_eps
 from evit_ros.model.seg import EfficientViTBackbone, EfficientViTLargeBackbone, EfficientViTSeg, SegHead
 
-__all__ = ['ModelSpec', 'MODEL_SPECS', 'list_models', 'model_spec', 'build_model', 'create_model',
+__all__ = ['ModelSpec', 'MODEL_SPECS', 'list_models', 'model_spec', 'build_model',
            'checkpoint_filename']
 
 
@@ -121,20 +124,3 @@ def build_model(name: str) -> EfficientViTSeg:
     model = EfficientViTSeg(backbone, head)
     set_norm_eps(model, spec.norm_eps)
     return model
-
-
-def create_model(name: str, pretrained: bool = False, checkpoint: str | None = None) -> nn.Module:
-    """An eval-mode EfficientViT-Seg model by official zoo name.
-
-    ``checkpoint`` (a path) is loaded strictly; otherwise ``pretrained=True`` loads the official file
-    found on the checkpoint search path (see :func:`evit_ros.model.checkpoint.find_checkpoint`); with
-    neither the weights are PyTorch's default random init. Nothing is ever downloaded.
-    """
-    from evit_ros.model.checkpoint import find_checkpoint, load_checkpoint
-
-    model = build_model(name)
-    if checkpoint:
-        load_checkpoint(model, checkpoint, model_name=name)
-    elif pretrained:
-        load_checkpoint(model, find_checkpoint(name), model_name=name)
-    return model.eval()
