@@ -10,7 +10,8 @@ from eval_support import RedSegmenter, red_factory, scene, write_bag
 
 from evit_ros.eval.bags import COMPRESSED, IMAGE, BagWriter, iter_events, typestore
 from evit_ros.eval.report import PLOTS, write_report
-from evit_ros.eval.runner import EvalSpec, evaluate_bags
+from evit_ros.eval.runner import evaluate_bags
+from evit_ros.eval.scoring import EvalSpec
 
 CLASSES = tuple(f'c{i}' for i in range(19))
 T0 = 1_700_000_000_000_000_000
@@ -233,7 +234,8 @@ class _InterruptAfter(RedSegmenter):
 
 
 def test_ctrl_c_keeps_partial_results_and_max_frames(tmp_path) -> None:
-    from evit_ros.eval.runner import EvalState, evaluate_bag
+    from evit_ros.eval.runner import evaluate_bag
+    from evit_ros.eval.scoring import EvalState
     frames = []
     for i in range(6):
         rgb = scene(i)

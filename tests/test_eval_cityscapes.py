@@ -8,7 +8,8 @@ from eval_support import red_factory
 
 from evit_ros.errors import DataError
 from evit_ros.eval.cityscapes import TOPIC, cityscapes_pairs, iter_cityscapes
-from evit_ros.eval.runner import EvalSpec, EvalState, run_events
+from evit_ros.eval.runner import run_events
+from evit_ros.eval.scoring import EvalSpec, EvalState
 
 
 def _write(root, city: str, name: str, rgb: np.ndarray, label_ids: np.ndarray | None) -> None:

@@ -358,7 +358,8 @@ def test_samples_png_shows_image_ground_truth_and_prediction(tmp_path, onnx_path
 def test_a_bad_bag_in_parallel_jobs_is_listed_and_the_others_are_merged(tmp_path) -> None:
     from eval_support import red_factory
 
-    from evit_ros.eval.runner import EvalSpec, evaluate_bags
+    from evit_ros.eval.runner import evaluate_bags
+    from evit_ros.eval.scoring import EvalSpec
     good = _bag(tmp_path / 'good', n=4, label=lambda i: np.minimum(_frame(i)[..., 0] // 10, 18).astype(np.uint8))
     bad = tmp_path / 'random.mcap'
     bad.write_bytes(np.random.default_rng(2).integers(0, 255, 2048, dtype=np.uint8).tobytes())

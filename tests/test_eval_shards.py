@@ -12,7 +12,8 @@ from evit_ros.errors import ConfigError, DataError
 from evit_ros.eval.bags import iter_events
 from evit_ros.eval.executors import ExecutionOptions
 from evit_ros.eval.report import build_report
-from evit_ros.eval.runner import EvalSpec, EvalState, evaluate_bags
+from evit_ros.eval.runner import evaluate_bags
+from evit_ros.eval.scoring import EvalSpec, EvalState
 from evit_ros.eval.shards import PAIR_MARGIN_S, plan_shards
 
 CLASSES = tuple(f'c{i}' for i in range(19))

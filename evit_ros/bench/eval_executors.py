@@ -65,7 +65,7 @@ def _seeded_onnx(out: Path, height: int, width: int) -> Path:
 
 def _run(bags: list[str], factory: Any, executor: str, jobs: int) -> dict[str, Any]:
     from evit_ros.eval.executors import ExecutionOptions, execute
-    from evit_ros.eval.runner import EvalSpec
+    from evit_ros.eval.scoring import EvalSpec
     from evit_ros.eval.shards import plan_shards
     spec = EvalSpec((IMG,), samples=0, progress=False)
     plan = plan_shards(bags, spec)

@@ -181,7 +181,8 @@ def _evaluate(cfg: Any, ds: Any, live: Any, play_s: float, onnx_path: Path, out:
 
     from evit_ros.datasets import dataset_for_model
     from evit_ros.eval.report import write_report
-    from evit_ros.eval.runner import EvalSpec, PipelineFactory, evaluate_bags, group_class_ids
+    from evit_ros.eval.runner import PipelineFactory, evaluate_bags, group_class_ids
+    from evit_ros.eval.scoring import EvalSpec
 
     dataset = dataset_for_model(cfg.model.name)
     groups = group_class_ids(cfg, dataset.class_names)

@@ -137,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
     from evit_ros.datasets import dataset_for_model
     from evit_ros.eval.executors import ExecutionOptions
     from evit_ros.eval.report import write_report
-    from evit_ros.eval.runner import EvalSpec, PipelineFactory, evaluate_bags, group_class_ids, run_events
+    from evit_ros.eval.runner import PipelineFactory, evaluate_bags, group_class_ids, run_events
+    from evit_ros.eval.scoring import EvalSpec
     from evit_ros.eval.verdict import nothing_scored_reason
 
     if not args.bag and not args.cityscapes:
@@ -181,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
             meta['rate'] = args.rate
         elif pairs is not None:
             from evit_ros.eval.cityscapes import TOPIC, iter_cityscapes
-            from evit_ros.eval.runner import EvalState
+            from evit_ros.eval.scoring import EvalState
             spec = EvalSpec((TOPIC,), max_frames=args.max_frames, out_bag=args.out_bag, samples=args.samples,
                             progress=not args.no_progress, save_predictions=args.save_predictions)
             seg = PipelineFactory(cfg)()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from evit_ros.errors import ConfigError, DataError, EvitError
-from evit_ros.eval.runner import EvalSpec, EvalState
+from evit_ros.eval.scoring import EvalSpec, EvalState
 from evit_ros.eval.shards import (
     ResultMerger,
     Shard,

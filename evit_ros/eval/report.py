@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from evit_ros.errors import DataError
-from evit_ros.eval.runner import EvalState
+from evit_ros.eval.scoring import EvalState
 from evit_ros.fileio import replace_atomically
 
 PLOTS = ('per_class_iou.png', 'latency_hist.png', 'confusion_matrix.png', 'samples.png')

@@ -34,7 +34,7 @@ import numpy as np
 
 from evit_ros.errors import ConfigError, DataError
 from evit_ros.eval.bags import BagEvent, iter_events, open_reader
-from evit_ros.eval.runner import EvalSpec, EvalState, _default_palette, _Scorer, feed_events
+from evit_ros.eval.scoring import EvalSpec, EvalState, Scorer, default_palette, feed_events
 
 LOG = logging.getLogger('evit_ros.eval')
 PAIR_MARGIN_S = 5.0
@@ -174,7 +174,7 @@ def sample_key(source: str, camera: str, stamp_ns: int) -> int:
     return int.from_bytes(h, 'big')
 
 
-class _ShardScorer(_Scorer):
+class _ShardScorer(Scorer):
     """The evaluator's scorer with shard accounting: labels counted by their owner, samples by bottom-k."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
@@ -254,7 +254,7 @@ def run_shard(shard: Shard, spec: EvalSpec, segmenter: Any, num_classes: int, *,
     """
     t0, started_at = time.monotonic(), time.time()
     state = EvalState(num_classes)
-    scorer = _ShardScorer(state, spec, segmenter, out_part, shard.bag, _default_palette(num_classes))
+    scorer = _ShardScorer(state, spec, segmenter, out_part, shard.bag, default_palette(num_classes))
     last = [time.monotonic()]
 
     def on_frame(frames: int) -> None:   # progress now and then, not per frame

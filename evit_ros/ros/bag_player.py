@@ -33,7 +33,7 @@ from evit_ros.eval.bags import (
     stamp_ns,
 )
 from evit_ros.eval.bags import typestore as make_typestore
-from evit_ros.eval.runner import EvalSpec, EvalState, Progress, _default_palette, _Scorer
+from evit_ros.eval.scoring import EvalSpec, EvalState, Progress, Scorer, default_palette
 
 LOG = logging.getLogger('evit_ros.eval.live')
 
@@ -241,7 +241,7 @@ def _play(reader: Any, conns: list[Any], spec: EvalSpec, state: EvalState, pubs:
     from builtin_interfaces.msg import Time
     from rosgraph_msgs.msg import Clock
 
-    scorer = _Scorer(state, spec, None, '', source, _default_palette(state.num_classes))
+    scorer = Scorer(state, spec, None, '', source, default_palette(state.num_classes))
     sampled: dict[tuple[str, int], tuple[int, np.ndarray]] = {}   # (camera, stamp) -> (slot, camera image)
     label_cam = {lt: camera_name(it) for it, lt in zip(spec.image_topics, spec.label_topics, strict=False)}
     published: dict[tuple[str, int], float] = {}
