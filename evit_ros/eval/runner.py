@@ -106,7 +106,7 @@ def evaluate_bags(bags: Sequence[str], spec: EvalSpec, factory: Callable[[], Any
     """
     from evit_ros.eval.executors import ExecutionOptions, evaluate_shards
     opts = execution if execution is not None else ExecutionOptions(jobs=jobs, progress=spec.progress)
-    return evaluate_shards(bags, spec, factory, num_classes, opts)
+    return evaluate_shards(tuple(bags), spec, factory, num_classes, opts)
 
 
 __all__ = ['PipelineFactory', 'evaluate_bag', 'evaluate_bags', 'group_class_ids', 'run_events']

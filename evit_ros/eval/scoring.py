@@ -296,8 +296,8 @@ class Scorer:
     def _sample(self, slot: int, cam: str, stamp: int, rgb: np.ndarray, labels: np.ndarray,
                 gt: np.ndarray | None = None) -> None:
         """Reservoir entry: the camera image, its ground truth (filled when it arrives) and the prediction."""
-        if gt is None:
-            gt = self.pending_gt.get(cam, {}).get(stamp)
+        if gt is None and cam in self.pending_gt:
+            gt = self.pending_gt[cam].get(stamp)
         if rgb.shape[:2] != labels.shape[:2]:   # e.g. a live node publishing masks at the model resolution
             import cv2
             rgb = cv2.resize(np.ascontiguousarray(rgb), (labels.shape[1], labels.shape[0]),

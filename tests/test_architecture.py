@@ -1,0 +1,77 @@
+"""The package's import graph: rooms import only downward, no module circles, ROS only in the node's room.
+
+The checks live in ``tools/import_graph.py`` (``python tools/import_graph.py`` prints the graph); lazy imports
+inside functions count like module-level ones.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _graph_tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location('import_graph', REPO / 'tools' / 'import_graph.py')
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules['import_graph'] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ig = _graph_tool()
+
+
+@pytest.fixture(scope='module')
+def graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    return ig.imports()
+
+
+def test_every_room_is_in_the_layer_order() -> None:
+    rooms = {p.name for p in (REPO / 'evit_ros').iterdir() if p.is_dir() and (p / '__init__.py').exists()}
+    assert rooms - set(ig.LAYERS) == set(), 'add the new room to LAYERS in tools/import_graph.py, in its place'
+
+
+def test_no_room_imports_a_higher_one(graph) -> None:
+    edges, _ = graph
+    assert ig.upward(edges) == []
+
+
+def test_no_modules_import_each_other_in_a_circle(graph) -> None:
+    edges, _ = graph
+    assert ig.circles(edges) == []
+
+
+def test_ros_is_imported_only_by_the_node_and_the_node_benchmarks(graph) -> None:
+    _, external = graph
+    assert ig.ros_outside_the_ros_room(external) == []
+    assert 'rclpy' in external['evit_ros.ros.segmentation_node']   # the check sees the real importers
+
+
+def test_the_device_layer_sits_below_export_and_backends(graph) -> None:
+    edges, _ = graph
+    rooms = ig.room_edges(edges)
+    assert 'device' in rooms['export'] and 'device' in rooms['backends']
+    assert rooms['device'] <= {'foundation'}
+
+
+def test_the_checks_catch_an_upward_import_a_lazy_circle_and_stray_ros(tmp_path: Path) -> None:
+    pkg = tmp_path / 'evit_ros'
+    for room in ('model', 'cli'):
+        (pkg / room).mkdir(parents=True)
+        (pkg / room / '__init__.py').write_text('')
+    (pkg / '__init__.py').write_text('')
+    (pkg / 'errors.py').write_text('')
+    (pkg / 'model' / 'a.py').write_text('from evit_ros.cli import run\n')            # upward
+    (pkg / 'model' / 'b.py').write_text('def f():\n    from evit_ros.model import c\n')   # lazy, circle with c
+    (pkg / 'model' / 'c.py').write_text('from . import b\nimport rclpy\n')          # relative import, ROS
+    (pkg / 'cli' / '__init__.py').write_text('from evit_ros.errors import *\nrun = 1\n')
+    edges, external = ig.imports(tmp_path)
+    assert ig.upward(edges, tmp_path) == [('evit_ros.model.a', 'evit_ros.cli')]
+    assert ig.circles(edges) == [['evit_ros.model.b', 'evit_ros.model.c']]
+    assert ig.ros_outside_the_ros_room(external) == [('evit_ros.model.c', 'rclpy')]
