@@ -51,7 +51,8 @@ def qdq_files(onnx_files: dict[str, Path], tmp_path_factory: pytest.TempPathFact
     """Small Q/DQ INT8 graphs made with ONNX Runtime's quantizer on CPU: TensorRT's form and ORT's defaults."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from evit_ros.export.onnx_export import fp32_scope_nodes, read_metadata, scopes_from_metadata
+    from evit_ros.export.fp32_scopes import fp32_scope_nodes, scopes_from_metadata
+    from evit_ros.export.onnx_export import read_metadata
 
     class Frames(CalibrationDataReader):
         def __init__(self) -> None:
@@ -154,13 +155,8 @@ class _LayerPrecisionStandIn:
 
 def test_weakly_typed_selection_and_pinning(onnx_files: dict[str, Path]) -> None:
     """TensorRT 8.6's FP16-flag path: the whole attention scope (ONNX) -> network layers (real parse) -> FP32."""
-    from evit_ros.export.onnx_export import (
-        fp32_nodes,
-        fp32_scope_nodes,
-        integer_tensors,
-        read_metadata,
-        scopes_from_metadata,
-    )
+    from evit_ros.export.fp32_scopes import fp32_nodes, fp32_scope_nodes, integer_tensors, scopes_from_metadata
+    from evit_ros.export.onnx_export import read_metadata
     from evit_ros.export.tensorrt_build import pin_fp32, select_fp32_layers
     path = onnx_files['mixed']          # dynamic batch: the scope also holds integer shape arithmetic
     model = onnx.load(str(path))
@@ -304,7 +300,7 @@ A = '/model/backbone/stages.3/op_list.1/context_module/main/attention'
 
 
 def test_layer_precision_check_reads_inspector_json() -> None:
-    from evit_ros.export.tensorrt_build import check_layer_precisions
+    from evit_ros.export.tensorrt_precision import check_layer_precisions
     pinned = [f'{A}/MatMul', f'{A}/MatMul_1', f'{A}/Div', f'{A}/Add', f'{A}/Slice', f'{A}/Relu']
     info = {'Layers': [
         {'Name': f'{A}/MatMul', 'Outputs': [{'Format/Datatype': 'Row major linear FP32'}]},
@@ -393,7 +389,7 @@ def _features(strong: bool, fp16: bool, calibrator: bool) -> Any:
 
 
 def test_precision_plan_per_tensorrt_generation() -> None:
-    from evit_ros.export.tensorrt_build import plan_precision
+    from evit_ros.export.tensorrt_precision import plan_precision
     trt86, trt10, rtx_like = _features(False, True, True), _features(True, True, True), _features(True, False, False)
     p = plan_precision(trt86, 'fp16', mixed=False, qdq=False)           # 8.6: pin the whole scope
     assert not p.strongly_typed and p.pin_layers and p.flags == ('FP16', 'OBEY_PRECISION_CONSTRAINTS')
@@ -555,7 +551,7 @@ def test_quantize_without_a_zero_point_is_refused_as_uint8() -> None:
     TensorRT runs INT8, so verify-engine could not compare them; the check asks for an explicit INT8 0."""
     from onnx import ModelProto, TensorProto, helper
 
-    from evit_ros.export.tensorrt_build import check_qdq_for_tensorrt
+    from evit_ros.export.tensorrt_precision import check_qdq_for_tensorrt
 
     def graph(zero_point: bool, output_dtype: int = 0) -> ModelProto:
         inits = [helper.make_tensor('s', TensorProto.FLOAT, [], [0.1])]

@@ -13,8 +13,9 @@ import torch
 
 from evit_ros import contract
 from evit_ros.errors import ExportError
+from evit_ros.export.fp32_scopes import FP32_OP_TYPES
 from evit_ros.export.graph import DeployGraph
-from evit_ros.export.onnx_export import FP32_OP_TYPES, ExportReport, export_onnx, read_metadata
+from evit_ros.export.onnx_export import ExportReport, export_onnx, read_metadata
 
 MODEL = 'efficientvit-seg-b0-cityscapes'
 H, W = 64, 128

@@ -52,7 +52,8 @@ TRT_TO_NUMPY: dict[str, str] = {'FLOAT': 'float32', 'HALF': 'float16', 'INT8': '
 
 def tensorrt_available(trt_module: Any = None) -> tuple[bool, str]:
     """(usable, reason): True only if a TensorRT runtime and cuda-python import and a CUDA device exists."""
-    from evit_ros.export.tensorrt_build import import_tensorrt, trt_version
+    from evit_ros.export.tensorrt_build import import_tensorrt
+    from evit_ros.export.tensorrt_precision import trt_version
     try:
         trt_mod = import_tensorrt(trt_module)
     except BackendUnavailableError as exc:
@@ -128,7 +129,8 @@ class TensorRTBackend(InferenceBackend):
     def load(self) -> None:
         if self._loaded:
             return
-        from evit_ros.export.tensorrt_build import import_tensorrt, trt_version
+        from evit_ros.export.tensorrt_build import import_tensorrt
+        from evit_ros.export.tensorrt_precision import trt_version
         trt_mod = import_tensorrt(self._trt_arg)
         cuda_runtime.runtime()
         count, why = cuda_runtime.device_count()

@@ -27,7 +27,7 @@ from evit_ros.errors import EngineCacheMismatch, EngineError
 from evit_ros.fileio import file_sha256, replace_atomically
 
 SIDECAR_VERSION = 2
-# Bump whenever the precision policy of evit_ros.export.tensorrt_build changes (which layers are kept
+# Bump whenever the precision policy of evit_ros.export.tensorrt_precision changes (which layers are kept
 # FP32, strongly vs weakly typed, explicit vs implicit INT8): engines and calibration caches built under
 # another policy are then rebuilt instead of silently reused.
 PRECISION_POLICY = 2
