@@ -32,7 +32,7 @@ demo: $(STAMP)
 test: lint py310 typecheck pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check evit_ros tests launch setup.py
+	$(VENV)/bin/ruff check evit_ros tests launch tools setup.py
 
 py310: $(STAMP)
 	$(VENV)/bin/vermin --no-tips --violations --eval-annotations --target=3.10- evit_ros launch setup.py

@@ -130,7 +130,8 @@ def generate(pyx: str) -> str:
         kind, name = current
         if kind == 'enum' and (m := _MEMBER.match(line)):
             enums[name].append(m.group(1))
-        elif kind == 'cdef' and (m := _PROPERTY.match(line)) and m.group(1) != 'getPtr' and not m.group(1).startswith('_'):
+        elif kind == 'cdef' and (m := _PROPERTY.match(line)) and m.group(1) != 'getPtr' \
+                and not m.group(1).startswith('_'):
             if m.group(1) not in cdefs[name]:
                 cdefs[name].append(m.group(1))
     classes = set(enums) | set(cdefs)

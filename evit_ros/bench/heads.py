@@ -119,7 +119,8 @@ def format_table(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description='Cost of each graph head as a share of the network (ONNX Runtime).')
+    p = argparse.ArgumentParser(prog='python -m evit_ros.bench.heads',
+                                description='Cost of each graph head as a share of the network (ONNX Runtime).')
     p.add_argument('--model', default=DEFAULT_MODEL, help=f'zoo name (default {DEFAULT_MODEL})')
     p.add_argument('--checkpoint', default='', help='weights (default: official on the search path, else the demo)')
     p.add_argument('--height', type=int, default=512, help='network input height (multiple of 32, default 512)')

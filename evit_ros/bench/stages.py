@@ -137,7 +137,8 @@ def format_table(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description='Host-side stage benchmark (everything outside inference).')
+    ap = argparse.ArgumentParser(prog='python -m evit_ros.bench.stages',
+                                 description='Host-side stage benchmark (everything outside inference).')
     ap.add_argument('--json', default='', help='write the reports to this JSON file')
     ap.add_argument('--iters', type=int, default=30)
     ap.add_argument('--encoding', default='bgr8', choices=sorted(_BPP))
