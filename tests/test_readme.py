@@ -1,19 +1,24 @@
-"""The README is executable: every fenced ```bash block of README.md runs, so it cannot drift from the code.
+"""The documentation is executable: every fenced ```bash block of README.md and of docs/*.md runs, so it cannot
+drift from the code.
 
-Convention (other sections of the README follow it):
-- every fenced ```bash block is executed, top to bottom, each with ``bash -e -o pipefail``, all in ONE
-  temporary directory (so a later block can use what an earlier block wrote), with the repository's venv
+Convention (every page follows it; docs/development.md describes it for contributors):
+- every fenced ```bash block is executed, README.md first, then the docs/*.md pages sorted by name, each page
+  top to bottom, each block with ``bash -e -o pipefail``, all in ONE temporary directory (so a later block can
+  use what an earlier block of the same page wrote; a page creates what its blocks need), with the repository's venv
   first on PATH (``evit-ros``, ``segmentation_node``, ``python``), ``config`` linked to the repository's
   ``config/``, an empty ``engines/``, this test session's ``EVIT_ROS_CACHE`` and ``ROS_DOMAIN_ID``;
 - a block is skipped only when the line just before its opening fence is an HTML comment
   ``<!-- readme-test: skip REASON -->`` (a reason is required: a GPU, a downloaded checkpoint or dataset, a
   ROS installation, a command that runs until Ctrl-C, ...);
-- runnable blocks use small sizes (the README says so where a command is shrunk for a quick try), because
-  the whole test must stay within about a minute;
-- a failure names the README line of the failing command and shows the end of its output;
+- runnable blocks use small sizes (the text says so where a command is shrunk for a quick try), because
+  the whole test must stay within a minute or two;
+- a failure names the file and line of the failing command (``docs/tensorrt.md line 40``) and shows the end
+  of its output;
 - processes a block leaves running in the background are killed when it ends (each block runs in its own
   process group); shell commands belong in ```bash blocks (```sh, ```shell and ```console are refused, so no
-  command escapes the test), and a ``readme-test`` comment anywhere but right above a ```bash fence is an error.
+  command escapes the test), and a ``readme-test`` comment anywhere but right above a ```bash fence is an error;
+- every relative link (``[text](path)``, ``![alt](path)``) of these pages points to an existing file or folder,
+  and its ``#anchor``, when it has one and names a Markdown page, to a heading of that page.
 """
 from __future__ import annotations
 
@@ -30,26 +35,34 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / 'README.md'
+# the executable pages, in the order their blocks run: the README, then docs/*.md sorted by name
+DOC_FILES = [README] + sorted((REPO / 'docs').glob('*.md'))
 SKIP_RE = re.compile(r'^<!--\s*readme-test:\s*skip\b\s*(.*?)\s*-->\s*$')
 OTHER_SHELL_FENCES = ('```sh', '```shell', '```console', '```zsh')
 BLOCK_TIMEOUT_S = 180
-# the first line of every script: report the README line of a failing command (LINENO counts from this line)
+# the first line of every script: report the line of a failing command (LINENO counts from this line)
 ERR_TRAP = 'trap \'echo "README_TEST_FAILED_AT $LINENO: $BASH_COMMAND" >&2\' ERR'
+
+
+def _rel(path: Path) -> str:
+    """The page's name as the messages and test ids show it: README.md, docs/tensorrt.md."""
+    return path.relative_to(REPO).as_posix()
 
 
 @dataclass(frozen=True)
 class Block:
-    line: int          # README line of the first command (1-based, the line after the opening fence)
+    line: int          # line of the first command in its file (1-based, the line after the opening fence)
     text: str
     skip: str | None   # reason, or None when the block runs
+    file: str = 'README.md'   # the page, relative to the repository: README.md, docs/tensorrt.md
 
     @property
     def ident(self) -> str:
         first = next((ln.strip() for ln in self.text.splitlines() if ln.strip()), '')
-        return f'L{self.line}:{first[:40]}'
+        return f'{self.file}:L{self.line}:{first[:40]}'
 
 
-def readme_blocks(text: str) -> list[Block]:
+def readme_blocks(text: str, file: str = 'README.md') -> list[Block]:
     """Fenced ```bash blocks of a Markdown text, with their skip marker (raises on an unterminated fence)."""
     lines = text.splitlines()
     blocks: list[Block] = []
@@ -61,32 +74,42 @@ def readme_blocks(text: str) -> list[Block]:
             while j < len(lines) and lines[j].strip() != '```':
                 j += 1
             if j == len(lines):
-                raise ValueError(f'README.md line {i + 1}: ```bash block is never closed')
+                raise ValueError(f'{file} line {i + 1}: ```bash block is never closed')
             prev = lines[i - 1].strip() if i > 0 else ''
             m = SKIP_RE.match(prev)
             skip = None
             if m:
                 skip = m.group(1)
                 if not skip:
-                    raise ValueError(f'README.md line {i}: readme-test skip marker without a reason')
-            blocks.append(Block(start + 1, '\n'.join(lines[start:j]), skip))
+                    raise ValueError(f'{file} line {i}: readme-test skip marker without a reason')
+            blocks.append(Block(start + 1, '\n'.join(lines[start:j]), skip, file))
             i = j + 1
             continue
         i += 1
     return blocks
 
 
-BLOCKS = readme_blocks(README.read_text())
+BLOCKS = [b for path in DOC_FILES for b in readme_blocks(path.read_text(), _rel(path))]
 
 
 def test_readme_parser_sees_markers_and_line_numbers() -> None:
     text = '# t\n\n```bash\necho a\n```\n<!-- readme-test: skip needs a GPU -->\n```bash\nnvidia-smi\n```\n'
     got = readme_blocks(text)
     assert [(b.line, b.text, b.skip) for b in got] == [(4, 'echo a', None), (8, 'nvidia-smi', 'needs a GPU')]
+    assert got[0].ident == 'README.md:L4:echo a'
     with pytest.raises(ValueError, match='without a reason'):
         readme_blocks('<!-- readme-test: skip -->\n```bash\nx\n```\n')
-    with pytest.raises(ValueError, match='never closed'):
-        readme_blocks('```bash\nx\n')
+    with pytest.raises(ValueError, match='^docs/x.md line 1: .*never closed'):
+        readme_blocks('```bash\nx\n', 'docs/x.md')
+    assert readme_blocks(text, 'docs/x.md')[1].ident == 'docs/x.md:L8:nvidia-smi'
+
+
+def test_every_page_is_collected_readme_first() -> None:
+    names = [_rel(p) for p in DOC_FILES]
+    assert names[0] == 'README.md' and names[1:] == sorted(names[1:]) and len(names) > 1, names
+    assert all(n.startswith('docs/') for n in names[1:]), names
+    files = list(dict.fromkeys(b.file for b in BLOCKS))
+    assert files == [n for n in names if n in files], 'blocks must run in page order, README.md first'
 
 
 def readme_problems(text: str) -> list[str]:
@@ -107,18 +130,97 @@ def readme_problems(text: str) -> list[str]:
     return problems
 
 
-def test_readme_markers_and_fences_are_well_formed() -> None:
+def test_readme_problems_finds_misplaced_markers_and_other_shell_fences() -> None:
     assert readme_problems('<!-- readme-test: skip GPU -->\n\n```bash\nx\n```\n') == [
         'line 1: readme-test marker is not directly above a ```bash fence']
     assert readme_problems('```sh\nls\n```\n')
-    problems = readme_problems(README.read_text())
-    assert not problems, 'README.md: ' + '; '.join(problems)
+
+
+@pytest.mark.parametrize('path', DOC_FILES, ids=_rel)
+def test_readme_markers_and_fences_are_well_formed(path: Path) -> None:
+    problems = readme_problems(path.read_text())
+    assert not problems, f'{_rel(path)}: ' + '; '.join(problems)
 
 
 def test_readme_has_runnable_blocks() -> None:
     runnable = [b for b in BLOCKS if b.skip is None]
-    assert len(runnable) >= 3, 'README.md has almost no runnable ```bash blocks; the README test would prove nothing'
+    assert len(runnable) >= 3, 'the docs have almost no runnable ```bash blocks; the README test would prove nothing'
     assert any('evit-ros' in b.text for b in runnable)
+    assert any(b.file == 'README.md' and 'evit-ros' in b.text for b in runnable), \
+        'README.md has no runnable evit-ros block'
+
+
+LINK_RE = re.compile(r'!?\[(?:[^\]\\]|\\.)*\]\(\s*<?([^)\s>]+)>?(?:\s+"[^"]*")?\s*\)')
+FENCE_RE = re.compile(r'^\s*(```|~~~)')
+
+
+def _prose_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, line) outside fenced code blocks, with inline code spans removed."""
+    out, fenced = [], False
+    for i, line in enumerate(text.splitlines(), 1):
+        if FENCE_RE.match(line):
+            fenced = not fenced
+            continue
+        if not fenced:
+            out.append((i, re.sub(r'`+[^`]*`+', '', line)))
+    return out
+
+
+def heading_anchors(text: str) -> set[str]:
+    """GitHub's anchors of a Markdown page's headings: lower case, punctuation dropped, spaces to hyphens,
+    repeats numbered (-1, -2, ...)."""
+    seen: dict[str, int] = {}
+    anchors = set()
+    fenced = False
+    for line in text.splitlines():
+        if FENCE_RE.match(line):
+            fenced = not fenced
+            continue
+        m = None if fenced else re.match(r'^#{1,6}\s+(.*?)\s*#*\s*$', line)
+        if not m:
+            continue
+        slug = re.sub(r'[^\w\- ]', '', m.group(1).strip().lower()).replace(' ', '-')
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        anchors.add(slug if n == 0 else f'{slug}-{n}')
+    return anchors
+
+
+def link_problems(path: Path) -> list[str]:
+    """Relative links of a page that point nowhere: a missing file or folder, or a missing heading anchor."""
+    problems = []
+    for line_no, line in _prose_lines(path.read_text()):
+        for m in LINK_RE.finditer(line):
+            target = m.group(1)
+            if re.match(r'^[a-z][a-z0-9+.-]*:', target, re.I):      # http:, https:, mailto:, ...
+                continue
+            file_part, _, anchor = target.partition('#')
+            dest = (path.parent / file_part).resolve() if file_part else path
+            if not dest.exists():
+                problems.append(f'line {line_no}: {target} -> no such file {file_part}')
+            elif anchor and dest.suffix == '.md' and anchor not in heading_anchors(dest.read_text()):
+                problems.append(f'line {line_no}: {target} -> {file_part or "this page"} has no heading #{anchor}')
+    return problems
+
+
+def test_link_checker_finds_missing_files_and_anchors(tmp_path: Path) -> None:
+    assert heading_anchors('# A b\n## Explicit INT8: `evit-ros quantize`\n```bash\n# not a heading\n```\n## A b\n') \
+        == {'a-b', 'explicit-int8-evit-ros-quantize', 'a-b-1'}
+    (tmp_path / 'other.md').write_text('# Here\n')
+    page = tmp_path / 'page.md'
+    page.write_text('[ok](other.md) [ok](other.md#here) ![pic](other.md) [web](https://x.org/y) [self](#top)\n'
+                    '# Top\n[bad](missing.md) [bad anchor](other.md#there) `[code](nowhere.md)`\n'
+                    '```\n[in a block](nowhere.md)\n```\n')
+    assert link_problems(page) == ['line 3: missing.md -> no such file missing.md',
+                                   'line 3: other.md#there -> other.md has no heading #there']
+    page.write_text('[self](#nowhere)\n')
+    assert link_problems(page) == ['line 1: #nowhere -> this page has no heading #nowhere']
+
+
+@pytest.mark.parametrize('path', DOC_FILES, ids=_rel)
+def test_relative_links_point_to_existing_files(path: Path) -> None:
+    problems = link_problems(path)
+    assert not problems, f'{_rel(path)}: ' + '; '.join(problems)
 
 
 @pytest.fixture(scope='module')
@@ -141,7 +243,7 @@ def _env() -> dict[str, str]:
 
 def _failure(block: Block, proc: subprocess.CompletedProcess[str] | None, why: str) -> str:
     out = '' if proc is None else (proc.stdout[-1500:] + '\n--- stderr ---\n' + proc.stderr[-2500:])
-    return f'README.md block at line {block.line} {why}\n--- block ---\n{block.text}\n--- output (tail) ---\n{out}'
+    return f'{block.file} block at line {block.line} {why}\n--- block ---\n{block.text}\n--- output (tail) ---\n{out}'
 
 
 def _run_block(script: str, cwd: Path) -> subprocess.CompletedProcess[str] | None:
@@ -170,7 +272,7 @@ def _run_block(script: str, cwd: Path) -> subprocess.CompletedProcess[str] | Non
 @pytest.mark.parametrize('block', BLOCKS, ids=[b.ident for b in BLOCKS])
 def test_readme_block(block: Block, workdir: Path) -> None:
     if block.skip is not None:
-        pytest.skip(f'README.md line {block.line}: {block.skip}')
+        pytest.skip(f'{block.file} line {block.line}: {block.skip}')
     assert (Path(sys.executable).parent / 'evit-ros').exists(), \
         'evit-ros is not installed in the venv; run `make venv` (it installs the package in editable mode)'
     script = ERR_TRAP + '\n' + block.text + '\n'
@@ -181,5 +283,5 @@ def test_readme_block(block: Block, workdir: Path) -> None:
         m = re.search(r'README_TEST_FAILED_AT (\d+): (.*)', proc.stderr)
         where = ''
         if m:
-            where = f', command at README line {block.line + int(m.group(1)) - 2}: {m.group(2)}'
+            where = f', command at {block.file} line {block.line + int(m.group(1)) - 2}: {m.group(2)}'
         pytest.fail(_failure(block, proc, f'exited with {proc.returncode}{where}'))
