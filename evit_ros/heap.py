@@ -7,7 +7,7 @@ frame, its copy and the output messages freed together, most of it goes back eve
 as fresh pages the kernel zeroes, one fault per 4 KiB page (about 1,000-1,500 faults per cycle of three
 6 MB buffers, ``tests/test_heap.py``). Measured with ``python -m evit_ros.bench.node``: a node that only
 receives a 1024x2048 rgb8 frame and publishes a pre-built mask took 14-31 ms to receive the frame with the
-defaults and 6-9 ms with the heap keeping its buffers (see the README's measurements).
+defaults and 6-9 ms with the heap keeping its buffers (docs/performance.md).
 
 :func:`keep_frame_buffers` fixes both thresholds, so frame-sized buffers come from the heap and stay there
 for reuse (bounded by the largest working set the process has had); :func:`release_free_heap` returns free

@@ -75,3 +75,29 @@ def test_the_checks_catch_an_upward_import_a_lazy_circle_and_stray_ros(tmp_path:
     assert ig.upward(edges, tmp_path) == [('evit_ros.model.a', 'evit_ros.cli')]
     assert ig.circles(edges) == [['evit_ros.model.b', 'evit_ros.model.c']]
     assert ig.ros_outside_the_ros_room(external) == [('evit_ros.model.c', 'rclpy')]
+
+
+def _layout_rows() -> list[str]:
+    text = (REPO / 'docs' / 'development.md').read_text()
+    section = text.split('## Layout', 1)[1]
+    return [line for line in section.splitlines() if line.startswith('| `')]
+
+
+def test_the_layout_table_matches_the_tree() -> None:
+    """Every room and top-level module has a row in docs/development.md, and every path a row names exists."""
+    named: set[str] = set()
+    for row in _layout_rows():
+        cell = row.split('|')[1]
+        for path in cell.replace('`', '').split(','):
+            path = path.strip().rstrip('/')
+            assert (REPO / path).exists(), f'docs/development.md Layout names {path}, which does not exist'
+            named.add(path)
+    package = REPO / 'evit_ros'
+    wanted = {f'evit_ros/{p.name}' for p in package.iterdir()
+              if (p.is_dir() and not p.name.startswith('__')) or (p.suffix == '.py' and not p.name.startswith('__'))}
+    assert wanted - named == set(), 'add these to the Layout table of docs/development.md'
+    for room in (p for p in package.iterdir() if p.is_dir() and (p / '__init__.py').exists()):
+        row = next(r for r in _layout_rows() if r.split('|')[1].strip(' `/') == f'evit_ros/{room.name}')
+        modules = {m.stem for m in room.glob('*.py') if m.stem != '__init__'}
+        missing = {m for m in modules if f'`{m}`' not in row}
+        assert not missing, f'the Layout row of evit_ros/{room.name}/ does not name {sorted(missing)} (in backticks)'

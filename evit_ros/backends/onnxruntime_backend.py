@@ -125,7 +125,7 @@ class OnnxRuntimeBackend(InferenceBackend):
         if not self.spin_wait:
             # after each run ONNX Runtime's worker threads spin-wait for more work by default, on the very cores
             # the node's host work (postprocess, publish) and DDS need next; on a 2-core machine that slowed
-            # both inference and host work (see the README's measurements)
+            # both inference and host work (docs/performance.md)
             opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
         opts.log_severity_level = 3
         try:

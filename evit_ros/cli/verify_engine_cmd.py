@@ -1,7 +1,7 @@
 """``evit-ros verify-engine``: the engine against ONNX Runtime on real frames; non-zero exit when it is off.
 
-Run it on the device after every engine build (see README, "Verify every engine"). ``--candidate-onnx``
-compares two ONNX graphs on the CPU instead (e.g. INT8 against FP32, with the latency ratio).
+Run it on the device after every engine build (docs/tensorrt.md, "Verify every engine on the device").
+``--candidate-onnx`` compares two ONNX graphs on the CPU instead (e.g. INT8 against FP32, with the latency ratio).
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ NODE_HEAD = 'labels+logits'
 # OpenCV threads of the node's pipeline. Every OpenCV call here is short (0.1-3 ms on a 2 MP frame); with a
 # thread pool, each call waits for its slowest worker, and on a loaded machine (inference threads spinning
 # on the same cores) that wait is several times the work. One thread measured faster and far steadier; see
-# the README's measurements (`python -m evit_ros.bench.stages --threads 1` vs `--threads 2`).
+# the measurements in docs/performance.md (`python -m evit_ros.bench.stages --threads 1` vs `--threads 2`).
 OPENCV_THREADS = 1
 
 
