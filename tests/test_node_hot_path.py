@@ -185,12 +185,12 @@ def test_output_stage_counts_fractions_once_per_report_and_keeps_subscribed_grou
     from evit_ros.ros import conversions as conv
     from evit_ros.ros.diagnostics import CameraStats
     from evit_ros.ros.outputs import OutputStage
-    from evit_ros.ros.segmentation_node import _Camera
+    from evit_ros.ros.worker import Camera
 
     seg = segmenters['labels+logits']            # groups: drivable (road), walkable (sidewalk)
     cam_cfg = CameraConfig('front', camera_info_topic='/front/camera_info', mount=MountConfig(pitch_deg=5.0))
     cfg = NodeConfig(cameras=(cam_cfg,))
-    cam = _Camera(cam_cfg, CameraStats('front', '/front/image_raw', CITYSCAPES.class_names))
+    cam = Camera(cam_cfg, CameraStats('front', '/front/image_raw', CITYSCAPES.class_names))
     cam.pubs = {k: _Pub(k == 'mask') for k in ('mask', 'color_mask', 'overlay', 'confidence')}
     cam.group_pubs = {g: {k: _Pub(g == 'walkable' and k == 'boundary') for k in ('mask', 'grid', 'boundary')}
                       for g in ('drivable', 'walkable')}

@@ -29,7 +29,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from test_ros_node import InProcessNode, export_test_onnx, wait_for  # noqa: E402
 
 from evit_ros.ros import conversions as conv  # noqa: E402
-from evit_ros.ros.segmentation_node import SegmentationNode  # noqa: E402
+from evit_ros.ros.node import SegmentationNode  # noqa: E402
 
 RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
 NODE = '/evit_segmentation'
@@ -270,7 +270,7 @@ def test_deactivate_activate_under_a_frame_stream_loses_and_doubles_nothing(onnx
         # every frame the node accepted was published completely (mask AND confidence) exactly once, or was
         # replaced by a newer one before the worker took it (counted as dropped); the inactive windows show up
         # as frames never received, not as lost outputs
-        wait_for(lambda: not m.node._busy and cam.pending is None, what='the worker to finish')
+        wait_for(lambda: not m.node._worker.busy and cam.pending is None, what='the worker to finish')
         wait_for(lambda: len(m.outputs['mask']) == cam.stats.processed, what='the last outputs to arrive')
         wait_for(lambda: len(m.outputs['confidence']) == cam.stats.processed, what='the last confidences')
         with m.lock:

@@ -170,7 +170,7 @@ def test_layer_recipe_camera_resolution_masks_arrive_best_effort_with_the_profil
 def test_layer_qos_constants_match_the_layer_contract() -> None:
     from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
 
-    from evit_ros.ros.segmentation_node import LABEL_INFO_QOS
+    from evit_ros.ros.node import LABEL_INFO_QOS
     assert LABEL_INFO_QOS.reliability == ReliabilityPolicy.RELIABLE
     assert LABEL_INFO_QOS.durability == DurabilityPolicy.TRANSIENT_LOCAL and LABEL_INFO_QOS.depth == 1
     assert os.path.isfile(PROFILE)

@@ -37,7 +37,7 @@ from evit_ros.datasets import dataset_for_model  # noqa: E402
 from evit_ros.pipeline import GroundProjector, Segmenter, decode_compressed  # noqa: E402
 from evit_ros.ros import conversions as conv  # noqa: E402
 from evit_ros.ros.diagnostics import STAGES  # noqa: E402
-from evit_ros.ros.segmentation_node import SegmentationNode  # noqa: E402
+from evit_ros.ros.node import SegmentationNode  # noqa: E402
 from evit_ros.synthetic.scenes import CameraModel, generate_scene  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -408,7 +408,7 @@ def test_latest_frame_wins_and_overlay_confidence_only_while_subscribed(h) -> No
         cb = node._make_callback(cam)
         first, second = _stamp(50), _stamp(51)
         dropped = cam.stats.dropped
-        with node._cond:   # the worker cannot take the slot in between: the first frame is replaced
+        with node._worker.cond:   # the worker cannot take the slot in between: the first frame is replaced
             cb(_raw(generate_scene(7, *FRONT_HW, camera=CAM)[0], first))
             cb(_raw(generate_scene(8, *FRONT_HW, camera=CAM)[0], second))
         wait_for(lambda: h.by_stamp('/segmentation/front/mask', second) is not None, what='second frame output')
@@ -427,7 +427,7 @@ def test_latest_frame_wins_and_overlay_confidence_only_while_subscribed(h) -> No
 
         # both cameras pending together -> one process() call with both frames
         cb_left = node._make_callback(node.cameras['left'])
-        with node._cond:
+        with node._worker.cond:
             cb(_raw(generate_scene(10, *FRONT_HW, camera=CAM)[0], _stamp(70)))
             cb_left(_jpeg(generate_scene(11, *LEFT_HW, camera=CAM)[0], _stamp(71)))
         wait_for(lambda: h.by_stamp('/segmentation/left/mask', _stamp(71)) is not None, what='batched output')

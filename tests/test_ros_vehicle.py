@@ -24,8 +24,8 @@ from test_ros_node import InProcessNode, export_test_onnx, wait_for  # noqa: E40
 
 from evit_ros.errors import ConfigError  # noqa: E402
 from evit_ros.ros import conversions as conv  # noqa: E402
+from evit_ros.ros.node import SegmentationNode  # noqa: E402
 from evit_ros.ros.qos import decide_reliability  # noqa: E402
-from evit_ros.ros.segmentation_node import SegmentationNode  # noqa: E402
 
 RELIABLE = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 BEST_EFFORT = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)

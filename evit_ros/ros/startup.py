@@ -16,7 +16,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from evit_ros.errors import ConfigError
+from evit_ros.deps import missing_module_message
+from evit_ros.errors import ConfigError, EvitError
 
 
 def exit_now(code: int) -> None:
@@ -138,4 +139,13 @@ def one_line(exc: BaseException) -> str:
     return text if text else type(exc).__name__
 
 
-__all__ = ['SignalFlag', 'exit_now', 'check_params_file', 'check_ros_args', 'one_line']
+def startup_error(exc: BaseException) -> str:
+    """One line for anything the node construction can raise (also a failed transition's reason)."""
+    if isinstance(exc, EvitError):
+        return one_line(exc)
+    if isinstance(exc, ModuleNotFoundError):
+        return missing_module_message(exc.name or str(exc), 'the segmentation node')
+    return f'{type(exc).__name__}: {one_line(exc)}'
+
+
+__all__ = ['SignalFlag', 'exit_now', 'check_params_file', 'check_ros_args', 'one_line', 'startup_error']

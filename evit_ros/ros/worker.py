@@ -1,0 +1,212 @@
+"""The segmentation node's frame worker: the per-camera mailboxes and the one thread that empties them.
+
+Why a module of its own: this is the node's hot path, the loop of the worker thread and the state it shares
+with the executor thread, while :mod:`evit_ros.ros.node` (the lifecycle shell) only decides when it runs and
+:mod:`evit_ros.ros.outputs` computes and publishes what each frame's subscribers want. It imports nothing from
+rclpy, so the node's threading contract (one condition, one update lock, one stop event) reads in one place.
+
+Threading: a subscription callback (:meth:`FrameWorker.offer`) only stores the newest message in its camera's
+one-slot mailbox (:attr:`Camera.pending`) under :attr:`FrameWorker.cond` (a frame replaced before the worker
+took it is counted as dropped), so callbacks never block and nothing queues without bound. The worker thread
+takes every pending frame, decodes them, runs them through :class:`~evit_ros.pipeline.Segmenter` as one batch
+(the output stage publishes the results) and records each camera's statistics. ``outputs.*``/``drivable.*``
+changes arrive through :meth:`FrameWorker.request_update` and are applied between batches. Deactivate stops
+accepting frames, :meth:`FrameWorker.drain` waits until the frames already taken are published, then
+:meth:`FrameWorker.stop` ends the thread.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from evit_ros.config import CameraConfig, NodeConfig
+from evit_ros.errors import FrameError
+from evit_ros.heap import release_free_heap
+from evit_ros.pipeline import GroundProjector, Segmenter
+from evit_ros.ros import conversions as conv
+from evit_ros.ros.diagnostics import CameraStats, EngineStats
+from evit_ros.ros.outputs import OutputStage
+
+if TYPE_CHECKING:   # qos imports rclpy; only the annotation is needed here
+    from evit_ros.ros.qos import InputSubscription
+
+THREAD_NAME = 'evit_segmentation_worker'
+
+
+class Camera:
+    """One camera: its mailbox, publishers, intrinsics, projector cache and statistics."""
+
+    def __init__(self, cfg: CameraConfig, stats: CameraStats) -> None:
+        self.cfg = cfg
+        self.stats = stats
+        self.pending: Any = None
+        self.pubs: dict[str, Any] = {}
+        self.group_pubs: dict[str, dict[str, Any]] = {}
+        self.info: tuple[tuple[float, ...], int, int] | None = None
+        self.projector: GroundProjector | None = None
+        self.projector_key: Any = None
+        self.label_info_pub: Any = None
+        self.image_sub: InputSubscription | None = None
+        self.info_sub: InputSubscription | None = None
+        self.last_pixels = 0
+
+
+class FrameWorker:
+    """The worker thread and the state it shares with the callbacks and the lifecycle transitions.
+
+    One per node, for the node's lifetime (the stop event is the one the output stage checks, and an update
+    requested while inactive is applied by the next activation's first batch). ``log`` is the node's ROS
+    logger, ``clock`` its clock (latency of each frame), ``config`` returns the node's current configuration.
+    """
+
+    def __init__(self, log: Any, clock: Any, config: Callable[[], NodeConfig]) -> None:
+        self._log = log
+        self._clock = clock
+        self._config = config
+        self.stop_event = threading.Event()   # set: the thread ends (the output stage stops between cameras)
+        self.cond = threading.Condition()     # guards every mailbox, _accepting and busy
+        self._update_lock = threading.Lock()
+        self._pending_update: NodeConfig | None = None
+        self._thread: threading.Thread | None = None
+        self._accepting = False        # camera callbacks store frames only while active
+        self.busy = False              # the worker is between taking frames and having published them
+
+    # -- callers on other threads ------------------------------------------------------------------------
+    def offer(self, cam: Camera, msg: Any) -> None:
+        """A camera callback (executor thread): the newest frame replaces the one not yet taken."""
+        with self.cond:
+            if not self._accepting:   # a callback already dispatched when deactivate unsubscribed
+                return
+            cam.stats.on_receive(len(msg.data))
+            if cam.pending is not None:
+                cam.stats.on_drop()
+            cam.pending = msg
+            self.cond.notify()
+
+    def request_update(self, cfg: NodeConfig) -> None:
+        """Hand ``outputs.*``/``drivable.*`` changes to the worker, which applies them before its next batch."""
+        with self._update_lock:
+            self._pending_update = cfg
+
+    def accept(self) -> None:
+        """Clear the stop event and let the callbacks store frames (activate, before subscribing)."""
+        self.stop_event.clear()   # the same Event the output stage checks between cameras
+        with self.cond:
+            self._accepting = True
+
+    def stop_accepting(self) -> None:
+        with self.cond:
+            self._accepting = False
+
+    def start(self, cameras: dict[str, Camera], segmenter: Segmenter, outputs: OutputStage,
+              engine_stats: EngineStats) -> None:
+        """Start the thread; what it works with lives only as long as it runs."""
+        self._thread = threading.Thread(target=self._run, args=(cameras, segmenter, outputs, engine_stats),
+                                        name=THREAD_NAME, daemon=True)
+        self._thread.start()
+
+    def drain(self, cameras: dict[str, Camera], timeout_s: float) -> bool:
+        """Wait until the frames taken are published and no mailbox holds one (or the thread is gone)."""
+        with self.cond:
+            return self.cond.wait_for(
+                lambda: not self.busy and all(c.pending is None for c in cameras.values())
+                or not self.alive(), timeout=timeout_s)
+
+    def stop(self, timeout_s: float, discard: Iterable[Camera] = ()) -> None:
+        """Set the stop event, wake the thread, empty the mailboxes of ``discard`` and wait up to ``timeout_s``."""
+        self.stop_event.set()
+        with self.cond:
+            self.cond.notify_all()
+            for cam in discard:
+                cam.pending = None
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- the worker thread -------------------------------------------------------------------------------
+    def _run(self, cameras: dict[str, Camera], segmenter: Segmenter, outputs: OutputStage,
+             engine_stats: EngineStats) -> None:
+        while not self.stop_event.is_set():
+            with self.cond:
+                if not any(c.pending is not None for c in cameras.values()):
+                    self.cond.wait(timeout=0.2)
+                taken = [(c, c.pending) for c in cameras.values() if c.pending is not None]
+                for c, _ in taken:
+                    c.pending = None
+                self.busy = bool(taken)
+            if not taken or self.stop_event.is_set():
+                self._idle()
+                continue
+            try:
+                self._process(taken, segmenter, outputs, engine_stats)
+            except Exception as exc:  # noqa: BLE001 - the worker must survive anything a frame can cause
+                if self.stop_event.is_set():
+                    return
+                if engine_stats is not None:
+                    engine_stats.on_error(f'{type(exc).__name__}: {exc}')
+                self._log.error(f'processing failed: {type(exc).__name__}: {exc}', throttle_duration_sec=5.0)
+            finally:
+                self._idle()
+
+    def _idle(self) -> None:
+        """The frames taken are published (or failed): wake a deactivate waiting for the worker."""
+        with self.cond:
+            self.busy = False
+            self.cond.notify_all()
+
+    def _process(self, taken: list[tuple[Camera, Any]], segmenter: Segmenter, outputs: OutputStage,
+                 engine_stats: EngineStats) -> None:
+        with self._update_lock:
+            update, self._pending_update = self._pending_update, None
+        if update is not None:
+            segmenter.update(outputs=update.outputs, drivable=update.drivable)
+        cfg = self._config()
+        cams, msgs, frames, decode_ms = [], [], [], []
+        shrunk = False
+        for cam, msg in taken:
+            t0 = time.perf_counter()
+            try:
+                rgb = conv.to_rgb(msg, cfg.input.max_decoded_pixels)
+            except FrameError as exc:
+                cam.stats.on_bad(exc.reason)
+                self._log.warning(f'camera {cam.cfg.name}: bad frame ({exc.reason}): {exc}', throttle_duration_sec=5.0)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a decoder failing on hostile data is a bad frame, not an engine fault
+                cam.stats.on_bad('corrupt')
+                self._log.warning(f'camera {cam.cfg.name}: bad frame (corrupt): {type(exc).__name__}: {exc}',
+                                  throttle_duration_sec=5.0)
+                continue
+            pixels = rgb.shape[0] * rgb.shape[1]
+            shrunk = shrunk or pixels < cam.last_pixels // 2
+            cam.last_pixels = pixels
+            cams.append(cam)
+            msgs.append(msg)
+            frames.append(rgb)
+            decode_ms.append((time.perf_counter() - t0) * 1e3)
+        if not frames:
+            return
+        outputs.run(cams, msgs, frames, decode_ms, cfg, engine_stats, self._record)
+        if shrunk:   # buffers sized for an outlier (larger) frame were just replaced: give the memory back
+            release_free_heap()
+
+    def _record(self, cam: Camera, msg: Any, res: Any, timings: dict[str, float]) -> None:
+        """Statistics of one published frame (called by the output stage after the camera's last publish)."""
+        now_ns = self._clock.now().nanoseconds
+        stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+        if now_ns == 0:          # use_sim_time without /clock yet: no latency to measure
+            cam.stats.on_stamp('no_clock')
+        elif stamp_ns == 0:
+            cam.stats.on_stamp('zero')
+        elif stamp_ns > now_ns:  # stamped in the future: clock skew or a broken driver; never a negative latency
+            cam.stats.on_stamp('future', (stamp_ns - now_ns) / 1e6)
+        else:
+            timings['end_to_end'] = (now_ns - stamp_ns) / 1e6
+        cam.stats.on_result(timings, res.class_fractions,
+                            {g: (r.fraction, r.roi_fraction) for g, r in res.groups.items()})
+
+
+__all__ = ['THREAD_NAME', 'Camera', 'FrameWorker']
