@@ -50,7 +50,7 @@ def _targets(mod: str, node: ast.Import | ast.ImportFrom, is_package: bool) -> l
         here = mod.split('.') if is_package else mod.split('.')[:-1]
         here = here[:len(here) - (node.level - 1)]
         base = '.'.join(here + ([base] if base else []))
-    return [f'{base}.{a.name}' for a in node.names] + [base]
+    return [f'{base}.{a.name}' for a in node.names]   # a name that is not a module stands for `base`
 
 
 def imports(root: Path = REPO) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
@@ -71,9 +71,6 @@ def imports(root: Path = REPO) -> tuple[dict[str, set[str]], dict[str, set[str]]
                     target = target.rsplit('.', 1)[0]
                 if target in mods and target != mod:
                     edges[mod].add(target)
-    # `from evit_ros.x import y` also names the package evit_ros.x; keep only the most specific target
-    for mod, targets in edges.items():
-        edges[mod] = {t for t in targets if not any(o.startswith(t + '.') for o in targets)} or targets
     return edges, external
 
 
