@@ -5,26 +5,13 @@ inside functions count like module-level ones.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from import_graph_support import load_import_graph
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _graph_tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location('import_graph', REPO / 'tools' / 'import_graph.py')
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules['import_graph'] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ig = _graph_tool()
+ig = load_import_graph()
 
 
 @pytest.fixture(scope='module')

@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from import_graph_support import load_import_graph
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -102,16 +103,9 @@ def test_colcon_build_installs_where_ros_expects(tmp_path: Path) -> None:
 
 
 def _core_modules() -> list[str]:
-    mods = []
-    for path in sorted((REPO / 'evit_ros').rglob('*.py')):
-        rel = path.relative_to(REPO).with_suffix('')
-        parts = list(rel.parts)
-        if parts[-1] == '__init__':
-            parts = parts[:-1]
-        if parts[-1] == '__main__' or (len(parts) > 1 and parts[1] == 'ros'):
-            continue
-        mods.append('.'.join(parts))
-    return mods
+    """Every module of the package but the node's room and ``__main__`` (which would run the CLI)."""
+    ig = load_import_graph()
+    return [m for m in ig.modules() if ig.room(m) not in ('ros', 'entry')]
 
 
 def test_core_never_imports_ros() -> None:

@@ -54,6 +54,7 @@ def _seeded_onnx(out: Path, height: int, width: int) -> Path:
     import torch
 
     from evit_ros.export.onnx_export import export_onnx
+    torch.set_num_threads(1)
     torch.manual_seed(0)   # the model is created inside export_onnx, after this
     export_onnx('efficientvit-seg-b0-cityscapes', out, height=height, width=width, head='labels+confidence')
     return out
