@@ -17,6 +17,7 @@ camera subscriptions and their ``qos.input_reliability: auto`` polling (:mod:`ev
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -43,9 +44,9 @@ from evit_ros.ros.startup import one_line, startup_error
 from evit_ros.ros.worker import Camera, FrameWorker
 
 try:  # Jazzy and later
-    from rclpy.event_handler import SubscriptionEventCallbacks
+    from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 except ImportError:  # Humble
-    from rclpy.qos_event import SubscriptionEventCallbacks
+    from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks
 
 NODE_NAME = 'evit_segmentation'
 QOS_POLL_S = 0.5            # how often auto-QoS subscriptions look at the publishers of their topic
@@ -236,7 +237,10 @@ class SegmentationNode(LifecycleNode):
         for cam_cfg in cfg.cameras:
             cam = Camera(cam_cfg, CameraStats(cam_cfg.name, cam_cfg.subscribed_topic, self.dataset.class_names))
             base = f'segmentation/{cam_cfg.name}/'
-            pub = self.create_lifecycle_publisher
+            out_events = self._output_events(cam)
+
+            def pub(msg_type: Any, topic: str, qos: Any, events: Any = out_events) -> Any:
+                return self.create_lifecycle_publisher(msg_type, topic, qos, event_callbacks=events)
             cam.pubs = {'mask': pub(Image, base + 'mask', out_qos),
                         'color_mask': pub(Image, base + 'color_mask', out_qos),
                         'overlay': pub(Image, base + 'overlay', out_qos),
@@ -284,7 +288,8 @@ class SegmentationNode(LifecycleNode):
             compressed = cam_cfg.transport == 'compressed'
             topic = cam_cfg.subscribed_topic   # <topic>/compressed for compressed transport
             cam.image_sub = InputSubscription(self, CompressedImage if compressed else Image, topic,
-                                              self._make_callback(cam), mode, depth, events, self._log.info)
+                                              self._make_callback(cam), mode, depth, self._image_events(cam),
+                                              self._log.info)
             cam.stats.input_qos = cam.image_sub.reliability or 'auto: waiting for a publisher'
             if cam_cfg.camera_info_topic:
                 cam.stats.grid_status = f'waiting for CameraInfo on {cam_cfg.camera_info_topic}'
@@ -377,6 +382,33 @@ class SegmentationNode(LifecycleNode):
             cam.info = (tuple(float(v) for v in msg.k), int(msg.height), int(msg.width))
         return callback
 
+    def _output_events(self, cam: Camera) -> Any:
+        """Event callbacks of a camera's output publishers: what the publisher side can see (a subscriber with an
+        incompatible QoS, subscribers matched and unmatched), counted in the camera's diagnostics."""
+        stats = cam.stats
+
+        def incompatible(event: Any) -> None:
+            stats.on_output_event('incompatible_qos', int(getattr(event, 'total_count_change', 1)))
+
+        def matched(event: Any) -> None:
+            stats.on_output_event('matched', int(getattr(event, 'current_count_change', 0)))
+        try:
+            return PublisherEventCallbacks(incompatible_qos=incompatible, matched=matched)
+        except TypeError:   # Humble: no matched event
+            return PublisherEventCallbacks(incompatible_qos=incompatible)
+
+    def _image_events(self, cam: Camera) -> Any:
+        """Event callbacks of a camera's image subscription: incompatible QoS (logged) and the reader's own
+        message_lost count (diagnostics ``message_lost_events``; the stamp gaps count the rest)."""
+        stats = cam.stats
+
+        def lost(event: Any) -> None:
+            stats.on_message_lost(int(getattr(event, 'total_count_change', 0)))
+        try:
+            return SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos, message_lost=lost)
+        except TypeError:   # an rclpy without the message_lost event
+            return SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
+
     def _on_incompatible_qos(self, event: Any) -> None:
         self._log.warning(f'a camera publisher has an incompatible QoS ({event}); the node subscribes with '
                           f'qos.input_reliability={self.cfg.qos.input_reliability}. Use auto (the default) to follow '
@@ -430,7 +462,9 @@ class SegmentationNode(LifecycleNode):
                 clock_note = 'waiting for /clock (use_sim_time is true): no latency until a clock arrives'
             for c in self.cameras.values():
                 c.stats.clock_note = clock_note
-            statuses = [c.stats.status(name, self.cfg.diagnostics) for c in self.cameras.values()]
+            diag = self.cfg.diagnostics
+            statuses = [c.stats.status(name, dataclasses.replace(
+                diag, expected_rate_hz=c.cfg.expected_rate(diag.expected_rate_hz))) for c in self.cameras.values()]
         else:
             error = startup_error(self.transition_error) if self.transition_error is not None else ''
             statuses.append(lifecycle_status(name, state, error))

@@ -1,0 +1,128 @@
+"""Per-camera rates over a stated window, and frames the transport lost, estimated from header stamp gaps.
+
+Why a module of its own: the node can count what it drops itself (a frame replaced in its mailbox), but a frame
+the DDS reader history replaced or never completed never reaches the callback, and nothing (the
+``message_lost`` event included, which Fast DDS raises for few of them) counts it. Cameras stamp frames at a
+regular period, so a gap of k periods between consecutive stamps means k - 1 frames went missing on the way.
+No rclpy here: the camera statistics (:mod:`evit_ros.ros.diagnostics`) feed it from the subscription callback.
+
+The period is learned from the stamps themselves, so a 2 Hz camera beside 30 Hz ones needs no configuration: a
+low quantile of the recent intervals is a first guess (right within a third while at least one interval in 20
+is a single period), then every interval divided by its multiple of that guess is one estimate of the period,
+and their median is the period (jitter averages out). Where every recent interval is two or more periods (half
+the frames or more lost for a while), the stamps alone cannot tell a slower camera; a camera's own
+``cameras.<cam>.expected_rate_hz`` then decides: a learned period that is a multiple of the expected one counts
+the frames in between as missing. Gaps longer than :data:`PAUSE_S` are a camera that
+paused (or a bag that looped), stamps that go back restart the count: neither is reported as missing.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+
+PAUSE_S = 5.0          # a longer gap is a paused or restarted camera, not lost frames
+HISTORY = 64           # intervals the period is learned from
+MIN_INTERVALS = 8      # intervals needed before a period is trusted
+PERIOD_QUANTILE = 5    # percentile of the recent intervals taken as the first guess of the period
+RATE_WINDOW_S = 10.0   # rates are frames over (at most) this many seconds
+
+
+class StampGaps:
+    """Missing frames of one camera from gaps between consecutive header stamps (nanoseconds)."""
+
+    def __init__(self, expected_period_ns: float | None = None) -> None:
+        self.expected_period_ns = expected_period_ns     # from the camera's own expected rate, if set
+        self.intervals: deque[int] = deque(maxlen=HISTORY)
+        self.last_ns: int | None = None
+        self.missing = 0
+        self.pauses = 0
+        self.restarts = 0
+        self._unjudged: list[int] = []    # intervals seen before the period was known, judged once it is
+
+    def period_ns(self) -> float | None:
+        """The learned frame period, or None while fewer than :data:`MIN_INTERVALS` intervals are known."""
+        if len(self.intervals) < MIN_INTERVALS:
+            return None
+        a = np.fromiter(self.intervals, float, len(self.intervals))
+        guess = float(np.percentile(a, PERIOD_QUANTILE))
+        period = float(np.median(a / np.maximum(1.0, np.floor(a / guess + 0.5))))
+        expected = self.expected_period_ns
+        if expected and period > 1.5 * expected:
+            k = math.floor(period / expected + 0.5)
+            if abs(period - k * expected) <= 0.1 * expected:   # a whole multiple of the expected period
+                return float(expected)
+        return period
+
+    def add(self, stamp_ns: int) -> int:
+        """Record the stamp of a received frame; returns the frames found missing before it (0 or more)."""
+        if stamp_ns <= 0:
+            return 0
+        last, self.last_ns = self.last_ns, stamp_ns
+        if last is None:
+            return 0
+        dt = stamp_ns - last
+        if dt <= 0:                       # duplicate, reordered, or the clock went back: start over
+            self.restarts += 1
+            return 0
+        if dt > PAUSE_S * 1e9:
+            self.pauses += 1
+            return 0
+        self.intervals.append(dt)
+        period = self.period_ns()
+        if period is None:
+            self._unjudged.append(dt)
+            return 0
+        judged = self._unjudged + [dt]
+        self._unjudged = []
+        found = sum(missing_in_gap(g, period) for g in judged)
+        self.missing += found
+        return found
+
+    @property
+    def rate_hz(self) -> float:
+        """The stamp rate (1 / period), 0.0 while unknown."""
+        p = self.period_ns()
+        return 1e9 / p if p else 0.0
+
+
+def missing_in_gap(gap_ns: float, period_ns: float) -> int:
+    """Frames missing in one gap: k - 1 for a gap of k periods (rounded; 0 for an ordinary interval)."""
+    if period_ns <= 0:
+        return 0
+    return max(0, int(math.floor(gap_ns / period_ns + 0.5)) - 1)
+
+
+class RateWindow:
+    """Events per second over the last :data:`RATE_WINDOW_S` seconds (monotonic times), reported with its window.
+
+    The rate is (events - 1) / (last - first) over the window's events, so a steady 2 Hz camera reads 2.00,
+    not 1, 2 or 3 as a count per second would; when the newest event is older than twice the spacing it implies,
+    the time since then counts too (a camera that stopped reads lower, not frozen at its old rate).
+    """
+
+    def __init__(self, window_s: float = RATE_WINDOW_S, max_events: int = 4096) -> None:
+        self.window_s = float(window_s)
+        self.times: deque[float] = deque(maxlen=max_events)
+
+    def add(self, t: float) -> None:
+        self.times.append(t)
+
+    def rate(self, now: float) -> tuple[float, float]:
+        """(rate in Hz, seconds the rate covers); (0.0, 0.0) before two events."""
+        while self.times and self.times[0] < now - self.window_s:
+            self.times.popleft()
+        n = len(self.times)
+        if n < 2:
+            return 0.0, 0.0
+        span = self.times[-1] - self.times[0]
+        if span <= 0:
+            return 0.0, 0.0
+        gap = (n - 1) / span                       # events per second while they came
+        idle = now - self.times[-1]
+        covered = span + idle if idle > 2.0 / gap else span
+        return (n - 1) / covered, covered
+
+
+__all__ = ['HISTORY', 'MIN_INTERVALS', 'PAUSE_S', 'RATE_WINDOW_S', 'RateWindow', 'StampGaps', 'missing_in_gap']
