@@ -71,3 +71,15 @@ def test_half_the_frames_lost_for_a_while_needs_the_cameras_expected_rate() -> N
     assert g.missing == 29 and g.rate_hz == pytest.approx(10.0)
     _feed(g := StampGaps(expected_period_ns=100 * MS), [i * 150.0 for i in range(30)])
     assert g.missing == 0                                  # not a multiple: the camera's own rate wins
+
+
+def test_a_late_frame_and_the_bunch_after_it_are_not_losses() -> None:
+    # a publisher starved for 250 ms stamps the next frames late and then catches up
+    stamps = [i * 100.0 for i in range(20)] + [2250.0, 2252.0, 2254.0, 2300.0]
+    stamps += [2400.0 + i * 100.0 for i in range(20)]
+    g = StampGaps()
+    _feed(g, stamps)
+    assert g.missing == 0, g.missing
+    g = StampGaps()                  # a real loss stays counted
+    _feed(g, [i * 100.0 for i in range(20)] + [2300.0 + i * 100.0 for i in range(20)])
+    assert g.missing == 3          # 1900 -> 2300: four periods, three frames lost

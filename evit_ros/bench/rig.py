@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +196,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     qos = QoSProfile(depth=SUB_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
     for n in names:
-        node.create_subscription(Image, f'/segmentation/{n}/mask', lambda m, n=n: on_mask(n, m), qos)
+        node.create_subscription(Image, f'/segmentation/{n}/mask', partial(on_mask, n), qos)
     node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, QoSProfile(depth=10))
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(node)

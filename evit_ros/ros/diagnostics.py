@@ -219,8 +219,8 @@ class CameraStats:
         if clock_note:
             level = max(level, WARN)
             msgs.append(clock_note)
-        elif last_rx is not None and silent_for <= cfg.silence_timeout_s \
-                and in_rate < 0.5 * cfg.expected_rate_hz:
+        elif last_rx is not None and silent_for <= cfg.silence_timeout_s and window_s > 0 \
+                and in_rate < 0.5 * cfg.expected_rate_hz:   # window_s 0: fewer than two frames, no rate yet
             level = max(level, WARN)
             msgs.append(f'input rate {in_rate:.1f} Hz below half the expected {cfg.expected_rate_hz:.1f} Hz'
                         + lost_frames_hint(self.input_qos, frame_bytes))

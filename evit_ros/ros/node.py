@@ -236,6 +236,7 @@ class SegmentationNode(LifecycleNode):
         self.cameras = cameras
         for cam_cfg in cfg.cameras:
             cam = Camera(cam_cfg, CameraStats(cam_cfg.name, cam_cfg.subscribed_topic, self.dataset.class_names))
+            _expect_period(cam)
             base = f'segmentation/{cam_cfg.name}/'
             out_events = self._output_events(cam)
 
@@ -444,6 +445,7 @@ class SegmentationNode(LifecycleNode):
         for c in cfg.cameras:
             if c.name in self.cameras:
                 self.cameras[c.name].cfg = c
+                _expect_period(self.cameras[c.name])
         if any(k.startswith(('outputs.', 'drivable.')) for k in changes):
             self._worker.request_update(cfg)
         self._log.info(f'applied {", ".join(f"{k}={v!r}" for k, v in changes.items())}')
@@ -497,6 +499,12 @@ class SegmentationNode(LifecycleNode):
                 if sub is not None:
                     sub.close()
         super().destroy_node()
+
+
+def _expect_period(cam: Camera) -> None:
+    """The stamp-gap estimate of missing frames knows the camera's own expected rate, when it has one."""
+    hz = cam.cfg.expected_rate_hz
+    cam.stats.gaps.expected_period_ns = 1e9 / hz if hz > 0 else None
 
 
 __all__ = ['DRAIN_TIMEOUT_S', 'LABEL_INFO_QOS', 'NODE_NAME', 'QOS_POLL_S', 'SegmentationNode']

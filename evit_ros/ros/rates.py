@@ -7,13 +7,16 @@ regular period, so a gap of k periods between consecutive stamps means k - 1 fra
 No rclpy here: the camera statistics (:mod:`evit_ros.ros.diagnostics`) feed it from the subscription callback.
 
 The period is learned from the stamps themselves, so a 2 Hz camera beside 30 Hz ones needs no configuration: a
-low quantile of the recent intervals is a first guess (right within a third while at least one interval in 20
-is a single period), then every interval divided by its multiple of that guess is one estimate of the period,
-and their median is the period (jitter averages out). Where every recent interval is two or more periods (half
-the frames or more lost for a while), the stamps alone cannot tell a slower camera; a camera's own
-``cameras.<cam>.expected_rate_hz`` then decides: a learned period that is a multiple of the expected one counts
-the frames in between as missing. Gaps longer than :data:`PAUSE_S` are a camera that
-paused (or a bag that looped), stamps that go back restart the count: neither is reported as missing.
+low quantile of the recent intervals is a first guess (right within a third while at least one interval in 10
+is a single period; intervals under a third of the median, frames bunched after a stall, are left out), then
+every interval divided by its multiple of that guess is one estimate of the period, and their median is the
+period (jitter averages out). A frame stamped late looks like a gap, and the frames after it come bunched: each
+interval shorter than half a period takes back one frame counted missing in the recent gaps. Where every recent
+interval is two or more periods (half the frames or more lost for a while), the stamps alone cannot tell a
+slower camera; a camera's own ``cameras.<cam>.expected_rate_hz`` then decides: a learned period that is a
+multiple of the expected one counts the frames in between as missing. Gaps longer than :data:`PAUSE_S` are a
+camera that paused (or a bag that looped), stamps that go back restart the count: neither is reported as
+missing. Frames lost after the last one received (the end of a stream) cannot be seen.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ import numpy as np
 PAUSE_S = 5.0          # a longer gap is a paused or restarted camera, not lost frames
 HISTORY = 64           # intervals the period is learned from
 MIN_INTERVALS = 8      # intervals needed before a period is trusted
-PERIOD_QUANTILE = 5    # percentile of the recent intervals taken as the first guess of the period
+PERIOD_QUANTILE = 10   # percentile of the recent intervals taken as the first guess of the period
+BUNCHED = 1.0 / 3.0    # intervals under this share of the median are bunched frames, not periods
 RATE_WINDOW_S = 10.0   # rates are frames over (at most) this many seconds
 
 
@@ -40,12 +44,14 @@ class StampGaps:
         self.pauses = 0
         self.restarts = 0
         self._unjudged: list[int] = []    # intervals seen before the period was known, judged once it is
+        self._credit: deque[int] = deque(maxlen=HISTORY)   # missing counted per recent interval (take-backs)
 
     def period_ns(self) -> float | None:
         """The learned frame period, or None while fewer than :data:`MIN_INTERVALS` intervals are known."""
         if len(self.intervals) < MIN_INTERVALS:
             return None
         a = np.fromiter(self.intervals, float, len(self.intervals))
+        a = a[a >= BUNCHED * float(np.median(a))]
         guess = float(np.percentile(a, PERIOD_QUANTILE))
         period = float(np.median(a / np.maximum(1.0, np.floor(a / guess + 0.5))))
         expected = self.expected_period_ns
@@ -76,7 +82,18 @@ class StampGaps:
             return 0
         judged = self._unjudged + [dt]
         self._unjudged = []
-        found = sum(missing_in_gap(g, period) for g in judged)
+        found = 0
+        for gap in judged:
+            if gap < 0.5 * period:       # bunched after a late frame: that gap was lateness, not a loss
+                if any(self._credit):
+                    i = next(j for j in range(len(self._credit) - 1, -1, -1) if self._credit[j])
+                    self._credit[i] -= 1
+                    found -= 1
+                self._credit.append(0)
+                continue
+            n = missing_in_gap(gap, period)
+            self._credit.append(n)
+            found += n
         self.missing += found
         return found
 
