@@ -178,6 +178,16 @@ class TensorRTBackend(InferenceBackend):
         self.rebuilt = True
         return check()
 
+    @property
+    def opt_batch(self) -> int | None:
+        """The batch the engine's optimization profile was tuned for (its sidecar's ``opt``), None if unknown; the
+        node's batching policy (:mod:`evit_ros.pipeline.batching`) uses no larger runs."""
+        try:
+            shapes = engine_cache.read_sidecar(self.engine_path)['fields'].get('shapes', {})
+            return int(shapes['profile']['opt'][0])
+        except (EngineCacheMismatch, OSError, KeyError, TypeError, ValueError, IndexError):
+            return None
+
     def _recorded_opt_batch(self) -> int | None:
         """The profile's opt batch of the stale engine (the user's camera count), kept by a rebuild."""
         try:

@@ -2,11 +2,12 @@
 
     python -m evit_ros.bench.rig --cameras 4 --rate 10 --size 480x640 --duration 20 --json rig.json
 
-Three processes, as on a vehicle: one publisher process for all cameras (``python -m evit_ros.bench.rig
-publish``: reliable, depth 10, pre-built rgb8 frames stamped with the publish time, each camera on its own
-steady schedule), the node (``python -m evit_ros.ros.segmentation_node``, ONNX Runtime CPU, its own automatic
-export of b0 at ``--input``) and this process, a reliable subscriber that keeps up (depth 10) on every
-``segmentation/<cam>/mask`` plus ``/diagnostics``. Fast DDS defaults unless the environment sets a profile.
+Three processes, as on a vehicle: one publisher process for all cameras (``python -m evit_ros.bench.rig publish``:
+reliable, depth 10, pre-built rgb8 frames, each camera on its own steady schedule and stamped with its scheduled
+capture time, as a driver stamps capture; a send delayed by the machine's load is latency), the node (``python -m
+evit_ros.ros.segmentation_node``, ONNX Runtime CPU, its own automatic export of b0 at ``--input``) and this
+process, a reliable subscriber that keeps up (depth 10) on every ``segmentation/<cam>/mask`` plus
+``/diagnostics``. Fast DDS defaults unless the environment sets a profile.
 
 Per camera it prints and writes: frames sent, frames the node received, masks received here, the node's
 ``dropped_frames`` and ``frames_missing`` (its estimate of transport losses from header stamp gaps), the
@@ -77,6 +78,7 @@ def publish(args: argparse.Namespace) -> int:
     """Publish every camera at its rate for ``--duration`` s once each has a subscriber; print the counts (JSON)."""
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rclpy.time import Time
     from sensor_msgs.msg import Image
 
     from evit_ros.ros import conversions as conv
@@ -103,7 +105,8 @@ def publish(args: argparse.Namespace) -> int:
     sent = [0] * len(pubs)
     periods = [1.0 / r for r in rates]
     t0 = time.monotonic()
-    next_t = [t0 + 0.001 * i for i in range(len(pubs))]   # all cameras in phase, as a synchronised rig
+    t0_ns = node.get_clock().now().nanoseconds
+    next_t = [t0] * len(pubs)             # all cameras in phase, as a synchronised rig
     end = t0 + args.duration
     start_ns = time.time_ns()
     while True:
@@ -113,7 +116,8 @@ def publish(args: argparse.Namespace) -> int:
         delay = next_t[i] - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        msgs[i].header.stamp = node.get_clock().now().to_msg()
+        # stamped with its capture time (the schedule), as a camera driver does: a late send is latency
+        msgs[i].header.stamp = Time(nanoseconds=t0_ns + int((next_t[i] - t0) * 1e9)).to_msg()
         pubs[i].publish(msgs[i])
         sent[i] += 1
         next_t[i] += periods[i]

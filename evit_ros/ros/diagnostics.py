@@ -212,10 +212,12 @@ class CameraStats:
         if e2e is not None and received:
             if e2e['p50'] > cfg.latency_budget_ms:
                 level = ERROR
-                msgs.append(f'end-to-end latency p50 {e2e["p50"]:.0f} ms over budget {cfg.latency_budget_ms:.0f} ms')
+                msgs.append(f'end-to-end latency p50 {e2e["p50"]:.0f} ms over budget {cfg.latency_budget_ms:.0f} ms'
+                            + latency_breakdown(lat, 'p50'))
             elif e2e['p95'] > cfg.latency_budget_ms:
                 level = max(level, WARN)
-                msgs.append(f'end-to-end latency p95 {e2e["p95"]:.0f} ms over budget {cfg.latency_budget_ms:.0f} ms')
+                msgs.append(f'end-to-end latency p95 {e2e["p95"]:.0f} ms over budget {cfg.latency_budget_ms:.0f} ms'
+                            + latency_breakdown(lat, 'p95'))
         if clock_note:
             level = max(level, WARN)
             msgs.append(clock_note)
@@ -250,6 +252,17 @@ LOST_FRAMES_FIX = ('Fix: start the camera and the node with the shipped Fast DDS
                    '(FASTRTPS_DEFAULT_PROFILES_FILE=<share>/evit_ros/config/fastdds_large_frames.xml), or use '
                    'compressed transport (cameras.<cam>.transport: compressed), or publish the camera reliable '
                    '(qos.input_reliability auto follows it)')
+
+
+def latency_breakdown(lat: dict[str, dict[str, float] | None], q: str) -> str:
+    """Where an over-budget latency goes: before the callback (transport, executor), inference, the node's own work."""
+    parts = []
+    for stage, what in (('receive', 'stamp to callback (camera, transport, executor)'), ('infer', 'inference'),
+                        ('host', 'the node\'s own work')):
+        sm = lat.get(stage)
+        if sm is not None:
+            parts.append(f'{what} {sm[q]:.0f} ms')
+    return f' ({q} of its parts: ' + ', '.join(parts) + '; the rest is waiting for the worker)' if parts else ''
 
 
 def missing_frames_message(new: int, total: int, received: int, input_qos: str) -> str:

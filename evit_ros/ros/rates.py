@@ -6,17 +6,20 @@ the DDS reader history replaced or never completed never reaches the callback, a
 regular period, so a gap of k periods between consecutive stamps means k - 1 frames went missing on the way.
 No rclpy here: the camera statistics (:mod:`evit_ros.ros.diagnostics`) feed it from the subscription callback.
 
-The period is learned from the stamps themselves, so a 2 Hz camera beside 30 Hz ones needs no configuration: a
-low quantile of the recent intervals is a first guess (right within a third while at least one interval in 10
-is a single period; intervals under a third of the median, frames bunched after a stall, are left out), then
-every interval divided by its multiple of that guess is one estimate of the period, and their median is the
-period (jitter averages out). A frame stamped late looks like a gap, and the frames after it come bunched: each
-interval shorter than half a period takes back one frame counted missing in the recent gaps. Where every recent
-interval is two or more periods (half the frames or more lost for a while), the stamps alone cannot tell a
-slower camera; a camera's own ``cameras.<cam>.expected_rate_hz`` then decides: a learned period that is a
-multiple of the expected one counts the frames in between as missing. Gaps longer than :data:`PAUSE_S` are a
-camera that paused (or a bag that looped), stamps that go back restart the count: neither is reported as
-missing. Frames lost after the last one received (the end of a stream) cannot be seen.
+The period is learned from the stamps themselves, so a 2 Hz camera beside 30 Hz ones needs no configuration: the
+median interval is a first guess (intervals under a third of it, frames bunched after a stall, are left out),
+every interval divided by its multiple of the guess is one estimate of the period, and their median is the period.
+When a fifth of the intervals sit at half that period, more than half the frames are being lost and the period is
+the half. Stamps are expected to be capture times (a driver's, or a clock in step with the camera): jitter of a
+tenth of a period is fine, a publisher that stamps when it gets to send under heavy load is not. A frame stamped
+late looks like a gap, and the frames after it come bunched, so gaps are not judged one by one: intervals are
+summed until a frame lands on the period's grid again (the sum within a quarter period of a whole number of
+periods, after an interval of at least 3/4 of a period), and the periods in the sum minus the frames in it are the
+missing ones. Where every recent interval is two or more periods (half the frames or more lost for a while), the
+stamps alone cannot tell a slower camera; a camera's own ``cameras.<cam>.expected_rate_hz`` then decides: a
+learned period that is a multiple of the expected one counts the frames in between as missing. Gaps longer than
+:data:`PAUSE_S` are a camera that paused (or a bag that looped), stamps that go back restart the count: neither is
+reported as missing. Frames lost after the last one received (the end of a stream) cannot be seen.
 """
 from __future__ import annotations
 
@@ -28,8 +31,10 @@ import numpy as np
 PAUSE_S = 5.0          # a longer gap is a paused or restarted camera, not lost frames
 HISTORY = 64           # intervals the period is learned from
 MIN_INTERVALS = 8      # intervals needed before a period is trusted
-PERIOD_QUANTILE = 10   # percentile of the recent intervals taken as the first guess of the period
+HALF_TOLERANCE = 0.2   # an interval this close to half the median-based period is a single period ...
+HALF_SHARE = 0.2       # ... and when this share of the intervals are, more than half the frames are lost
 BUNCHED = 1.0 / 3.0    # intervals under this share of the median are bunched frames, not periods
+ON_GRID = 0.25         # a frame within this share of a period from the grid is on time
 RATE_WINDOW_S = 10.0   # rates are frames over (at most) this many seconds
 
 
@@ -44,7 +49,8 @@ class StampGaps:
         self.pauses = 0
         self.restarts = 0
         self._unjudged: list[int] = []    # intervals seen before the period was known, judged once it is
-        self._credit: deque[int] = deque(maxlen=HISTORY)   # missing counted per recent interval (take-backs)
+        self._held_ns = 0.0              # intervals summed since the last frame on the period's grid
+        self._held_n = 0
 
     def period_ns(self) -> float | None:
         """The learned frame period, or None while fewer than :data:`MIN_INTERVALS` intervals are known."""
@@ -52,8 +58,10 @@ class StampGaps:
             return None
         a = np.fromiter(self.intervals, float, len(self.intervals))
         a = a[a >= BUNCHED * float(np.median(a))]
-        guess = float(np.percentile(a, PERIOD_QUANTILE))
-        period = float(np.median(a / np.maximum(1.0, np.floor(a / guess + 0.5))))
+        period = _refine(a, float(np.median(a)))
+        half = np.abs(a - period / 2) <= HALF_TOLERANCE * period / 2
+        if half.sum() >= HALF_SHARE * a.size:      # single periods among mostly double ones: heavy loss
+            period = _refine(a, period / 2)
         expected = self.expected_period_ns
         if expected and period > 1.5 * expected:
             k = math.floor(period / expected + 0.5)
@@ -69,11 +77,12 @@ class StampGaps:
         if last is None:
             return 0
         dt = stamp_ns - last
-        if dt <= 0:                       # duplicate, reordered, or the clock went back: start over
-            self.restarts += 1
-            return 0
-        if dt > PAUSE_S * 1e9:
-            self.pauses += 1
+        if dt <= 0 or dt > PAUSE_S * 1e9:   # duplicate/reordered/clock back (start over), or a paused camera
+            if dt <= 0:
+                self.restarts += 1
+            else:
+                self.pauses += 1
+            self._held_ns, self._held_n = 0.0, 0
             return 0
         self.intervals.append(dt)
         period = self.period_ns()
@@ -84,16 +93,13 @@ class StampGaps:
         self._unjudged = []
         found = 0
         for gap in judged:
-            if gap < 0.5 * period:       # bunched after a late frame: that gap was lateness, not a loss
-                if any(self._credit):
-                    i = next(j for j in range(len(self._credit) - 1, -1, -1) if self._credit[j])
-                    self._credit[i] -= 1
-                    found -= 1
-                self._credit.append(0)
-                continue
-            n = missing_in_gap(gap, period)
-            self._credit.append(n)
-            found += n
+            self._held_ns += gap
+            self._held_n += 1
+            periods = self._held_ns / period
+            on_grid = abs(periods - math.floor(periods + 0.5)) <= ON_GRID and gap >= 0.75 * period
+            if on_grid or self._held_n >= HISTORY:
+                found += max(0, missing_in_gap(self._held_ns, period) + 1 - self._held_n)
+                self._held_ns, self._held_n = 0.0, 0
         self.missing += found
         return found
 
@@ -102,6 +108,11 @@ class StampGaps:
         """The stamp rate (1 / period), 0.0 while unknown."""
         p = self.period_ns()
         return 1e9 / p if p else 0.0
+
+
+def _refine(a: np.ndarray, guess: float) -> float:
+    """The period from intervals ``a`` and a guess: the median of every interval divided by its multiple."""
+    return float(np.median(a / np.maximum(1.0, np.floor(a / guess + 0.5))))
 
 
 def missing_in_gap(gap_ns: float, period_ns: float) -> int:
