@@ -119,6 +119,7 @@ def test_a_steady_four_camera_stream_is_accounted_for_frame_by_frame(onnx: Path)
             assert masks + int(v['dropped_frames']) + int(v['frames_missing']) == ticks[c], (c, v)
             assert int(v['frames_missing']) == skipped, (c, v['frames_missing'])
             assert float(v['rate_window_s']) > 1.0
+            assert int(v['output_subscribers']) >= 1        # the publisher's matched events (Jazzy and later)
             assert float(v['expected_frequency']) == RATES[c]
         # while streaming, every camera at its own expected rate: no rate WARN in any report (the 2 Hz one included)
         assert len(during) >= 2
@@ -153,3 +154,35 @@ def test_the_missing_frames_warning_names_the_transport_and_the_fix() -> None:
     assert 'qos.input_depth' in s.message and 'fastdds_large_frames.xml' in s.message
     s = st.status('n', DiagnosticsConfig(), now=t0 + 3.1)
     assert 'missing' not in s.message          # reported once, in the report after it happened
+
+
+def test_engine_counts_runs_and_the_latency_warning_says_where_the_time_goes() -> None:
+    from evit_ros.config import DiagnosticsConfig
+    from evit_ros.ros.diagnostics import CameraStats, EngineStats
+    e = EngineStats({'backend': 'onnxruntime'})
+    for n in (2, 2, 2, 1):           # four cameras on an engine of max batch 2, then a set of three
+        e.on_batch(n, {'infer': 10.0 * n})
+    v = {kv.key: kv.value for kv in e.status('n', DiagnosticsConfig()).values}
+    assert (v['batches'], v['frames'], v['mean_batch_size'], v['batch_sizes']) == ('4', '7', '1.75', '1:1,2:3')
+    assert v['counts_window'] == 'since start' and v['latency_window'] == 'last 256 engine runs'
+    assert float(v['latency.infer.max_ms']) == 20.0
+    st = CameraStats('cam0', '/cam0/image_raw', ('road',))
+    for _ in range(10):
+        st.on_receive(1000, receive_ms=90.0)
+        st.on_result({'infer': 20.0, 'host': 3.0, 'end_to_end': 130.0}, None, {})
+    s = st.status('n', DiagnosticsConfig(latency_budget_ms=100.0))
+    assert s.level == b'\x02' and 'stamp to callback (camera, transport, executor) 90 ms' in s.message
+    assert 'inference 20 ms' in s.message
+
+
+def test_publisher_side_events_are_counted_and_an_incompatible_subscriber_warns() -> None:
+    from evit_ros.config import DiagnosticsConfig
+    from evit_ros.ros.diagnostics import CameraStats
+    st = CameraStats('cam0', '/cam0/image_raw', ('road',))
+    st.on_output_event('matched', 2)
+    st.on_output_event('matched', -1)
+    st.on_output_event('incompatible_qos', 1)
+    s = st.status('n', DiagnosticsConfig())
+    v = {kv.key: kv.value for kv in s.values}
+    assert v['output_subscribers'] == '1' and v['output_events.unmatched'] == '1'
+    assert v['output_events.incompatible_qos'] == '1' and 'receive nothing' in s.message

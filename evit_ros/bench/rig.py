@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -176,7 +177,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     latency: dict[str, list[float]] = {n: [] for n in names}
     first_last: dict[str, list[int]] = {n: [] for n in names}
     diag: dict[str, dict[str, str]] = {}
-    warns: dict[str, set[str]] = {n: set() for n in names}
+    warns: dict[str, list[tuple[int, str]]] = {n: [] for n in names}   # (wall ns, message)
     counting = threading.Event()
 
     def on_mask(cam: str, msg: Any) -> None:
@@ -196,7 +197,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 if key:
                     diag[key] = values
                     if key in warns and counting.is_set() and st.message != 'ok':
-                        warns[key].add(st.message[:300])
+                        warns[key].append((time.time_ns(), st.message))
 
     qos = QoSProfile(depth=SUB_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
     for n in names:
@@ -231,7 +232,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         with lock:
             snapshot = {k: dict(v) for k, v in diag.items()}
             lat = {k: list(v) for k, v in latency.items()}
-            warn_list = {k: sorted(v) for k, v in warns.items()}
+            warn_list = {k: list(v) for k, v in warns.items()}
     finally:
         counting.clear()
         if pub_proc is not None and pub_proc.poll() is None:
@@ -256,7 +257,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                    'frames_processed': int(d.get('frames_processed', 0)), 'masks_received': masks,
                    'accounted': accounted, 'accounted_error_pct': 100.0 * (accounted - sent) / max(1, sent),
                    'delivered_rate_hz': masks / wall if wall > 0 else 0.0, 'latency_ms': _stats(lat[n]),
-                   'warnings': warn_list[n],
+                   # WARNs while the stream ran (after it, every camera is rightly silent)
+                   'warnings': [m for t, m in warn_list[n] if pub['start_ns'] + 1e9 <= t <= pub['end_ns']],
                    'node_latency_p50_ms': {k.split('.')[1]: float(v) for k, v in d.items()
                                            if k.startswith('latency.') and k.endswith('.p50_ms') and v != 'nan'},
                    'node_diagnostics': d}
@@ -293,8 +295,17 @@ def table(res: dict[str, Any]) -> str:
     lines.append(f"p50 spread across cameras {res['p50_spread_pct']:.0f} %; CPU: node {res['cpu_s']['node']:.1f} s "
                  f"({res['node_cpu_pct']:.0f} % of one core), publisher {res['cpu_s']['publisher']:.1f} s")
     for n, c in res['cameras'].items():
+        kinds: dict[str, int] = {}
         for w in c['warnings']:
-            lines.append(f'WARN {n}: {w}')
+            for part in w.split('; '):
+                if part.startswith('the rest'):
+                    continue
+                kind = re.sub(r'[0-9.]+', '#', ' '.join(part.split(' ')[:5]))
+                kinds[kind] = kinds.get(kind, 0) + 1
+        if kinds:
+            lines.append(f"WARN {n} ({len(c['warnings'])} reports): "
+                         + ', '.join(f'{k}... x{v}' for k, v in sorted(kinds.items())))
+            lines.append(f"  last: {c['warnings'][-1][:400]}")
     return '\n'.join(lines)
 
 
