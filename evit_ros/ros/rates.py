@@ -34,6 +34,7 @@ MIN_INTERVALS = 8      # intervals needed before a period is trusted
 HALF_TOLERANCE = 0.2   # an interval this close to half the median-based period is a single period ...
 HALF_SHARE = 0.2       # ... and when this share of the intervals are, more than half the frames are lost
 BUNCHED = 1.0 / 3.0    # intervals under this share of the median are bunched frames, not periods
+RELEARN = 8           # intervals between two learnings of the period
 ON_GRID = 0.25         # a frame within this share of a period from the grid is on time
 RATE_WINDOW_S = 10.0   # rates are frames over (at most) this many seconds
 
@@ -49,6 +50,8 @@ class StampGaps:
         self.pauses = 0
         self.restarts = 0
         self._unjudged: list[int] = []    # intervals seen before the period was known, judged once it is
+        self._cached: float | None = None
+        self._since_learn = 0
         self._held_ns = 0.0              # intervals summed since the last frame on the period's grid
         self._held_n = 0
 
@@ -56,6 +59,16 @@ class StampGaps:
         """The learned frame period, or None while fewer than :data:`MIN_INTERVALS` intervals are known."""
         if len(self.intervals) < MIN_INTERVALS:
             return None
+        return self._learn()
+
+    def _period_for_counting(self) -> float | None:
+        """:meth:`period_ns`, relearned every :data:`RELEARN` intervals (it runs in the subscription callback)."""
+        if self._cached is None or self._since_learn >= RELEARN:
+            self._cached, self._since_learn = self.period_ns(), 0
+        self._since_learn += 1
+        return self._cached
+
+    def _learn(self) -> float:
         a = np.fromiter(self.intervals, float, len(self.intervals))
         a = a[a >= BUNCHED * float(np.median(a))]
         period = _refine(a, float(np.median(a)))
@@ -85,7 +98,7 @@ class StampGaps:
             self._held_ns, self._held_n = 0.0, 0
             return 0
         self.intervals.append(dt)
-        period = self.period_ns()
+        period = self._period_for_counting()
         if period is None:
             self._unjudged.append(dt)
             return 0
