@@ -5,17 +5,17 @@ with the executor thread, while :mod:`evit_ros.ros.node` (the lifecycle shell) o
 :mod:`evit_ros.ros.outputs` computes and publishes what each frame's subscribers want. It imports nothing from
 rclpy, so the node's threading contract (one condition, one update lock, one stop event) reads in one place.
 
-Threading: a subscription callback (:meth:`FrameWorker.offer`) only stores the newest message in its camera's one-
-slot mailbox (:attr:`Camera.pending`) under :attr:`FrameWorker.cond` (a frame replaced before the worker took it
-is counted as dropped), so callbacks never block and nothing queues without bound. The worker thread takes every
-pending frame (a set, oldest header stamp first; frames of the same instant in an order that rotates from set to
-set, so no camera is always last), and runs the set through :class:`~evit_ros.pipeline.Segmenter` in chunks whose
-size the batching policy (:mod:`evit_ros.pipeline.batching`, from the engine's measured cost per run) chooses:
-each chunk is decoded, inferred and published (the output stage) before the next, and a frame that arrived
-meanwhile for a camera of a later chunk replaces the one taken (counted as dropped). It records each camera's
-statistics. ``outputs.*``/``drivable.*`` changes arrive through :meth:`FrameWorker.request_update` and are applied
-between chunks. Deactivate stops accepting frames, :meth:`FrameWorker.drain` waits until the frames already taken
-are published, then :meth:`FrameWorker.stop` ends the thread.
+Threading: a subscription callback (:meth:`FrameWorker.offer`) only stores the newest message in its camera's
+one-slot mailbox (:attr:`Camera.pending`) under :attr:`FrameWorker.cond` (a frame replaced before the worker took
+it is counted as dropped), so callbacks never block and nothing queues without bound. The worker thread takes
+every pending frame (a set, oldest header stamp first; frames of the same instant in an order that rotates from
+set to set, so no camera is always last), and runs the set through :class:`~evit_ros.pipeline.Segmenter` in chunks
+whose size the batching policy (:mod:`evit_ros.pipeline.batching`, from the engine's measured cost per run)
+chooses: each chunk is decoded, inferred and published (the output stage) before the next, and a frame that
+arrived meanwhile for a camera of a later chunk replaces the one taken (counted as dropped). It records each
+camera's statistics. ``outputs.*``/``drivable.*`` changes arrive through :meth:`FrameWorker.request_update` and
+are applied between chunks. Deactivate stops accepting frames, :meth:`FrameWorker.drain` waits until the frames
+already taken are published, then :meth:`FrameWorker.stop` ends the thread.
 """
 from __future__ import annotations
 
