@@ -81,8 +81,8 @@ class CameraStats:
         self.out_rate = RateWindow(RATE_WINDOW_S)
         self.gaps = StampGaps()             # frames the transport lost, from header stamp gaps (rates.py)
         self.message_lost = 0               # the DDS reader's own message_lost events (few of the losses)
-        self.output_events: Counter[str] = Counter()   # publisher-side events of the camera's outputs
-        self.output_subscribers = 0          # matched subscriptions over all outputs (matched events)
+        self.output_events: Counter[str] = Counter()   # publisher-side events of the camera's mask publisher
+        self.output_subscribers = 0          # subscriptions matched to the mask (matched events)
         self._incompatible_mark = 0
         self._missing_mark = 0
 
@@ -100,7 +100,7 @@ class CameraStats:
             self.gaps.add(stamp_ns)
 
     def on_output_event(self, kind: str, n: int) -> None:
-        """A publisher event of one of the camera's outputs: 'incompatible_qos' (count) or 'matched' (change)."""
+        """A publisher event of the camera's mask: 'incompatible_qos' (count) or 'matched' (change)."""
         with self.lock:
             if kind == 'matched':
                 self.output_subscribers += n
@@ -231,7 +231,7 @@ class CameraStats:
             msgs.append(missing_frames_message(new_missing, missing, received, self.input_qos))
         if new_incompatible > 0:
             level = max(level, WARN)
-            msgs.append(f'{new_incompatible} subscriber(s) of segmentation/{self.name}/* asked for a QoS the outputs '
+            msgs.append(f'{new_incompatible} subscriber(s) of segmentation/{self.name}/mask asked for a QoS it '
                         'do not offer (e.g. transient local or a deadline) and receive nothing: subscribe reliable or '
                         'best effort, volatile (qos.output_reliability)')
         if new_stamp_issues:

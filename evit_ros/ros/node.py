@@ -238,11 +238,10 @@ class SegmentationNode(LifecycleNode):
             cam = Camera(cam_cfg, CameraStats(cam_cfg.name, cam_cfg.subscribed_topic, self.dataset.class_names))
             _expect_period(cam)
             base = f'segmentation/{cam_cfg.name}/'
-            out_events = self._output_events(cam)
-
-            def pub(msg_type: Any, topic: str, qos: Any, events: Any = out_events) -> Any:
-                return self.create_lifecycle_publisher(msg_type, topic, qos, event_callbacks=events)
-            cam.pubs = {'mask': pub(Image, base + 'mask', out_qos),
+            pub = self.create_lifecycle_publisher
+            # the mask's publisher events are counted (each event handler is one more entity the executor
+            # waits on per spin, so not for every output; the others keep rclpy's default QoS warning)
+            cam.pubs = {'mask': pub(Image, base + 'mask', out_qos, event_callbacks=self._output_events(cam)),
                         'color_mask': pub(Image, base + 'color_mask', out_qos),
                         'overlay': pub(Image, base + 'overlay', out_qos),
                         'confidence': pub(Image, base + 'confidence', out_qos)}
@@ -384,7 +383,7 @@ class SegmentationNode(LifecycleNode):
         return callback
 
     def _output_events(self, cam: Camera) -> Any:
-        """Event callbacks of a camera's output publishers: what the publisher side can see (a subscriber with an
+        """Event callbacks of a camera's mask publisher: what the publisher side can see (a subscriber with an
         incompatible QoS, subscribers matched and unmatched), counted in the camera's diagnostics."""
         stats = cam.stats
 
