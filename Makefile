@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: venv demo test lint typecheck py310 pytest clean bench
+.PHONY: venv demo test lint typecheck py310 pytest clean bench cuda-bindings
 
 venv: $(STAMP)
 
@@ -29,7 +29,15 @@ $(STAMP): requirements.txt requirements-dev.txt tools/install_trt_stubs.sh tools
 demo: $(STAMP)
 	$(PY) -m evit_ros demo
 
-test: lint py310 typecheck pytest
+test: cuda-bindings lint py310 typecheck pytest
+
+# Real cuda-python 12.2 to 13.x, each in .compat/cuda-python-<version>/ (tests/test_cuda_python_versions.py).
+CUDA_BINDINGS_STAMP := .compat/cuda-bindings.stamp
+cuda-bindings: $(CUDA_BINDINGS_STAMP)
+
+$(CUDA_BINDINGS_STAMP): tools/cuda_python_versions.txt tools/install_cuda_bindings.sh | $(STAMP)
+	bash tools/install_cuda_bindings.sh $(PY) .compat
+	touch $@
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check evit_ros tests launch tools setup.py
