@@ -307,6 +307,8 @@ class FakeContext:
         if self.user_managed and self.device_memory is None:
             return False   # USER_MANAGED context without its activation memory
         graph = self.trt.cudart.capturing.get(int(stream_handle))
+        if graph is not None and self.trt.fail == 'execute_during_capture':
+            return False   # e.g. an op TensorRT cannot run inside a capture; cudaStreamEndCapture still succeeds
         if graph is not None:
             graph.work.append((self._run, self, self.current_shape()))
         else:
