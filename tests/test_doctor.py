@@ -1,0 +1,136 @@
+"""``evit-ros doctor``: the report here (ONNX Runtime usable, TensorRT not, with the reason), the exit code of the
+configured backend, the engine cache key against the device, and no traceback whatever is half-installed
+(a broken onnxruntime, TensorRT whose library does not load, no PyTorch, no cuda-python, and each real
+cuda-python release of ``make cuda-bindings``)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cuda_compat_support as compat
+import doctor_support
+import pytest
+from trt_fakes import GPU_CC, GPU_MEM_MB, GPU_NAME, GPU_SMS, FakeCudart, rtx
+
+from evit_ros.backends import doctor
+from evit_ros.config import load_config
+from evit_ros.device import cuda_runtime, identity
+from evit_ros.export import engine_cache
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(tmp_path: Path, *args: str, pythonpath: tuple[Path, ...] = (), prelude: str = '',
+         env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = tmp_path / 'doctor.json'
+    code = prelude + doctor_support.doctor_code(out, *args)
+    path = ':'.join([*map(str, pythonpath), str(REPO)])
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=180, cwd=tmp_path,
+                          env={**os.environ, 'PYTHONPATH': path, **(env or {})})
+    return proc, out
+
+
+def _params(tmp_path: Path, **backend: str) -> Path:
+    lines = ''.join(f'      {k}: "{v}"\n' for k, v in backend.items())
+    p = tmp_path / 'params.yaml'
+    p.write_text(f'evit_segmentation:\n  ros__parameters:\n    backend:\n{lines}')
+    return p
+
+
+def test_here_onnxruntime_is_usable_and_tensorrt_is_not_with_the_reason(tmp_path: Path) -> None:
+    proc, out = _run(tmp_path)
+    report = doctor_support.checked_report(proc, out, exit_code=0)
+    assert report['backends']['onnxruntime']['usable'] and report['config']['backend'] == 'onnxruntime'
+    trt = report['backends']['tensorrt']
+    assert not trt['usable'] and 'driver' in trt['reason']
+    assert report['cuda']['driver_usable'] is False and 'driver' in report['cuda']['reason']
+    assert report['gpu']['found'] is False and report['gpu']['reason']
+    assert report['python']['numpy'] and report['python']['opencv']
+    assert report['ros']['distro'] and report['ros']['rclpy']   # found without importing rclpy
+    assert 'backends:' in proc.stdout and 'verdict:' in proc.stdout
+
+
+def test_configured_tensorrt_without_an_engine_exits_3(tmp_path: Path) -> None:
+    params = _params(tmp_path, type='tensorrt', engine_path=str(tmp_path / 'missing.engine'), precision='fp16')
+    proc, out = _run(tmp_path, '--params-file', str(params))
+    report = doctor_support.checked_report(proc, out, exit_code=3)
+    engine = report['engines'][0]
+    assert engine['role'] == 'engine' and engine['exists'] is False and engine['cache_key_matches'] is False
+    assert 'not usable' in report['verdict']['reason']
+
+
+@pytest.mark.skipif(rtx is None, reason='needs TensorRT-RTX (requirements-dev) to stand for an installed TensorRT')
+def test_engine_cache_key_is_checked_against_this_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a (fake) GPU, an engine built for it matches; one built for another GPU does not, and exits 3."""
+    monkeypatch.setattr(cuda_runtime, 'cudart', FakeCudart())
+    gpu = identity.GpuIdentity(GPU_NAME, f'{GPU_CC[0]}.{GPU_CC[1]}', GPU_SMS, GPU_MEM_MB, identity.board_model())
+    ep = tmp_path / 'm.engine'
+    for name, usable_here in ((GPU_NAME, True), ('Other GPU', False)):
+        built_for = identity.GpuIdentity(name, gpu.compute_capability, gpu.sm_count, gpu.total_memory_mb, gpu.board)
+        fields = engine_cache.key_fields('0' * 64, str(rtx.__version__), built_for, 'fp32', {}, [])
+        engine_cache.write_engine(ep, b'engine bytes', engine_cache.make_sidecar(
+            fields, model_metadata={}, fp32_layers=[], rebuild_command='evit-ros build-engine ...'))
+        cfg = load_config(_params(tmp_path, type='tensorrt', engine_path=str(ep), precision='fp32'))
+        report = doctor.collect(cfg)
+        json.dumps(report)   # JSON-ready
+        entry = report['engines'][0]
+        assert report['backends']['tensorrt']['usable'], report['backends']['tensorrt']
+        assert entry['cache_key_matches'] is usable_here, entry
+        assert report['verdict']['usable'] is usable_here
+        assert entry['built_for']['gpu_name'] == name
+        if not usable_here:
+            assert "gpu_name: engine built for 'Other GPU'" in entry['reason']
+    assert report['gpu']['name'] == GPU_NAME and report['gpu']['sm_count'] == GPU_SMS
+
+
+def _stub(root: Path, name: str, body: str) -> Path:
+    (root / name).mkdir(parents=True)
+    (root / name / '__init__.py').write_text(body)
+    return root
+
+
+_BLOCK = """
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {blocked!r}:
+            raise ImportError(name + ' is blocked')
+        return None
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def test_broken_onnxruntime_and_unloadable_tensorrt_are_reported_not_raised(tmp_path: Path) -> None:
+    stubs = _stub(tmp_path / 'stubs', 'onnxruntime', "raise RuntimeError('onnxruntime wheel built for another "
+                                                     "numpy')\n")
+    _stub(stubs, 'tensorrt', "raise OSError('libnvinfer.so.10: cannot open shared object file')\n")
+    proc, out = _run(tmp_path, pythonpath=(stubs,))
+    report = doctor_support.checked_report(proc, out, exit_code=0)   # auto falls back to torch
+    assert not report['backends']['onnxruntime']['usable']
+    assert 'another numpy' in report['backends']['onnxruntime']['reason']
+    assert 'libnvinfer' in report['tensorrt']['error'] and 'libnvinfer' in report['backends']['tensorrt']['reason']
+    assert report['config']['backend'] == 'torch'
+
+
+def test_no_torch_no_cuda_python_and_no_exported_onnx_exits_3(tmp_path: Path) -> None:
+    """A vehicle without PyTorch whose ONNX was never exported: auto picks ONNX Runtime, which has no graph."""
+    proc, out = _run(tmp_path, prelude=_BLOCK.format(blocked={'torch', 'cuda'}),
+                     env={'EVIT_ROS_CACHE': str(tmp_path / 'empty_cache')})
+    report = doctor_support.checked_report(proc, out, exit_code=3)
+    assert report['torch']['installed'] is False
+    assert report['cuda']['cuda_python'] is None and 'cuda-python is not installed' in report['cuda']['reason']
+    assert 'PyTorch is missing' in report['verdict']['reason'] and 'backend.onnx_path' in report['verdict']['reason']
+
+
+@pytest.mark.parametrize('version', compat.versions())
+def test_doctor_under_each_real_cuda_python(tmp_path: Path, version: str) -> None:
+    out = tmp_path / 'doctor.json'
+    proc = compat.run_under(version, doctor_support.doctor_code(out), timeout=180)
+    report = doctor_support.checked_report(proc, out, exit_code=0)
+    cuda = report['cuda']
+    assert cuda['cuda_python'] == version and cuda['driver_usable'] is False and 'driver' in cuda['reason']
+    assert cuda['module'] == ('cuda.cudart' if version.startswith('12.2') else 'cuda.bindings.runtime')
+    assert not report['backends']['tensorrt']['usable'] and 'driver' in report['backends']['tensorrt']['reason']
