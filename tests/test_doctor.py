@@ -53,6 +53,16 @@ def test_here_onnxruntime_is_usable_and_tensorrt_is_not_with_the_reason(tmp_path
     assert 'backends:' in proc.stdout and 'verdict:' in proc.stdout
 
 
+def test_the_ros_facts_come_without_importing_rclpy() -> None:
+    """Only the node's room imports ROS: doctor locates rclpy and reads metadata and the environment."""
+    code = ('import sys\nfrom evit_ros.backends import doctor\nr = doctor.ros_info()\n'
+            'assert r["rclpy_location"], r\nprint("rclpy" in sys.modules, r["rmw"])\n')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60, cwd=REPO,
+                         env={**os.environ, 'PYTHONPATH': str(REPO), 'RMW_IMPLEMENTATION': 'rmw_cyclonedds_cpp'})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ['False', 'rmw_cyclonedds_cpp']
+
+
 def test_configured_tensorrt_without_an_engine_exits_3(tmp_path: Path) -> None:
     params = _params(tmp_path, type='tensorrt', engine_path=str(tmp_path / 'missing.engine'), precision='fp16')
     proc, out = _run(tmp_path, '--params-file', str(params))
