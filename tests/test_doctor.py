@@ -4,6 +4,7 @@ configured backend, the engine cache key against the device, and no traceback wh
 cuda-python release of ``make cuda-bindings``)."""
 from __future__ import annotations
 
+import enum
 import json
 import os
 import subprocess
@@ -94,6 +95,36 @@ def test_engine_cache_key_is_checked_against_this_device(tmp_path: Path, monkeyp
         if not usable_here:
             assert "gpu_name: engine built for 'Other GPU'" in entry['reason']
     assert report['gpu']['name'] == GPU_NAME and report['gpu']['sm_count'] == GPU_SMS
+
+
+def test_auto_still_shows_the_configured_engine_it_does_not_use(tmp_path: Path) -> None:
+    cfg = load_config(_params(tmp_path, type='auto', engine_path=str(tmp_path / 'b0.engine')))
+    report = doctor.collect(cfg)
+    assert report['config']['backend'] == 'onnxruntime' and report['verdict']['usable']
+    engine = report['engines'][0]
+    assert engine['role'] == 'engine' and engine['used'] is False and engine['exists'] is False
+
+
+def test_cuda_python_newer_than_the_driver_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuda-python of the wrong major: a CUDA 13 runtime on a CUDA 12.6 driver says which release to install."""
+    class Cuda13On126(FakeCudart):
+        def cudaGetDeviceCount(self):  # noqa: N802
+            return (self.cudaError_t.cudaErrorInsufficientDriver, 0)
+
+        def cudaRuntimeGetVersion(self):  # noqa: N802
+            return self._ok(13000)
+
+        def cudaDriverGetVersion(self):  # noqa: N802
+            return self._ok(12060)
+
+    # the fake's error codes plus the driver error
+    codes = {**{m.name: m.value for m in FakeCudart.cudaError_t}, 'cudaErrorInsufficientDriver': 35}
+    errors = enum.IntEnum('cudaError_t', codes)
+    monkeypatch.setattr(Cuda13On126, 'cudaError_t', errors)
+    monkeypatch.setattr(cuda_runtime, 'cudart', Cuda13On126())
+    info = doctor.cuda_info()
+    assert info['devices'] == 0 and info['runtime_version'] == '13.0' and info['driver_version'] == '12.6'
+    assert 'built for CUDA 13.0 but the driver supports CUDA 12.6: install cuda-python 12.x' in info['reason']
 
 
 def _stub(root: Path, name: str, body: str) -> Path:

@@ -149,6 +149,11 @@ def cuda_info() -> dict[str, Any]:
                 pass
     if count < 1:
         out['reason'] = why
+    runtime, driver = out.get('runtime_version'), out.get('driver_version')
+    if runtime and driver and int(driver.split('.')[0]) < int(runtime.split('.')[0]):
+        out['reason'] = (f'cuda-python {version} is built for CUDA {runtime} but the driver supports CUDA {driver}: '
+                         f'install cuda-python {driver.split(".")[0]}.x (JetPack 6: "cuda-python>=12.2,<12.3"); '
+                         f'{out.get("reason", "")}').rstrip('; ')
     return out
 
 
@@ -249,12 +254,12 @@ def engines_info(cfg: NodeConfig, kind: str, head: str, report: dict[str, Any]) 
     cache key matches this device."""
     b = cfg.backend
     entries: list[dict[str, Any]] = []
-    if kind == 'tensorrt':
-        entries.append(_guard(lambda: _engine_entry(cfg, report)))
-    if b.onnx_path and kind in ('tensorrt', 'onnxruntime'):
-        entries.append(_guard(lambda: _onnx_entry(cfg, head)))
+    if b.engine_path or kind == 'tensorrt':   # a configured engine is shown even when auto does not pick it
+        entries.append({**_guard(lambda: _engine_entry(cfg, report)), 'used': kind == 'tensorrt'})
+    if b.onnx_path:
+        entries.append({**_guard(lambda: _onnx_entry(cfg, head)), 'used': kind in ('tensorrt', 'onnxruntime')})
     if kind == 'torch' or (kind == 'onnxruntime' and not b.onnx_path):
-        entries.append(_guard(lambda: _checkpoint_entries(cfg, kind, head)))
+        entries.append({**_guard(lambda: _checkpoint_entries(cfg, kind, head)), 'used': True})
     return entries
 
 
@@ -361,6 +366,8 @@ def usable(report: dict[str, Any]) -> tuple[bool, str]:
         return False, f'backend {kind} is not usable: {state["reason"]}'
     onnx_given = bool(report['config'].get('onnx_path'))
     for entry in report['engines']:
+        if not entry.get('used'):
+            continue
         if 'error' in entry:
             return False, f'checking the files failed: {entry["error"]}'
         if entry.get('role') == 'engine' and entry.get('cache_key_matches') is False and not onnx_given:
