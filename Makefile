@@ -51,10 +51,10 @@ bench: $(STAMP)
 
 # What the README's and docs' commands write into the checkout (the same names as in .gitignore), build
 # outputs and caches; engines/ keeps its README. The venv stays (`rm -rf .venv` for a fresh one).
-README_OUTPUTS := .cache_evit drive drive1 drive2 calib heldout masks predictions cs_predictions eval_report \
+README_OUTPUTS := .cache_evit first_hour drive drive1 drive2 calib heldout masks predictions cs_predictions eval_report \
 	live_report fleet_report rep_ray eval_masks.mcap b0_fp32.onnx b0_int8.onnx bench.json node_bench.json \
 	heads_bench.json int8_vs_fp32.json verify_fp16.json
 
 clean:
 	rm -rf build install log .pytest_cache .mypy_cache .ruff_cache demo_out $(README_OUTPUTS)
-	find engines -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+	[ ! -d engines ] || find engines -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitignore -exec rm -rf {} +

@@ -257,11 +257,15 @@ def _write_pictures(seg: Any, ds: Any, out: Path) -> tuple[list[str], str]:
             src = ds.root / 'images' / cam.name / f'{i:06d}.png'
             if not src.is_file():
                 continue
-            rgb = cv2.cvtColor(cv2.imread(str(src), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-            if cam.transport == 'compressed':
-                ok, jpg = cv2.imencode('.jpg', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                                       [cv2.IMWRITE_JPEG_QUALITY, ds.jpeg_quality])
-                rgb = cv2.cvtColor(cv2.imdecode(jpg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            bgr = cv2.imread(str(src), cv2.IMREAD_COLOR)
+            if bgr is None:
+                continue
+            if cam.transport == 'compressed':   # what the node receives: the bag's JPEG at its quality
+                _, jpg = cv2.imencode('.jpg', bgr, [cv2.IMWRITE_JPEG_QUALITY, ds.jpeg_quality])
+                bgr = cv2.imdecode(jpg, cv2.IMREAD_COLOR)
+            if bgr is None:
+                continue
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             res = seg.process([rgb], want_color=False, want_overlay=True)[0]
             ovl = np.array(res.overlay)
             p = folder / f'{cam.name}_{i:06d}.png'
