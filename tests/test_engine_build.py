@@ -488,8 +488,9 @@ class _Trt86:
                 self.profiles.append(profile)
                 return 0
 
-            def set_calibration_profile(self, profile: Any) -> None:
+            def set_calibration_profile(self, profile: Any) -> bool:
                 self.calibration_profile = profile
+                return True
 
         class B:
             logger = real.logger
