@@ -38,7 +38,8 @@ def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(('version', 'major'), [(v, m) for v, _req, m in versions()])
-def test_tensorrt_code_against_the_real_bindings(version: str, major: int, onnx_dir: Path, tmp_path: Path) -> None:
+def test_tensorrt_code_against_the_real_bindings(version: str, major: int, tmp_path: Path,
+                                                 request: pytest.FixtureRequest) -> None:
     if not (bindings_dir(version) / 'tensorrt_bindings' / '__init__.py').is_file():
         msg = (f'the TensorRT {version} bindings are not installed in {bindings_dir(version)}: run `make trt-bindings` '
                f'(or set {OPTIONAL_ENV}=optional to skip)')
@@ -48,7 +49,7 @@ def test_tensorrt_code_against_the_real_bindings(version: str, major: int, onnx_
     if shutil.which('cc') is None:
         pytest.fail('the stub TensorRT libraries need a C compiler (`cc`): apt-get install gcc')
     env = bindings_env(version, build_stub_libs(tmp_path / 'stub', major))
-    env['EVIT_TRT_ONNX_DIR'] = str(onnx_dir)
+    env['EVIT_TRT_ONNX_DIR'] = str(request.getfixturevalue('onnx_dir'))   # exported once the bindings are there
     out = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '--rootdir', str(REPO),
                           '--basetemp', str(tmp_path / 'inner'), str(REPO / 'tests' / 'trt_bindings_checks.py')],
                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
