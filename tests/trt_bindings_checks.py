@@ -121,8 +121,8 @@ def test_numpy_dtypes_of_the_release_data_types() -> None:
 class Chain:
     """Builder -> network/parser/config/profiles/timing cache; Runtime -> engine/inspector/context."""
 
-    def __init__(self, fp32_outputs: bool = True, base: Any = trt) -> None:
-        self.fp32_outputs = fp32_outputs
+    def __init__(self, fp32_outputs: bool = True, base: Any = trt, dla_cores: int = 0) -> None:
+        self.fp32_outputs, self.dla_cores = fp32_outputs, dla_cores
         self.builders: list[Spec] = []
         self.profiles: list[Spec] = []
         self.config: Spec | None = None
@@ -138,7 +138,7 @@ class Chain:
                                     'create_builder_config': self.create_config,
                                     'create_optimization_profile': self.create_profile,
                                     'build_serialized_network': lambda net, cfg: b'serialized plan'},
-                 num_DLA_cores=0, logger=logger)
+                 num_DLA_cores=self.dla_cores, logger=logger)
         self.builders.append(b)
         return b
 
@@ -263,6 +263,17 @@ def test_a_pinned_layer_built_in_fp16_fails_the_build(tmp_path: Path) -> None:
     with pytest.raises(EngineBuildError, match='FP32-pinned attention layers in lower precision'):
         _build(chain, 'dyn.onnx', tmp_path, 'fp16', opt_batch=1)
     assert not (tmp_path / 'fp16.engine').exists()
+
+
+def test_a_dla_build_sets_the_device_and_gpu_fallback(tmp_path: Path) -> None:
+    chain = Chain(dla_cores=2)
+    res = _build(chain, 'dyn.onnx', tmp_path, 'fp16', opt_batch=1, dla_core=1)
+    config = chain.config
+    assert config is not None
+    assert config.called('default_device_type=') == [(trt.DeviceType.DLA,)] and config.called('DLA_core=') == [(1,)]
+    assert 'GPU_FALLBACK' in [f.name for (f,) in config.called('set_flag')] and 'DLA1' in res.builder_flags
+    with pytest.raises(EngineError, match='dla_core=2 but this device has 2 DLA cores'):
+        _build(Chain(dla_cores=2), 'dyn.onnx', tmp_path, 'fp16', opt_batch=1, dla_core=2)
 
 
 @pytest.mark.skipif(MAJOR < 10, reason='TensorRT >= 10 only')
