@@ -40,6 +40,15 @@ def test_this_is_the_real_release_and_a_builder_needs_a_gpu() -> None:
         trt.Builder(trt.Logger(trt.Logger.WARNING))
 
 
+def test_the_code_finds_the_bindings_and_says_why_they_are_unusable_here() -> None:
+    """Only the bindings wheel installed (no ``tensorrt`` front end): found, and unusable without a GPU."""
+    from evit_ros.backends.tensorrt_backend import tensorrt_available
+    from evit_ros.export.tensorrt_build import import_tensorrt
+    assert import_tensorrt() is trt
+    usable, why = tensorrt_available()
+    assert not usable and why.startswith(f'tensorrt_bindings {VERSION} imports but ')
+
+
 # ---------------------------------------------------------------------------------------------------------
 # precision plan and network creation flags (issue 21 item 4)
 

@@ -83,7 +83,9 @@ class BuildResult:
 
 
 def import_tensorrt(trt_module: Any = None) -> Any:
-    """The TensorRT module: ``trt_module`` if given, else ``tensorrt``, else ``tensorrt_rtx_bindings``.
+    """The TensorRT module: ``trt_module`` if given, else ``tensorrt``, else ``tensorrt_bindings`` (what the
+    ``tensorrt`` front-end package re-exports, installed alone by the ``tensorrt-*-bindings`` wheels), else
+    ``tensorrt_rtx_bindings``.
 
     A directory named ``tensorrt`` holding only type stubs imports as an empty namespace package, so a
     module counts only if it has ``Builder``.
@@ -91,7 +93,7 @@ def import_tensorrt(trt_module: Any = None) -> Any:
     if trt_module is not None:
         return trt_module
     errors = []
-    for name in ('tensorrt', 'tensorrt_rtx_bindings'):
+    for name in ('tensorrt', 'tensorrt_bindings', 'tensorrt_rtx_bindings'):
         try:
             mod = __import__(name)
         except ImportError as exc:
