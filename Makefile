@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: venv demo test lint typecheck py310 pytest clean bench
+.PHONY: venv demo test lint typecheck py310 pytest clean bench trt-bindings
 
 venv: $(STAMP)
 
@@ -29,7 +29,7 @@ $(STAMP): requirements.txt requirements-dev.txt tools/install_trt_stubs.sh tools
 demo: $(STAMP)
 	$(PY) -m evit_ros demo
 
-test: lint py310 typecheck pytest
+test: lint py310 typecheck trt-bindings pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check evit_ros tests launch tools setup.py
@@ -45,6 +45,15 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	@echo "[pytest] about 4-5 min on 2 idle cores (up to 10 when busy); each test has a 300 s deadline"
 	$(PY) -m pytest -q --durations=15 tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
+
+# The real TensorRT bindings (8.6 .. 11.x, ~1 MB each) that tests/test_trt_bindings.py imports, one per
+# interpreter, into .compat/ (never the venv); about 5 s, under 1 s from pip's cache, nothing once stamped.
+TRT_BINDINGS_STAMP := .compat/tensorrt-bindings.stamp
+trt-bindings: $(TRT_BINDINGS_STAMP)
+
+$(TRT_BINDINGS_STAMP): tools/trt_bindings_versions.txt tools/install_trt_bindings.sh | $(STAMP)
+	bash tools/install_trt_bindings.sh $(PY) .compat
+	touch $@
 
 bench: $(STAMP)
 	$(PY) -m evit_ros bench --model efficientvit-seg-b0-cityscapes --backend onnxruntime --height 512 --width 1024 --json bench.json
