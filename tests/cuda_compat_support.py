@@ -17,6 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 VERSIONS_FILE = REPO / 'tools' / 'cuda_python_versions.txt'
 COMPAT = REPO / '.compat'
+OPTIONAL_ENV = 'EVIT_CUDA_BINDINGS'   # 'optional': skip (not fail) when `make cuda-bindings` has not run
 
 
 def versions() -> list[str]:
@@ -29,7 +30,10 @@ def target(version: str) -> Path:
     """The folder of one release; a test FAILS (never skips) when it is missing, naming the command."""
     path = COMPAT / f'cuda-python-{version}'
     if not (path / '.installed').is_file():
-        pytest.fail(f'{path} is missing: run `make cuda-bindings` (make test runs it first)')
+        msg = f'{path} is missing: run `make cuda-bindings` (make test runs it; or set {OPTIONAL_ENV}=optional to skip)'
+        if os.environ.get(OPTIONAL_ENV) == 'optional':
+            pytest.skip(msg)
+        pytest.fail(msg)
     return path
 
 

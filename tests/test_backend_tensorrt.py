@@ -409,7 +409,7 @@ def test_tensorrt_available_reports_the_reason(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(cuda_runtime, 'cudart', None)
     ok, why = tensorrt_available(trt_module=rtx or FakeTRT)
     assert not ok and 'cuda-python is not installed' in why
-    for name in ('tensorrt', 'tensorrt_rtx_bindings'):
+    for name in ('tensorrt', 'tensorrt_bindings', 'tensorrt_rtx_bindings'):
         monkeypatch.setitem(sys.modules, name, None)   # makes `import name` raise ImportError
     ok, why = tensorrt_available()
     assert not ok and 'not importable' in why

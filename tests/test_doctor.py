@@ -14,6 +14,7 @@ from pathlib import Path
 import cuda_compat_support as compat
 import doctor_support
 import pytest
+import trt_bindings_support
 from trt_fakes import GPU_CC, GPU_MEM_MB, GPU_NAME, GPU_SMS, FakeCudart, rtx
 
 from evit_ros.backends import doctor
@@ -175,3 +176,30 @@ def test_doctor_under_each_real_cuda_python(tmp_path: Path, version: str) -> Non
     assert cuda['cuda_python'] == version and cuda['driver_usable'] is False and 'driver' in cuda['reason']
     assert cuda['module'] == ('cuda.cudart' if version.startswith('12.2') else 'cuda.bindings.runtime')
     assert not report['backends']['tensorrt']['usable'] and 'driver' in report['backends']['tensorrt']['reason']
+
+
+# each TensorRT release of `make trt-bindings` with the cuda-python of the JetPack that ships it
+TRT_WITH_CUDA = {'8.6.1': '12.2.1', '10.3.0': '12.6.2.post1', '10.13.3.9': '13.0.3', '11.4.0.106': '13.4.4'}
+
+
+@pytest.mark.parametrize('trt_version,major', [(v, m) for v, _req, m in trt_bindings_support.versions()])
+def test_doctor_under_each_real_tensorrt_release(tmp_path: Path, trt_version: str, major: int) -> None:
+    """The real bindings (stub libnvinfer, no GPU) with a real cuda-python: TensorRT imports, its build path is
+    named, and the backend is unusable with the driver as the reason, without a traceback."""
+    if not (trt_bindings_support.bindings_dir(trt_version) / 'tensorrt_bindings').is_dir():
+        pytest.fail(f'run `make trt-bindings`: {trt_bindings_support.bindings_dir(trt_version)} is missing')
+    env = trt_bindings_support.bindings_env(trt_version, trt_bindings_support.build_stub_libs(tmp_path / 'stub',
+                                                                                             major))
+    cuda = TRT_WITH_CUDA.get(trt_version, compat.versions()[-1])
+    out = tmp_path / 'doctor.json'
+    proc = compat.run_under(cuda, doctor_support.doctor_code(out), timeout=180,
+                            env={k: env[k] for k in ('LD_LIBRARY_PATH', 'EVIT_TRT_REAL_VERSION')} |
+                            {'PYTHONPATH': env['PYTHONPATH']})
+    report = doctor_support.checked_report(proc, out, exit_code=0)
+    trt = report['tensorrt']
+    assert trt['installed'] and trt['module'] == 'tensorrt_bindings' and trt['version'] == trt_version, trt
+    assert trt['strong_typing'] == {8: 'never', 10: 'flag', 11: 'always'}[major]
+    assert trt['implicit_int8'] is (major == 8) and 'fp16' in trt['build_paths']
+    assert report['cuda']['cuda_python'] == cuda
+    assert not report['backends']['tensorrt']['usable'] and 'driver' in report['backends']['tensorrt']['reason']
+

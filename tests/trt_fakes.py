@@ -240,6 +240,13 @@ class ExecutionContextAllocationStrategy(enum.Enum):
 
 
 class FakeEngine:
+    """``ICudaEngine``. The members each fake models are checked against every real TensorRT release CI has
+    (tests/trt_bindings_checks.py): ``PROPERTIES`` besides the methods, ``SINCE`` the first major that
+    has a member, ``FAKE_ONLY`` the test helpers."""
+
+    PROPERTIES = ('num_io_tensors', 'device_memory_size_v2')
+    SINCE = {'device_memory_size_v2': 10}
+    FAKE_ONLY: tuple[str, ...] = ()
     device_memory_size_v2 = 1 << 16
 
     def __init__(self, trt: FakeTRT, tensors: list[tuple[str, TensorIOMode, tuple[int, ...], DataType]],
@@ -269,13 +276,19 @@ class FakeEngine:
     def create_execution_context(self, strategy: Any = None) -> FakeContext | None:
         if self.trt.fail == 'create_execution_context':
             return None
-        ctx = FakeContext(self, user_managed=strategy == ExecutionContextAllocationStrategy.USER_MANAGED)
+        # by name: the backend passes the strategy of the TensorRT module it was given (real or this fake's)
+        ctx = FakeContext(self, user_managed=getattr(strategy, 'name', None) == 'USER_MANAGED')
         self.trt.contexts.append(ctx)
         return ctx
 
 
 class FakeContext:
-    """Runs the exported ONNX with ONNX Runtime on the tensors found at the addresses it was given."""
+    """``IExecutionContext``: runs the exported ONNX with ONNX Runtime on the tensors found at the addresses
+    it was given."""
+
+    PROPERTIES: tuple[str, ...] = ()
+    SINCE = {'set_device_memory': 10}
+    FAKE_ONLY = ('current_shape',)
 
     def __init__(self, engine: FakeEngine, user_managed: bool = False) -> None:
         self.engine, self.trt = engine, engine.trt
@@ -341,6 +354,10 @@ class FakeContext:
 
 
 class FakeRuntime:
+    PROPERTIES: tuple[str, ...] = ()
+    SINCE: dict[str, int] = {}
+    FAKE_ONLY: tuple[str, ...] = ()
+
     def __init__(self, trt: FakeTRT) -> None:
         self.trt = trt
 

@@ -35,7 +35,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 MODEL = 'efficientvit-seg-b0-cityscapes'
-HEAD = 'labels+logits'
 
 
 def _part(results: dict[str, Any], name: str, fn: Callable[[], dict[str, Any]]) -> None:
@@ -173,6 +172,7 @@ def check_torch(device: str, frames_n: int, height: int, width: int, iters: int,
     from evit_ros.backends import resolve_checkpoint
     from evit_ros.backends.torch_backend import TorchBackend
     from evit_ros.config import ModelConfig
+    from evit_ros.contract import NODE_HEAD as HEAD
     from evit_ros.model import ops
     out: dict[str, Any] = {'torch': torch.__version__, 'torch_cuda': torch.version.cuda, 'device': device,
                            'size': [height, width], 'frames': frames_n, 'model': MODEL}

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from evit_ros import contract
 from evit_ros.config import NodeConfig
 
 log = logging.getLogger(__name__)
@@ -175,13 +176,17 @@ def gpu_info() -> dict[str, Any]:
 def tensorrt_info(devices: int) -> dict[str, Any]:
     from evit_ros.errors import EvitError
     from evit_ros.export.tensorrt_build import import_tensorrt
-    from evit_ros.export.tensorrt_precision import plan_precision, trt_version
+    from evit_ros.export.tensorrt_precision import plan_precision, strong_typing, trt_version
     try:
         trt = import_tensorrt()
     except Exception as exc:   # noqa: BLE001 - TensorRT without libnvinfer may raise OSError, not ImportError
         return {'installed': False, 'error': _describe(exc)}
     out: dict[str, Any] = {'installed': True, 'module': getattr(trt, '__name__', 'tensorrt'),
                            'version': trt_version(trt)}
+    try:   # 'always' (>= 11, RTX), 'flag' (STRONGLY_TYPED opts in: 9/10), 'never' (8.6)
+        out['strong_typing'] = strong_typing(trt)
+    except Exception as exc:   # noqa: BLE001
+        out['strong_typing'] = f'unknown: {_describe(exc)}'
     plans: dict[str, str] = {}
     for label, precision, qdq in (('fp32', 'fp32', False), ('fp16', 'fp16', False), ('int8_qdq', 'int8', True),
                                   ('int8_calibrated', 'int8', False)):
@@ -335,11 +340,12 @@ def _checkpoint_entries(cfg: NodeConfig, kind: str, head: str) -> dict[str, Any]
 
 # -- the whole report ----------------------------------------------------------------------------
 
-def collect(cfg: NodeConfig | None = None, *, head: str = 'labels+logits', params_file: str | None = None
+def collect(cfg: NodeConfig | None = None, *, head: str | None = None, params_file: str | None = None
             ) -> dict[str, Any]:
     """The report (JSON-ready). ``cfg``: the node configuration (``None``: the defaults, backend ``auto``);
-    ``head``: the outputs the node asks for (the engine/ONNX files depend on it)."""
+    ``head``: the outputs the node asks for (default the node's, ``contract.NODE_HEAD``; the files depend on it)."""
     cfg = cfg or NodeConfig()
+    head = head or contract.NODE_HEAD
     report: dict[str, Any] = {'python': _guard(python_info), 'ros': _guard(ros_info),
                               'onnxruntime': _guard(onnxruntime_info), 'torch': _guard(torch_info),
                               'cuda': _guard(cuda_info), 'gpu': _guard(gpu_info)}

@@ -21,9 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from evit_ros.backends import doctor
     from evit_ros.config import load_config
-    from evit_ros.ros.outputs import NODE_HEAD
     cfg = load_config(args.params_file) if args.params_file else None
-    report = doctor.collect(cfg, head=NODE_HEAD, params_file=args.params_file)
+    report = doctor.collect(cfg, params_file=args.params_file)
     print(doctor.render(report), flush=True)
     if args.json:
         out = Path(args.json)

@@ -87,7 +87,38 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             o[key] = val
     if (args.model or args.checkpoint or args.height or args.width) and not args.onnx:
         o['backend.onnx_path'] = ''   # the YAML's graph holds other weights or sizes: export these instead
+    if args.onnx:
+        o.update(onnx_overrides(args.onnx, args.height, args.width, args.model))
     return o
+
+
+def onnx_overrides(onnx: str, height: int, width: int, model: str) -> dict[str, Any]:
+    """What ``--onnx`` says about itself: input size and model from its metadata (the head is read by the backend).
+
+    Given ``--height``/``--width`` must agree with the graph; the error names eval's own flags.
+    """
+    from evit_ros import contract
+    from evit_ros.backends import read_onnx_metadata  # type: ignore[attr-defined,unused-ignore]
+    if not Path(onnx).is_file():
+        raise ConfigError(f'--onnx {onnx} does not exist; pass an ONNX exported by `evit-ros export`, or drop '
+                          '--onnx to export one from --model/--checkpoint')
+    meta = read_onnx_metadata(onnx)
+    out: dict[str, Any] = {}
+    size = meta.get(contract.META_INPUT_SIZE, '')
+    if size:
+        gh, gw = (int(v) for v in size.split('x'))
+        if (height and height != gh) or (width and width != gw):
+            raise ConfigError(f'--onnx {onnx} takes {size} frames, but --height {height or gh} --width {width or gw} '
+                              f'were given; drop --height/--width (eval reads the size from the graph) or re-export '
+                              f'the graph with `evit-ros export --height {height or gh} --width {width or gw}`')
+        out['input.height'], out['input.width'] = gh, gw
+    elif not (height and width):
+        raise ConfigError(f'--onnx {onnx} has no {contract.META_INPUT_SIZE} metadata (not exported by '
+                          '`evit-ros export`); pass --height and --width')
+    name = meta.get(contract.META_MODEL, '')
+    if name and not model:
+        out['model.name'] = name
+    return out   # the head: the backend reads the graph's own (evit.head), as the node does
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -162,7 +193,9 @@ def run(args: argparse.Namespace) -> int:
     if backend == 'auto' and not args.live:   # the header names the runtime that runs, not 'auto'
         from evit_ros.backends import choose_auto
         backend = choose_auto(cfg.backend)[0]
-    meta: dict[str, Any] = {'model': cfg.model.name, 'backend': backend,
+    from evit_ros.backends import describe_weights  # type: ignore[attr-defined,unused-ignore]
+    meta: dict[str, Any] = {'model': cfg.model.name, 'weights': describe_weights(cfg.model, cfg.backend.onnx_path),
+                            'backend': backend,
                             'input': f'{cfg.input.height}x{cfg.input.width}',
                             'params_file': args.params_file or '(defaults)', 'mode': 'live' if args.live else 'offline'}
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from evit_ros.errors import DataError
-from evit_ros.eval.scoring import EvalState
+from evit_ros.eval.scoring import EvalState, default_palette
 from evit_ros.fileio import replace_atomically
 
 PLOTS = ('per_class_iou.png', 'latency_hist.png', 'confusion_matrix.png', 'samples.png')
@@ -164,7 +164,8 @@ def _save(fig: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_plots(out: Path, state: EvalState, report: dict[str, Any], class_names: Sequence[str]) -> None:
+def write_plots(out: Path, state: EvalState, report: dict[str, Any], class_names: Sequence[str],
+                palette: np.ndarray | None = None) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -176,9 +177,11 @@ def write_plots(out: Path, state: EvalState, report: dict[str, Any], class_names
     present = [i for i, v in enumerate(iou) if v is not None]
     absent = [i for i, v in enumerate(iou) if v is None]
     ax.bar(present, [100.0 * iou[i] for i in present], color='tab:blue', label='IoU of a class present')
-    if absent:   # drawn full height and hatched, so an absent class is visible and not mistaken for IoU 0
-        ax.bar(absent, [100.0] * len(absent), color='none', edgecolor='lightgray', hatch='//',
-               label='absent: no ground-truth or predicted pixel')
+    if absent:   # no bar (a bar reads as a value): a gray cross on the axis and the word "absent" above it
+        ax.plot(absent, [0.0] * len(absent), linestyle='none', marker='x', color='gray', clip_on=False,
+                label='absent: no ground-truth or predicted pixel (not scored)')
+        for i in absent:
+            ax.text(i, 2.0, 'absent', rotation=90, ha='center', va='bottom', fontsize=7, color='gray')
     ax.set_xticks(range(n), names, rotation=60, ha='right', fontsize=8)
     ax.set_ylabel('IoU %')
     ax.set_ylim(0, 118)                      # room for the legend above the 100 % bars
@@ -189,20 +192,7 @@ def write_plots(out: Path, state: EvalState, report: dict[str, Any], class_names
     _save(fig, out / 'per_class_iou.png')
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for stage in state.latency.stages:
-        mids, counts = state.latency.histogram(stage)
-        if mids.size:
-            ax.hist(mids, bins=40, weights=counts, alpha=0.5, label=stage)
-    ax.set_xlabel('ms')
-    ax.set_ylabel('frames')
-    ax.set_title('latency per stage')
-    if state.latency.stages:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, out / 'latency_hist.png')
-    plt.close(fig)
-
+    _latency_plot(plt, out / 'latency_hist.png', state)
     m = state.cm.matrix.astype(np.float64)
     rows = m.sum(axis=1, keepdims=True)
     norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
@@ -218,7 +208,48 @@ def write_plots(out: Path, state: EvalState, report: dict[str, Any], class_names
     _save(fig, out / 'confusion_matrix.png')
     plt.close(fig)
 
-    _write_samples(out / 'samples.png', state.samples)
+    _write_samples(out / 'samples.png', state.samples, names, default_palette(n) if palette is None else palette)
+
+
+LOG_X_RATIO = 10.0   # the latency plot uses a log x axis when the stages' p50s differ by more than this factor
+
+
+def _latency_plot(plt: Any, path: Path, state: EvalState) -> None:
+    """One step histogram per stage, with its p50 (solid) and p95 (dashed) marked in the stage's colour.
+
+    Stages that differ by orders of magnitude (decode ~1 ms beside end to end ~100 ms) share a log x axis, so the
+    small ones do not hide in one bar near 0.
+    """
+    lat = state.latency
+    stages = [st for st in lat.stages if lat.count(st)]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if not stages:
+        ax.text(0.5, 0.5, 'no latency recorded (no frame was processed)', ha='center', va='center')
+        ax.axis('off')
+    else:
+        p50s = [max(lat.percentile(st, 50), 1e-3) for st in stages]
+        log_x = max(p50s) / min(p50s) > LOG_X_RATIO
+        lo = max(min(lat.percentile(st, 0) for st in stages), 1e-3)
+        hi = max(lat.percentile(st, 100) for st in stages)
+        edges = np.geomspace(lo, max(hi, lo * 1.01), 60) if log_x else np.linspace(0.0, max(hi, 1e-3), 60)
+        for k, st in enumerate(stages):
+            mids, counts = lat.histogram(st)
+            color = f'C{k % 10}'
+            p50, p95 = lat.percentile(st, 50), lat.percentile(st, 95)
+            ax.hist(np.clip(mids, edges[0], edges[-1]), bins=edges, weights=counts, histtype='step', linewidth=1.5,
+                    color=color, label=f'{st}: p50 {p50:.1f}, p95 {p95:.1f} ms (n={lat.count(st)})')
+            ax.axvline(p50, color=color, linestyle='-', linewidth=1)
+            ax.axvline(p95, color=color, linestyle='--', linewidth=1)
+        if log_x:
+            ax.set_xscale('log')
+        ax.set_xlabel('ms' + (' (log scale)' if log_x else ''))
+        ax.set_ylabel('frames')
+        ax.legend(fontsize=7, loc='upper right')
+        ax.set_title('latency per stage: p50 solid, p95 dashed' if len(stages) > 1
+                     else f'latency ({stages[0]}): p50 solid, p95 dashed')
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
 
 
 def sample_strip(smp: dict[str, Any]) -> np.ndarray:
@@ -232,11 +263,24 @@ def sample_strip(smp: dict[str, Any]) -> np.ndarray:
     return np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
 
 
-def _write_samples(path: Path, samples: Sequence[dict[str, Any]]) -> None:
+def sample_classes(samples: Sequence[dict[str, Any]], palette: np.ndarray, n: int) -> list[int]:
+    """Class ids whose colour appears in the samples' ground truth or prediction panels (for the legend)."""
+    seen: set[tuple[int, int, int]] = set()
+    for smp in samples:
+        for key in ('gt', 'pred'):
+            if smp.get(key):
+                px = np.frombuffer(smp[key], np.uint8).reshape(-1, 3)
+                seen.update(map(tuple, np.unique(px, axis=0).tolist()))
+    return [i for i in range(n) if tuple(int(v) for v in palette[i]) in seen]
+
+
+def _write_samples(path: Path, samples: Sequence[dict[str, Any]], names: Sequence[str] = (),
+                   palette: np.ndarray | None = None) -> None:
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
     shown = [s for s in samples if s.get('image')]
     rows_n = max(1, len(shown))
-    fig, axes = plt.subplots(rows_n, 1, figsize=(9, 2.2 * rows_n), squeeze=False)
+    fig, axes = plt.subplots(rows_n, 1, figsize=(9, 2.2 * rows_n + 0.8), squeeze=False)
     for ax in axes.ravel():
         ax.axis('off')
     if not shown:
@@ -245,6 +289,12 @@ def _write_samples(path: Path, samples: Sequence[dict[str, Any]]) -> None:
         ax.imshow(sample_strip(smp))
         gt = '' if smp.get('gt') else ' (no ground truth)'
         ax.set_title(f'{smp["camera"]} {smp["stamp_ns"]}: image | ground truth{gt} | prediction', fontsize=8)
-    fig.tight_layout()
+    if palette is not None and names:   # the class colours, for the classes the panels show
+        ids = sample_classes(shown, palette, len(names))
+        handles = [Patch(facecolor=palette[i] / 255.0, edgecolor='black', linewidth=0.5, label=names[i]) for i in ids]
+        if handles:
+            fig.legend(handles=handles, loc='lower center', ncol=min(len(handles), 7), fontsize=7, frameon=False)
+    legend_h = 0.7 / (2.2 * rows_n + 0.8) if palette is not None and names else 0.0   # ~0.7 inch for 3 rows
+    fig.tight_layout(rect=(0, legend_h, 1, 1))
     _save(fig, path)
     plt.close(fig)

@@ -29,10 +29,11 @@ class PipelineFactory:
 
     def __call__(self) -> Any:
         from evit_ros.backends import create_backend  # type: ignore[attr-defined,unused-ignore]
+        from evit_ros.contract import NODE_HEAD
         from evit_ros.datasets import dataset_for_model
         from evit_ros.pipeline import Segmenter
         cfg = self.config
-        backend = create_backend(cfg.backend, model=cfg.model, input_cfg=cfg.input, head='labels+confidence',
+        backend = create_backend(cfg.backend, model=cfg.model, input_cfg=cfg.input, head=NODE_HEAD,
                                  logger=LOG)
         backend.load()
         return Segmenter(backend, input_cfg=cfg.input, outputs=cfg.outputs, drivable=cfg.drivable,
