@@ -340,12 +340,11 @@ def _checkpoint_entries(cfg: NodeConfig, kind: str, head: str) -> dict[str, Any]
 
 # -- the whole report ----------------------------------------------------------------------------
 
-def collect(cfg: NodeConfig | None = None, *, head: str | None = None, params_file: str | None = None
+def collect(cfg: NodeConfig | None = None, *, head: str = contract.NODE_HEAD, params_file: str | None = None
             ) -> dict[str, Any]:
     """The report (JSON-ready). ``cfg``: the node configuration (``None``: the defaults, backend ``auto``);
     ``head``: the outputs the node asks for (default the node's, ``contract.NODE_HEAD``; the files depend on it)."""
     cfg = cfg or NodeConfig()
-    head = head or contract.NODE_HEAD
     report: dict[str, Any] = {'python': _guard(python_info), 'ros': _guard(ros_info),
                               'onnxruntime': _guard(onnxruntime_info), 'torch': _guard(torch_info),
                               'cuda': _guard(cuda_info), 'gpu': _guard(gpu_info)}
