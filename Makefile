@@ -70,7 +70,7 @@ bench: $(STAMP)
 # outputs and caches; engines/ keeps its README. The venv stays (`rm -rf .venv` for a fresh one).
 README_OUTPUTS := .cache_evit first_hour drive drive1 drive2 calib heldout masks predictions cs_predictions eval_report \
 	live_report fleet_report rep_ray eval_masks.mcap b0_fp32.onnx b0_int8.onnx bench.json node_bench.json \
-	heads_bench.json int8_vs_fp32.json verify_fp16.json
+	heads_bench.json int8_vs_fp32.json verify_fp16.json doctor.json gpu_check_out
 
 clean:
 	rm -rf build install log .pytest_cache .mypy_cache .ruff_cache demo_out $(README_OUTPUTS)
