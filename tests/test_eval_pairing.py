@@ -337,3 +337,19 @@ def test_an_unreachable_or_silent_ray_address_ends_within_the_bound_with_one_lin
         silent.close()
     assert main([*base[:-2], '--task-cpus', 'nan']) == 1
     assert '--task-cpus nan is not valid' in capsys.readouterr().err
+
+
+def test_the_next_run_removes_what_a_killed_run_left_next_to_its_outputs(tmp_path, capsys) -> None:
+    from evit_ros.cli.main import main
+    bag = write_bag(tmp_path / 'bag', [{'topic': '/front/image_raw', 'stamp': T0, 'rgb': frame(0)}])
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()
+    stale = tmp_path / f'.masks.partial-{dead.pid}'          # what a SIGKILLed run's --out-bag staging looks like
+    mine = tmp_path / f'.masks.partial-{os.getpid()}'        # a live run's: kept
+    for d in (stale, mine):
+        (d / 'part').mkdir(parents=True)
+    rc = main(['eval', '--bag', str(bag), '--image-topic', '/front/image_raw', '--out-bag', str(tmp_path / 'masks'),
+               '--report', str(tmp_path / 'r'), '--backend', 'onnxruntime', '--onnx', str(tmp_path / 'no.onnx'),
+               '--no-progress'])
+    assert rc == 1 and 'Traceback' not in capsys.readouterr().err   # the model is missing: the run stops there
+    assert not stale.exists() and mine.exists()
