@@ -171,6 +171,8 @@ def test_the_same_bag_named_twice_is_evaluated_once(tmp_path, monkeypatch) -> No
     st = run(bags, EvalSpec((img,), progress=False))
     assert st.counters['frames'] == 3 and st.shards['total'] == 1
     assert len(st.shards['same_bag_given_twice']) == 3
+    from evit_ros.eval.report import render_markdown
+    assert 'link.mcap is the same bag as bag.mcap; evaluated once' in render_markdown(build_report(st, CLASSES, []))
 
 
 # -- one ground-truth reader -------------------------------------------------------------------------------
@@ -353,3 +355,19 @@ def test_the_next_run_removes_what_a_killed_run_left_next_to_its_outputs(tmp_pat
                '--no-progress'])
     assert rc == 1 and 'Traceback' not in capsys.readouterr().err   # the model is missing: the run stops there
     assert not stale.exists() and mine.exists()
+
+
+def test_a_stamp_repeated_across_a_slice_edge_is_caught_by_the_report_check(tmp_path) -> None:
+    img, lab = '/front/image_raw', '/front/labels'
+    msgs = [{'topic': img, 'stamp': T0 + i * 10**9, 'rgb': frame(i), 'log': LOG0 + i * 10**9} for i in range(25)]
+    edge = LOG0 + 10 * 10**9                      # the first slice edge of --shard-seconds 10
+    rgb = frame(99)
+    msgs += [{'topic': img, 'stamp': 5, 'rgb': rgb, 'log': edge - 10**8},
+             {'topic': lab, 'stamp': 5, 'label': truth(rgb), 'log': edge - 5 * 10**7},
+             {'topic': img, 'stamp': 5, 'rgb': rgb, 'log': edge + 10**8}]   # same stamp, the next slice
+    msgs.sort(key=lambda m: m['log'])
+    bag = write_bag(tmp_path / 'bag', msgs)
+    sp = EvalSpec((img,), (lab,), progress=False)
+    assert frame_accounts(dict(run([bag], sp).counters))['ok']             # one shard: the repeat is caught
+    acc = frame_accounts(dict(run([bag], sp, shard_seconds=10.0).counters))
+    assert not acc['ok'] and acc['labels']['labels_paired_twice'] == 1 and 'paired twice' in acc['problem']

@@ -512,7 +512,8 @@ def make_executor(spec: EvalSpec, factory: Callable[[], Any], num_classes: int, 
         return _RayExecutor(spec, factory, num_classes, opts, shards)
     cpus = local_cpus()
     if opts.jobs > cpus:   # each worker loads a model: more workers than CPUs only costs memory
-        LOG.warning('--jobs %d is more than the %d CPUs of this machine; using %d workers', opts.jobs, cpus, cpus)
+        LOG.warning('--jobs %d is more than the %d CPUs of this machine; using at most %d workers', opts.jobs, cpus,
+                    cpus)
     jobs = min(opts.jobs or 1, cpus, max(1, shards))
     if jobs <= 1:
         return _InlineExecutor(spec, factory, num_classes)
@@ -632,7 +633,7 @@ def unique_bags(bags: list[str] | tuple[str, ...]) -> tuple[list[str], list[str]
         key = os.path.realpath(b)
         if key in first:
             line = f'{b} is the same bag as {first[key]}; evaluated once'
-            LOG.warning('%s', line)
+            LOG.debug('%s', line)   # said once, in the summary (``note:``) and the report
             repeats.append(line)
             continue
         first[key] = b

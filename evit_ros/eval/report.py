@@ -165,6 +165,8 @@ def _shard_lines(sh: dict[str, Any]) -> list[str]:
             lines.append(f'| {f["shard"]} | {f["attempts"]} | {str(f["error"]).replace("|", "/")} |')
     if sh.get('not_run'):
         lines += ['', 'not run: ' + ', '.join(sh['not_run'])]
+    if sh.get('same_bag_given_twice'):
+        lines += ['', *(f'- {line}' for line in sh['same_bag_given_twice'])]
     if sh.get('out_bags'):
         lines += ['', 'output bags: ' + ', '.join(f'`{b}`' for b in sh['out_bags'])]
     return lines
