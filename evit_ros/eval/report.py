@@ -28,6 +28,33 @@ def check_report_dir(path: str | Path) -> None:
         raise DataError(f'--report {p}: {parent} is not a writable folder')
 
 
+def frame_accounts(counters: dict[str, int], mode: str = 'offline') -> dict[str, Any]:
+    """The frame counts and whether they add up; checked here, where the report is made.
+
+    Images (offline): ``frames = frames_scored + frames_without_gt + frames_bad_gt + duplicate_image_stamps``.
+    Label messages (label topics): ``labels = frames_scored + frames_bad_gt + labels_without_image +
+    duplicate_label_stamps``, and no label paired twice. ``ok`` is False when either does not hold.
+    """
+    c = counters
+    parts = ('frames_scored', 'frames_without_gt', 'frames_bad_gt', 'duplicate_image_stamps')
+    images = {'frames': c.get('frames', 0), **{k: c.get(k, 0) for k in parts}}
+    out: dict[str, Any] = {'images': images, 'ok': True, 'problem': None}
+    if mode != 'live' and images['frames'] != sum(images[k] for k in parts):
+        out['ok'] = False
+        out['problem'] = (f'{images["frames"]} frames processed but {" + ".join(str(images[k]) for k in parts)} '
+                          f'accounted ({", ".join(parts)})')
+    if 'labels' in c:
+        lparts = ('frames_scored', 'frames_bad_gt', 'labels_without_image', 'duplicate_label_stamps')
+        labels = {'labels': c['labels'], **{k: c.get(k, 0) for k in lparts},
+                  'labels_paired_twice': c.get('labels_paired_twice', 0)}
+        out['labels'] = labels
+        if labels['labels_paired_twice'] or labels['labels'] != sum(labels[k] for k in lparts):
+            out['ok'] = False
+            out['problem'] = (f'{labels["labels"]} label messages but {" + ".join(str(labels[k]) for k in lparts)} '
+                              f'accounted ({", ".join(lparts)}), {labels["labels_paired_twice"]} paired twice')
+    return out
+
+
 def build_report(state: EvalState, class_names: Sequence[str], groups: Sequence[tuple[str, Sequence[int]]],
                  meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report as a JSON-ready dict; IoUs are fractions in [0, 1], None where undefined.
@@ -49,8 +76,11 @@ def build_report(state: EvalState, class_names: Sequence[str], groups: Sequence[
         'frames': counters.get('frames', 0),
         'frames_scored': counters.get('frames_scored', 0),
         'frames_without_gt': counters.get('frames_without_gt', 0),
+        'frames_bad_gt': counters.get('frames_bad_gt', 0),
         'labels_without_image': counters.get('labels_without_image', 0),
+        'duplicate_stamps': counters.get('duplicate_stamps', 0),
         'dropped': counters.get('dropped', 0),
+        'accounting': frame_accounts(counters, meta.get('mode', 'offline')),
         'bad_data': bad,
         'counters': counters,
         'metrics': summary,
@@ -77,6 +107,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [', '.join(f'{k}: `{v}`' for k, v in meta.items()), '']
     if report.get('error'):
         lines += [f'**Nothing was scored: {report["error"]}.** The metrics below are empty.', '']
+    if report.get('partial'):
+        lines += [f'**The score is not trustworthy: {report["partial"]}.**', '']
     if report['interrupted']:
         lines += ['**Interrupted: partial results.**', '']
     if report.get('failed_sources'):
@@ -86,6 +118,8 @@ def render_markdown(report: dict[str, Any]) -> str:
               f'| frames processed | {report["frames"]} |',
               f'| frames with ground truth | {report["frames_scored"]} |',
               f'| frames without ground truth (latency only) | {report["frames_without_gt"]} |',
+              f'| frames whose ground truth was unusable (bad_label_*) | {report.get("frames_bad_gt", 0)} |',
+              f'| images and labels with a repeated stamp (not paired) | {report.get("duplicate_stamps", 0)} |',
               *([f'| frames dropped by the node (no mask) | {report["dropped"]} |']
                 if report.get('mode') == 'live' else []),
               f'| mIoU, classes present (official nanmean) | {_pct(m["miou_present"])} % '
@@ -131,6 +165,8 @@ def _shard_lines(sh: dict[str, Any]) -> list[str]:
             lines.append(f'| {f["shard"]} | {f["attempts"]} | {str(f["error"]).replace("|", "/")} |')
     if sh.get('not_run'):
         lines += ['', 'not run: ' + ', '.join(sh['not_run'])]
+    if sh.get('same_bag_given_twice'):
+        lines += ['', *(f'- {line}' for line in sh['same_bag_given_twice'])]
     if sh.get('out_bags'):
         lines += ['', 'output bags: ' + ', '.join(f'`{b}`' for b in sh['out_bags'])]
     return lines
@@ -139,10 +175,12 @@ def _shard_lines(sh: dict[str, Any]) -> list[str]:
 def write_report(out_dir: str | Path, state: EvalState, class_names: Sequence[str],
                  groups: Sequence[tuple[str, Sequence[int]]], meta: dict[str, Any] | None = None,
                  plots: bool = True, error: str | None = None,
-                 report: dict[str, Any] | None = None) -> dict[str, Any]:
+                 report: dict[str, Any] | None = None, partial: str | None = None) -> dict[str, Any]:
     """Write report.json, report.md and the PNG plots into ``out_dir``; returns the report dict.
 
     ``report``: :func:`build_report`'s dict when the caller already built it (``meta`` is then not used).
+    ``error``: why nothing was scored; then no accuracy number is written (null), never 0. ``partial``: why
+    the score that was computed cannot be trusted (said in report.md and the JSON, beside the numbers).
     Every file is written under a temporary name and moved into place: a reader sees a whole file or none.
     """
     check_report_dir(out_dir)
@@ -151,6 +189,15 @@ def write_report(out_dir: str | Path, state: EvalState, class_names: Sequence[st
     if report is None:
         report = build_report(state, class_names, groups, meta)
     report['error'] = error
+    report['partial'] = partial
+    if error:   # nothing scored: an mIoU of 0 would read as a (terrible) score
+        m = report['metrics']
+        for key in ('miou_present', 'miou_19', 'pixel_accuracy'):
+            m[key] = None
+        m['groups'] = {g: None for g in m.get('groups', {})}
+        for cam in report.get('per_camera', {}).values():
+            for key in ('miou_present', 'miou_19', 'pixel_accuracy'):
+                cam[key] = None
     if plots:
         write_plots(out, state, report, class_names)
     replace_atomically(out / 'report.md', render_markdown(report).encode())

@@ -67,6 +67,7 @@ def run_events(events: Iterable[BagEvent], state: EvalState, spec: EvalSpec, seg
     scorer = Scorer(state, spec, segmenter, out_bag, source, pal)
     scorer.cityscapes = cityscapes
     fmt = label_format or spec.label_format
+    scorer.gt_format = fmt   # ids of ground truth travelling with images (Cityscapes gtFine: labelid)
     progress = Progress(Path(source).name or source, min(total, spec.max_frames) if spec.max_frames else total,
                         spec.progress)
     try:
