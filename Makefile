@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: venv demo test lint typecheck py310 pytest clean bench trt-bindings
+.PHONY: venv demo test lint typecheck py310 pytest clean bench trt-bindings cuda-bindings
 
 venv: $(STAMP)
 
@@ -29,7 +29,15 @@ $(STAMP): requirements.txt requirements-dev.txt tools/install_trt_stubs.sh tools
 demo: $(STAMP)
 	$(PY) -m evit_ros demo
 
-test: lint py310 typecheck trt-bindings pytest
+test: lint py310 typecheck trt-bindings cuda-bindings pytest
+
+# Real cuda-python 12.2 to 13.x, each in .compat/cuda-python-<version>/ (tests/test_cuda_python_versions.py).
+CUDA_BINDINGS_STAMP := .compat/cuda-bindings.stamp
+cuda-bindings: $(CUDA_BINDINGS_STAMP)
+
+$(CUDA_BINDINGS_STAMP): tools/cuda_python_versions.txt tools/install_cuda_bindings.sh | $(STAMP)
+	bash tools/install_cuda_bindings.sh $(PY) .compat
+	touch $@
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check evit_ros tests launch tools setup.py
@@ -62,7 +70,7 @@ bench: $(STAMP)
 # outputs and caches; engines/ keeps its README. The venv stays (`rm -rf .venv` for a fresh one).
 README_OUTPUTS := .cache_evit first_hour drive drive1 drive2 calib heldout masks predictions cs_predictions eval_report \
 	live_report fleet_report rep_ray eval_masks.mcap b0_fp32.onnx b0_int8.onnx bench.json node_bench.json \
-	heads_bench.json int8_vs_fp32.json verify_fp16.json
+	heads_bench.json int8_vs_fp32.json verify_fp16.json doctor.json gpu_check_out
 
 clean:
 	rm -rf build install log .pytest_cache .mypy_cache .ruff_cache demo_out $(README_OUTPUTS)

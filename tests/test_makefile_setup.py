@@ -36,3 +36,6 @@ def test_make_test_installs_the_real_tensorrt_bindings_before_pytest(tmp_path: P
     install = next(i for i, ln in enumerate(lines) if 'tools/install_trt_bindings.sh' in ln)
     pytest_run = next(i for i, ln in enumerate(lines) if '-m pytest -q' in ln and ' tests;' in ln)
     assert install < pytest_run and '.compat' in lines[install]
+    # and the real cuda-python releases of tests/test_cuda_python_versions.py
+    cuda = next(i for i, ln in enumerate(lines) if 'tools/install_cuda_bindings.sh' in ln)
+    assert cuda < pytest_run and '.compat' in lines[cuda]
