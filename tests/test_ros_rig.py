@@ -143,7 +143,7 @@ def test_the_missing_frames_warning_names_the_transport_and_the_fix() -> None:
     from evit_ros.config import DiagnosticsConfig
     from evit_ros.ros.diagnostics import CameraStats
     st = CameraStats('cam1', '/cam1/image_raw', ('road',))
-    st.input_qos = 'reliable'
+    st.input_qos, st.input_depth = 'reliable', 5
     t0 = st.created
     for i in [k for k in range(30) if k not in (10, 11, 20)]:
         st.on_receive(1000, int((5.0 + 0.1 * i) * 1e9), now=t0 + 0.1 * i)
@@ -151,7 +151,7 @@ def test_the_missing_frames_warning_names_the_transport_and_the_fix() -> None:
     v = {kv.key: kv.value for kv in s.values}
     assert v['frames_missing'] == '3' and v['stamp_period_ms'] == '100.0'
     assert s.level == b'\x01' and '3 frame(s) missing' in s.message and 'transport' in s.message
-    assert 'qos.input_depth' in s.message and 'fastdds_large_frames.xml' in s.message
+    assert 'qos.input_depth (now 5;' in s.message and 'fastdds_large_frames.xml' in s.message
     s = st.status('n', DiagnosticsConfig(), now=t0 + 3.1)
     assert 'missing' not in s.message          # reported once, in the report after it happened
 

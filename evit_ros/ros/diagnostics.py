@@ -68,6 +68,7 @@ class CameraStats:
         self.grid_status = 'no camera_info_topic configured: no ground grid/boundary'
         self.last_delay_ms: float | None = None
         self.input_qos = ''                 # reliability of the camera subscription (auto QoS decides it)
+        self.input_depth = 0                # its history depth (qos.input_depth; 0: unknown)
         self.last_frame_bytes = 0
         self.clock_note = ''                # 'waiting for /clock ...' under use_sim_time without a clock
         self.stamps: Counter[str] = Counter()   # frames left out of latency: future / zero stamps, no clock
@@ -228,7 +229,7 @@ class CameraStats:
                         + lost_frames_hint(self.input_qos, frame_bytes))
         if new_missing > 0:
             level = max(level, WARN)
-            msgs.append(missing_frames_message(new_missing, missing, received, self.input_qos))
+            msgs.append(missing_frames_message(new_missing, missing, received, self.input_qos, self.input_depth))
         if new_incompatible > 0:
             level = max(level, WARN)
             msgs.append(f'{new_incompatible} subscriber(s) of segmentation/{self.name}/mask asked for a QoS it '
@@ -265,11 +266,12 @@ def latency_breakdown(lat: dict[str, dict[str, float] | None], q: str) -> str:
     return f' ({q} of its parts: ' + ', '.join(parts) + '; the rest is waiting for the worker)' if parts else ''
 
 
-def missing_frames_message(new: int, total: int, received: int, input_qos: str) -> str:
+def missing_frames_message(new: int, total: int, received: int, input_qos: str, depth: int = 0) -> str:
     """The WARN for frames lost before the node's callback: how many, the cause (the transport) and the fixes."""
     pct = 100.0 * total / max(1, total + received)
-    fix = ('Fix: raise qos.input_depth (a reliable reader of depth 1 replaces a frame still in flight), start the '
-           'camera and the node with the shipped Fast DDS profile (FASTRTPS_DEFAULT_PROFILES_FILE='
+    now = f'now {depth}; ' if depth else ''
+    fix = (f'Fix: raise qos.input_depth ({now}a reliable reader of depth 1 replaces a frame still in flight), '
+           'start the camera and the node with the shipped Fast DDS profile (FASTRTPS_DEFAULT_PROFILES_FILE='
            '<share>/evit_ros/config/fastdds_large_frames.xml), publish each camera from its own process, or use '
            'compressed transport')
     if input_qos == 'best_effort':

@@ -292,6 +292,7 @@ class SegmentationNode(LifecycleNode):
                                               self._make_callback(cam), mode, depth, self._image_events(cam),
                                               self._log.info)
             cam.stats.input_qos = cam.image_sub.reliability or 'auto: waiting for a publisher'
+            cam.stats.input_depth = depth
             if cam_cfg.camera_info_topic:
                 cam.stats.grid_status = f'waiting for CameraInfo on {cam_cfg.camera_info_topic}'
                 cam.info_sub = InputSubscription(self, CameraInfo, cam_cfg.camera_info_topic,
