@@ -186,3 +186,46 @@ def test_publisher_side_events_are_counted_and_an_incompatible_subscriber_warns(
     v = {kv.key: kv.value for kv in s.values}
     assert v['output_subscribers'] == '1' and v['output_events.unmatched'] == '1'
     assert v['output_events.incompatible_qos'] == '1' and 'receive nothing' in s.message
+
+
+def test_the_worker_waits_briefly_for_the_rest_of_a_synchronised_set() -> None:
+    """Frames of one instant from a synchronised rig are taken as one set (so the rotation decides the order,
+    not which camera's frame arrived first); cameras out of step are never waited for, and the wait is bounded."""
+    from types import SimpleNamespace
+
+    from evit_ros.config import CameraConfig
+    from evit_ros.ros.diagnostics import CameraStats
+    from evit_ros.ros.worker import GATHER_S, Camera, FrameWorker, in_step
+
+    class Clock:
+        def now(self):
+            return SimpleNamespace(nanoseconds=0)
+
+    def msg(stamp_ns: int):
+        return SimpleNamespace(data=b'x', header=SimpleNamespace(stamp=SimpleNamespace(
+            sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)))
+
+    cams = {n: Camera(CameraConfig(n), CameraStats(n, f'/{n}', ('road',))) for n in ('a', 'b', 'c')}
+    cams['a'].last_stamp_ns = cams['b'].last_stamp_ns = 5_000_000_000      # a and b were in step
+    cams['c'].last_stamp_ns = 5_040_000_000                                # c is not
+    w = FrameWorker(None, Clock(), lambda: None)
+    w.accept()
+    w.offer(cams['a'], msg(5_100_000_000))
+    assert in_step(cams.values()) == [cams['b']]
+    threading.Timer(0.003, lambda: w.offer(cams['b'], msg(5_100_000_000))).start()
+    t0 = time.monotonic()
+    with w.cond:
+        w._gather(cams)
+    waited = time.monotonic() - t0
+    assert cams['b'].pending is not None and waited < GATHER_S + 0.05       # b joined the set
+    cams['b'].pending = None
+    t0 = time.monotonic()
+    with w.cond:                   # b's frame was lost: the wait ends at the bound
+        w._gather(cams)
+    assert GATHER_S * 0.9 <= time.monotonic() - t0 < GATHER_S + 0.05
+    cams['a'].pending = None
+    w.offer(cams['c'], msg(5_140_000_000))
+    t0 = time.monotonic()
+    with w.cond:                   # c has no camera in step: no wait at all
+        w._gather(cams)
+    assert time.monotonic() - t0 < GATHER_S / 2 and in_step(cams.values()) == []

@@ -8,14 +8,16 @@ rclpy, so the node's threading contract (one condition, one update lock, one sto
 Threading: a subscription callback (:meth:`FrameWorker.offer`) only stores the newest message in its camera's
 one-slot mailbox (:attr:`Camera.pending`) under :attr:`FrameWorker.cond` (a frame replaced before the worker took
 it is counted as dropped), so callbacks never block and nothing queues without bound. The worker thread takes
-every pending frame (a set, oldest header stamp first; frames of the same instant in an order that rotates from
-set to set, so no camera is always last), and runs the set through :class:`~evit_ros.pipeline.Segmenter` in chunks
-whose size the batching policy (:mod:`evit_ros.pipeline.batching`, from the engine's measured cost per run)
-chooses: each chunk is decoded, inferred and published (the output stage) before the next, and a frame that
-arrived meanwhile for a camera of a later chunk replaces the one taken (counted as dropped). It records each
-camera's statistics. ``outputs.*``/``drivable.*`` changes arrive through :meth:`FrameWorker.request_update` and
-are applied between chunks. Deactivate stops accepting frames, :meth:`FrameWorker.drain` waits until the frames
-already taken are published, then :meth:`FrameWorker.stop` ends the thread.
+every pending frame (a set; when a camera in step with a pending one, a synchronised rig's, has not delivered its
+frame of the same instant yet, it waits for it up to GATHER_S; oldest header stamp first; frames of the same
+instant in an order that rotates from set to set, so no camera is always last), and runs the set through
+:class:`~evit_ros.pipeline.Segmenter` in chunks whose size the batching policy (:mod:`evit_ros.pipeline.batching`,
+from the engine's measured cost per run) chooses: each chunk is decoded, inferred and published (the output stage)
+before the next, and a frame that arrived meanwhile for a camera of a later chunk replaces the one taken (counted
+as dropped). It records each camera's statistics. ``outputs.*``/``drivable.*`` changes arrive through
+:meth:`FrameWorker.request_update` and are applied between chunks. Deactivate stops accepting frames,
+:meth:`FrameWorker.drain` waits until the frames already taken are published, then :meth:`FrameWorker.stop` ends
+the thread.
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ if TYPE_CHECKING:   # qos imports rclpy; only the annotation is needed here
     from evit_ros.ros.qos import InputSubscription
 
 THREAD_NAME = 'evit_segmentation_worker'
+GATHER_S = 0.010          # the longest the worker waits for the rest of a synchronised set
+IN_STEP_NS = 1_000_000    # frames stamped this close together are of the same instant
 
 
 class Camera:
@@ -55,6 +59,17 @@ class Camera:
         self.image_sub: InputSubscription | None = None
         self.info_sub: InputSubscription | None = None
         self.last_pixels = 0
+        self.last_stamp_ns: int | None = None   # header stamp of the last frame the worker took
+
+
+def in_step(cameras: Iterable[Camera]) -> list[Camera]:
+    """Cameras without a pending frame whose last frame was stamped at the same instant (within
+    :data:`IN_STEP_NS`) as the last frame of a camera that has one now: a synchronised rig's frames of the next
+    instant are on their way, so the worker waits (at most :data:`GATHER_S`) to take them as one set."""
+    cams = list(cameras)
+    pending = [c.last_stamp_ns for c in cams if c.pending is not None and c.last_stamp_ns is not None]
+    return [c for c in cams if c.pending is None and c.last_stamp_ns is not None
+            and any(abs(c.last_stamp_ns - s) <= IN_STEP_NS for s in pending)]
 
 
 class FrameWorker:
@@ -144,6 +159,7 @@ class FrameWorker:
             with self.cond:
                 if not any(c.pending is not None for c in cameras.values()):
                     self.cond.wait(timeout=0.2)
+                self._gather(cameras)
                 order = list(cameras.values())
                 if order:
                     k = self._start % len(order)
@@ -152,8 +168,9 @@ class FrameWorker:
                 # oldest stamp first (a frame the transport delivered late waits no longer); ties, a synchronised
                 # rig's frames of one instant, keep the rotation (sort is stable)
                 taken.sort(key=lambda cm: conv.stamp_to_ns(cm[1].header.stamp))
-                for c, _ in taken:
+                for c, msg in taken:
                     c.pending = None
+                    c.last_stamp_ns = conv.stamp_to_ns(msg.header.stamp)
                 if taken:
                     self._start += 1
                 self.busy = bool(taken)
@@ -170,6 +187,16 @@ class FrameWorker:
                 self._log.error(f'processing failed: {type(exc).__name__}: {exc}', throttle_duration_sec=5.0)
             finally:
                 self._idle()
+
+    def _gather(self, cameras: dict[str, Camera]) -> None:
+        """(``cond`` held) Wait up to :data:`GATHER_S` for the frames of cameras in step with a pending one, so the
+        rest of a synchronised set joins it instead of always waiting for the first camera to arrive."""
+        deadline = time.monotonic() + GATHER_S
+        while in_step(cameras.values()) and not self.stop_event.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.cond.wait(timeout=left)
 
     def _idle(self) -> None:
         """The frames taken are published (or failed): wake a deactivate waiting for the worker."""
@@ -278,4 +305,4 @@ class FrameWorker:
                             {g: (r.fraction, r.roi_fraction) for g, r in res.groups.items()})
 
 
-__all__ = ['THREAD_NAME', 'Camera', 'FrameWorker']
+__all__ = ['GATHER_S', 'IN_STEP_NS', 'THREAD_NAME', 'Camera', 'FrameWorker', 'in_step']
