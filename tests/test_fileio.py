@@ -34,3 +34,79 @@ def test_replace_atomically_in_this_process(tmp_path: Path) -> None:
     target = tmp_path / 'y.json'
     replace_atomically(target, b'{}')
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~old
+
+
+# --------------------------------------------------------------------------------------------------------------
+# temporary files of killed writers
+
+_BLOCKED_WRITER = '''
+import os, sys, time
+from pathlib import Path
+from evit_ros import fileio
+os.fsync = lambda fd: (print('writing', flush=True), time.sleep(600))   # stuck mid-write, like a long export
+fileio.replace_atomically(Path(sys.argv[1]), b'x' * 100000)
+'''
+
+
+def _start_blocked_writer(target: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, '-c', _BLOCKED_WRITER, str(target)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, 'PYTHONPATH': str(Path(__file__).resolve().parents[1])})
+    assert proc.stdout is not None and proc.stdout.readline() == 'writing\n'
+    return proc
+
+
+def test_a_killed_writers_temp_file_is_removed_and_a_live_writers_kept(tmp_path: Path) -> None:
+    """SIGKILL during an export left .<name>.onnx.<random>.tmp forever, one more per crash."""
+    from evit_ros.fileio import remove_stale_temps
+    target = tmp_path / 'model.onnx'
+    live = _start_blocked_writer(target)
+    killed = _start_blocked_writer(tmp_path / 'other.onnx')
+    try:
+        (alive,) = tmp_path.glob(f'.model.onnx.{live.pid}.*.tmp')    # the writer's pid is in the name
+        (dead,) = tmp_path.glob(f'.other.onnx.{killed.pid}.*.tmp')
+        killed.kill()
+        killed.wait()
+        # just killed: a writer in another PID namespace would look the same, so young files stay
+        assert remove_stale_temps(tmp_path) == [] and dead.exists()
+        old = dead.stat().st_mtime - 3600
+        for p in (dead, alive):
+            os.utime(p, (old, old))
+        # the next write into the folder clears the dead writer's file, never the live one's
+        replace_atomically(tmp_path / 'sidecar.json', b'{}')
+        assert not dead.exists() and alive.exists()
+        assert (tmp_path / 'sidecar.json').read_bytes() == b'{}'
+    finally:
+        for p in (live, killed):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    assert remove_stale_temps(tmp_path, min_age_s=0) == [alive]   # its writer is gone now too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['sidecar.json']
+
+
+def test_temp_files_of_older_releases_and_foreign_files(tmp_path: Path) -> None:
+    from evit_ros.fileio import remove_stale_temps
+    legacy = tmp_path / '.model.onnx.k3j_9x0a.tmp'   # no pid in the name: removed once an hour old
+    other = tmp_path / '.notes.txt'
+    for p in (legacy, other):
+        p.write_bytes(b'x')
+    assert remove_stale_temps(tmp_path, min_age_s=0) == [] and legacy.exists()
+    os.utime(legacy, (1, 1))
+    os.utime(other, (1, 1))
+    assert remove_stale_temps(tmp_path) == [legacy] and other.exists()
+
+
+def test_check_writable_names_what_is_wrong(tmp_path: Path) -> None:
+    import errno
+
+    from evit_ros.fileio import check_writable
+    check_writable(tmp_path / 'new' / 'onnx')
+    assert (tmp_path / 'new' / 'onnx').is_dir() and not list((tmp_path / 'new' / 'onnx').iterdir())
+    (tmp_path / 'file').write_text('x')
+    with pytest.raises(NotADirectoryError):
+        check_writable(tmp_path / 'file')
+    with pytest.raises(NotADirectoryError):
+        check_writable(tmp_path / 'file' / 'onnx')
+    with pytest.raises(OSError, match='MB needed') as info:
+        check_writable(tmp_path, need_bytes=1 << 62)
+    assert info.value.errno == errno.ENOSPC

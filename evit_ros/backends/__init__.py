@@ -5,6 +5,7 @@ then PyTorch; the choice and the reason are logged once.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 from evit_ros import __version__
 from evit_ros.config import BackendConfig, InputConfig, ModelConfig
 from evit_ros.deps import missing_module_error
-from evit_ros.errors import BackendUnavailableError, CheckpointError, ConfigError
+from evit_ros.errors import BackendUnavailableError, CacheError, CheckpointError, ConfigError
 from evit_ros.inference import InferenceBackend, InferenceResult, ModelIO, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,29 @@ SYNTHETIC_CHECKPOINT = Path(__file__).resolve().parents[1] / 'data' / 'efficient
 def cache_dir() -> Path:
     """Where automatically exported ONNX files live (``$EVIT_ROS_CACHE`` or ``~/.cache/evit_ros``)."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / '.cache' / 'evit_ros')
+
+
+def _why(exc: OSError) -> str:
+    """An OSError as the operator's words, with its errno name (and the free/needed space of a full disk)."""
+    code = exc.errno or 0
+    text = {errno.ENOSPC: 'no space left on device', errno.EDQUOT: 'disk quota exceeded',
+            errno.EROFS: 'read-only file system', errno.EACCES: 'permission denied',
+            errno.EPERM: 'operation not permitted', errno.ENOTDIR: 'a file is in the place of a folder',
+            errno.EEXIST: 'a file is in the place of a folder'}.get(code, exc.strerror or str(exc))
+    own = exc.strerror if exc.strerror and code and exc.strerror != os.strerror(code) else ''
+    return f'{text} ({errno.errorcode.get(code, type(exc).__name__)}{", " + own if own else ""})'
+
+
+def cache_error(folder: Path, exc: OSError, model: ModelConfig, input_cfg: InputConfig, head: str,
+                max_batch: int) -> CacheError:
+    """One message for every cache write failure: the path, the cause, and both ways out."""
+    why = _why(exc)
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        why = f'{blocker} is a file, not a folder ({errno.errorcode[exc.errno]})' if blocker else why
+    return CacheError(f'cannot write the ONNX cache {folder}: {why}. Set {CACHE_ENV} to a writable folder '
+                      f'with space (now {folder.parent}), or set backend.onnx_path to an existing exported .onnx '
+                      f'(`{export_command(model, input_cfg, "/path/to/model.onnx", head, max_batch)}`)')
 
 
 def resolve_checkpoint(model: ModelConfig, logger: logging.Logger | None = None) -> str:
@@ -68,10 +92,26 @@ def ensure_onnx(model: ModelConfig, input_cfg: InputConfig, head: str, *, checkp
     path = cache_dir() / 'onnx' / name
     if path.is_file():
         return path
+    from evit_ros.fileio import check_writable, remove_stale_temps
+    try:   # before the slow export and verification: a read-only, misplaced or full cache fails in ms
+        check_writable(path.parent, need_bytes=Path(checkpoint).stat().st_size)
+    except OSError as exc:
+        raise cache_error(path.parent, exc, model, input_cfg, head, max_batch) from exc
+    for stale in remove_stale_temps(path.parent):
+        lg.info('removed %s, left by an export that was killed', stale)
     from evit_ros.export.onnx_export import export_onnx
     lg.info('exporting %s (%s) at %dx%d to %s', model.name, checkpoint, input_cfg.height, input_cfg.width, path)
-    export_onnx(model.name, path, height=input_cfg.height, width=input_cfg.width, checkpoint=checkpoint, head=head,
-                max_batch=max_batch if max_batch > 1 else None)
+    try:
+        export_onnx(model.name, path, height=input_cfg.height, width=input_cfg.width, checkpoint=checkpoint,
+                    head=head, max_batch=max_batch if max_batch > 1 else None)
+    except CacheError:
+        raise
+    except OSError as exc:   # the disk filled up during the export
+        if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            exc.filename = str(path)
+        if exc.filename is None or not str(exc.filename).startswith(str(path.parent)):
+            raise
+        raise cache_error(path.parent, exc, model, input_cfg, head, max_batch) from exc
     return path
 
 
