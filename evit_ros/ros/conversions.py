@@ -106,21 +106,57 @@ def image_to_numpy(msg: Any) -> np.ndarray:
     return rows.reshape(h, w) if ch == 1 else rows.reshape(h, w, ch)
 
 
-def numpy_to_compressed(rgb: np.ndarray, header: Any = None, fmt: str = 'jpeg', quality: int = 90) -> Any:
-    """RGB uint8 -> sensor_msgs/CompressedImage (jpeg or png), as image_transport's compressed plugin names it."""
+# PNG zlib level of the compressed mask/confidence outputs: 1 is the fastest; class-id masks are long runs, and
+# higher levels cost several times the time for a few percent fewer bytes (python -m evit_ros.bench.compressed)
+PNG_LEVEL = 1
+
+
+def compressed_format(encoding: str, fmt: str) -> str:
+    """The ``format`` string image_transport's compressed plugin writes for ``encoding`` as ``fmt``.
+
+    ``<encoding>; jpeg compressed bgr8`` / ``<encoding>; png compressed bgr8`` for color images;
+    ``mono8; jpeg compressed mono8`` and ``mono8; png compressed `` (its trailing space included) for gray
+    ones (compressed_publisher.cpp): RViz's compressed transport and Foxglove read these.
+    """
+    color = _CHANNELS.get(encoding, 1) == 3
+    if fmt == 'jpeg':
+        return f'{encoding}; jpeg compressed {"bgr8" if color else "mono8"}'
+    return f'{encoding}; png compressed {"bgr8" if color else ""}'
+
+
+def encode_compressed(arr: np.ndarray, encoding: str, fmt: str, header: Any = None, *, quality: int = 90,
+                      png_level: int = PNG_LEVEL, bgr: np.ndarray | None = None) -> Any:
+    """mono8 ``[H, W]`` or rgb8 ``[H, W, 3]`` -> sensor_msgs/CompressedImage as image_transport names it.
+
+    PNG is lossless (a class-id mask decodes to the same ids); JPEG takes ``quality`` 1..100. Color goes to
+    the codec as BGR (what image_transport sends); ``bgr`` is an optional ``[H, W, 3]`` scratch buffer for
+    that conversion, so a camera's stream reuses one buffer instead of a new frame each time.
+    """
     import cv2
     from sensor_msgs.msg import CompressedImage
-    ext = '.jpg' if fmt == 'jpeg' else '.png'
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if fmt == 'jpeg' else []
-    ok, enc = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if fmt not in ('jpeg', 'png'):
+        raise FrameError(f'compressed format {fmt!r}: use jpeg or png', 'encoding')
+    img = arr
+    if arr.ndim == 3:
+        if bgr is None or bgr.shape != arr.shape:
+            bgr = np.empty_like(arr)
+        img = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR, dst=bgr)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if fmt == 'jpeg' else [cv2.IMWRITE_PNG_COMPRESSION,
+                                                                              int(png_level)]
+    ok, enc = cv2.imencode('.jpg' if fmt == 'jpeg' else '.png', img, params)
     if not ok:
-        raise FrameError(f'could not encode {rgb.shape} as {fmt}', 'encoding')
+        raise FrameError(f'could not encode {arr.shape} {encoding} as {fmt}', 'encoding')
     msg = CompressedImage()
     if header is not None:
         msg.header = header
-    msg.format = f'rgb8; {fmt} compressed bgr8'
+    msg.format = compressed_format(encoding, fmt)
     msg.data = _payload(enc.reshape(-1))
     return msg
+
+
+def numpy_to_compressed(rgb: np.ndarray, header: Any = None, fmt: str = 'jpeg', quality: int = 90) -> Any:
+    """RGB uint8 -> sensor_msgs/CompressedImage (jpeg or png), as image_transport's compressed plugin names it."""
+    return encode_compressed(rgb, 'rgb8', fmt, header, quality=quality)
 
 
 def occupancy_grid(cells: np.ndarray, *, resolution: float, origin_xy: tuple[float, float], frame_id: str,
