@@ -10,6 +10,7 @@ from __future__ import annotations
 import array
 from typing import Any
 
+import cv2
 import numpy as np
 
 from evit_ros.config import DEFAULT_MAX_DECODED_PIXELS
@@ -106,9 +107,15 @@ def image_to_numpy(msg: Any) -> np.ndarray:
     return rows.reshape(h, w) if ch == 1 else rows.reshape(h, w, ch)
 
 
-# PNG zlib level of the compressed mask/confidence outputs: 1 is the fastest; class-id masks are long runs, and
-# higher levels cost several times the time for a few percent fewer bytes (python -m evit_ros.bench.compressed)
+# PNG zlib level and row filter of the compressed mask/confidence outputs. Class-id masks are long runs and
+# confidence is smooth: the "up" filter with level 1 measured 3-4x faster than libpng's adaptive filter choice
+# at about the same size, and higher levels cost time for a few percent fewer bytes (python -m
+# evit_ros.bench.compressed; docs/node.md). OpenCV < 4.10 has no filter option and uses libpng's default.
 PNG_LEVEL = 1
+_PNG_FILTER = getattr(cv2, 'IMWRITE_PNG_FILTER', None)
+_PNG_FILTER_UP = getattr(cv2, 'IMWRITE_PNG_FILTER_UP', None)
+PNG_PARAMS: tuple[int, ...] = (_PNG_FILTER, _PNG_FILTER_UP) if _PNG_FILTER is not None and \
+    _PNG_FILTER_UP is not None else ()
 
 
 def compressed_format(encoding: str, fmt: str) -> str:
@@ -132,7 +139,6 @@ def encode_compressed(arr: np.ndarray, encoding: str, fmt: str, header: Any = No
     the codec as BGR (what image_transport sends); ``bgr`` is an optional ``[H, W, 3]`` scratch buffer for
     that conversion, so a camera's stream reuses one buffer instead of a new frame each time.
     """
-    import cv2
     from sensor_msgs.msg import CompressedImage
     if fmt not in ('jpeg', 'png'):
         raise FrameError(f'compressed format {fmt!r}: use jpeg or png', 'encoding')
@@ -142,7 +148,7 @@ def encode_compressed(arr: np.ndarray, encoding: str, fmt: str, header: Any = No
             bgr = np.empty_like(arr)
         img = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR, dst=bgr)
     params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if fmt == 'jpeg' else [cv2.IMWRITE_PNG_COMPRESSION,
-                                                                              int(png_level)]
+                                                                              int(png_level), *PNG_PARAMS]
     ok, enc = cv2.imencode('.jpg' if fmt == 'jpeg' else '.png', img, params)
     if not ok:
         raise FrameError(f'could not encode {arr.shape} {encoding} as {fmt}', 'encoding')
