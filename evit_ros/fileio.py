@@ -81,7 +81,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(folder: str | os.PathLike, *, min_age_s: float = STALE_TEMP_MIN_AGE_S) -> list[Path]:
+def remove_stale_temps(folder: str | os.PathLike[str], *, min_age_s: float = STALE_TEMP_MIN_AGE_S) -> list[Path]:
     """Remove the ``.<name>.<pid>.<random>.tmp`` files of writers that no longer run; returns what went.
 
     A file is stale when its pid is not a running process and it was last written ``min_age_s`` ago or more
@@ -90,7 +90,7 @@ def remove_stale_temps(folder: str | os.PathLike, *, min_age_s: float = STALE_TE
     removed: list[Path] = []
     now = time.time()
     try:
-        entries = list(os.scandir(folder))
+        entries = list(os.scandir(os.fspath(folder)))
     except OSError:
         return removed
     for entry in entries:

@@ -38,8 +38,8 @@ def _segmenter(model_hw: tuple[int, int], threads: int):   # noqa: ANN202 - Segm
 
 
 def _stats(values: list[float]) -> dict[str, float]:
-    return {'min': float(np.min(values)), 'p50': float(np.percentile(values, 50)), 'p90': float(np.percentile(values, 90)),
-            'max': float(np.max(values)), 'mean': float(np.mean(values))}
+    return {'min': float(np.min(values)), 'p50': float(np.percentile(values, 50)),
+            'p90': float(np.percentile(values, 90)), 'max': float(np.max(values)), 'mean': float(np.mean(values))}
 
 
 def run_compressed_benchmark(frame_hw: tuple[int, int] = (1080, 1920), model_hw: tuple[int, int] = (512, 1024),
