@@ -121,7 +121,7 @@ def check_writable(folder: str | os.PathLike, need_bytes: int = 0) -> None:
     """
     d = Path(folder)
     if d.exists() and not d.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, 'a file is in the place of the folder', str(d))
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(d))
     d.mkdir(parents=True, exist_ok=True)
     fd, probe = tempfile.mkstemp(prefix=f'.write-probe.{os.getpid()}.', suffix='.tmp', dir=str(d))
     try:
@@ -135,3 +135,14 @@ def check_writable(folder: str | os.PathLike, need_bytes: int = 0) -> None:
     free = shutil.disk_usage(d).free
     if free < need_bytes:
         raise OSError(errno.ENOSPC, f'{free / 1e6:.1f} MB free, about {need_bytes / 1e6:.1f} MB needed', str(d))
+
+
+def os_error_text(exc: OSError) -> str:
+    """An OSError in an operator's words with its errno name (and the free/needed space of a full disk)."""
+    code = exc.errno or 0
+    text = {errno.ENOSPC: 'no space left on device', errno.EDQUOT: 'disk quota exceeded',
+            errno.EROFS: 'read-only file system', errno.EACCES: 'permission denied',
+            errno.EPERM: 'operation not permitted', errno.ENOTDIR: 'a file is in the place of a folder',
+            errno.EEXIST: 'a file is in the place of a folder'}.get(code, exc.strerror or str(exc))
+    own = exc.strerror if exc.strerror and code and exc.strerror != os.strerror(code) else ''
+    return f'{text} ({errno.errorcode.get(code, type(exc).__name__)}{", " + own if own else ""})'

@@ -14,6 +14,7 @@ from evit_ros import __version__
 from evit_ros.config import BackendConfig, InputConfig, ModelConfig
 from evit_ros.deps import missing_module_error
 from evit_ros.errors import BackendUnavailableError, CacheError, CheckpointError, ConfigError
+from evit_ros.fileio import os_error_text
 from evit_ros.inference import InferenceBackend, InferenceResult, ModelIO, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -28,21 +29,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / '.cache' / 'evit_ros')
 
 
-def _why(exc: OSError) -> str:
-    """An OSError as the operator's words, with its errno name (and the free/needed space of a full disk)."""
-    code = exc.errno or 0
-    text = {errno.ENOSPC: 'no space left on device', errno.EDQUOT: 'disk quota exceeded',
-            errno.EROFS: 'read-only file system', errno.EACCES: 'permission denied',
-            errno.EPERM: 'operation not permitted', errno.ENOTDIR: 'a file is in the place of a folder',
-            errno.EEXIST: 'a file is in the place of a folder'}.get(code, exc.strerror or str(exc))
-    own = exc.strerror if exc.strerror and code and exc.strerror != os.strerror(code) else ''
-    return f'{text} ({errno.errorcode.get(code, type(exc).__name__)}{", " + own if own else ""})'
-
-
 def cache_error(folder: Path, exc: OSError, model: ModelConfig, input_cfg: InputConfig, head: str,
                 max_batch: int) -> CacheError:
     """One message for every cache write failure: the path, the cause, and both ways out."""
-    why = _why(exc)
+    why = os_error_text(exc)
     if exc.errno in (errno.ENOTDIR, errno.EEXIST):
         blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
         why = f'{blocker} is a file, not a folder ({errno.errorcode[exc.errno]})' if blocker else why
