@@ -1,8 +1,11 @@
 """Crash-safe file writes and content hashes, shared by checkpoints, exports and the engine cache.
 
-A write goes to ``.<name>.<pid>.<random>.tmp`` beside the target; a writer killed before its ``os.replace``
-(SIGKILL, power loss) leaves that file behind, and the next write into the folder removes the temporary
-files of writers that are no longer running (:func:`remove_stale_temps`), never a live writer's.
+A write goes to ``.<name>.<pid>@<pidns>.<random>.tmp`` beside the target; a writer killed before its
+``os.replace`` (SIGKILL, power loss) leaves that file behind, and the next write into the folder (and each
+node start, for the ONNX cache) removes the temporary files of writers that are no longer running
+(:func:`remove_stale_temps`), never a live writer's. ``<pidns>`` is the writer's PID namespace: a pid can
+only be checked in its own namespace, so a file written from another container sharing the folder is
+removed only once it is an hour old.
 """
 from __future__ import annotations
 
@@ -16,13 +19,24 @@ import tempfile
 import time
 from pathlib import Path
 
-# a temp file whose writer's pid is gone is removed only when it is also this old: a writer in another PID
-# namespace (a container sharing the cache folder) looks dead from here but writes its file within seconds
-STALE_TEMP_MIN_AGE_S = 60.0
-_TEMP = re.compile(r'^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}\.tmp$')
-# releases before the pid was in the name wrote .<name>.<random>.tmp: no writer takes an hour over one file
+# a temp file whose writer cannot be checked (another PID namespace, or a release before the pid was in the
+# name: .<name>.<random>.tmp) is removed once it is this old: no writer takes an hour over one file
+FOREIGN_TEMP_MIN_AGE_S = 3600.0
+_TEMP = re.compile(r'^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<ns>\d+)\.[a-z0-9_]{8}\.tmp$')
 _LEGACY_TEMP = re.compile(r'^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$')
-LEGACY_TEMP_MIN_AGE_S = 3600.0
+
+
+def pid_namespace() -> int:
+    """The inode of this process's PID namespace (Linux), or 0 where there is none to read."""
+    try:
+        return os.stat('/proc/self/ns/pid').st_ino
+    except OSError:
+        return 0
+
+
+def temp_prefix(name: str) -> str:
+    """``.<name>.<pid>@<pidns>.``: the prefix of this process's temporary files for ``name``."""
+    return f'.{name}.{os.getpid()}@{pid_namespace()}.'
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -55,7 +69,7 @@ def replace_atomically(path: Path, data: bytes) -> None:
     engine built by one user (or by sudo) must stay readable by the node running as another.
     """
     remove_stale_temps(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.{os.getpid()}.', suffix='.tmp', dir=str(path.parent))
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix='.tmp', dir=str(path.parent))
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, 'wb') as f:
@@ -81,26 +95,28 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(folder: str | os.PathLike[str], *, min_age_s: float = STALE_TEMP_MIN_AGE_S) -> list[Path]:
-    """Remove the ``.<name>.<pid>.<random>.tmp`` files of writers that no longer run; returns what went.
+def remove_stale_temps(folder: str | os.PathLike[str], *,
+                       foreign_min_age_s: float = FOREIGN_TEMP_MIN_AGE_S) -> list[Path]:
+    """Remove the temporary files of writers that no longer run; returns what went.
 
-    A file is stale when its pid is not a running process and it was last written ``min_age_s`` ago or more
-    (a live writer's file is never touched). Unreadable folders and files removed concurrently are skipped.
+    A file of this PID namespace goes as soon as its pid is not a running process (a live writer's file is
+    never touched); one of another namespace, or of a release without the pid in the name, once it was last
+    written ``foreign_min_age_s`` ago. Unreadable folders and files removed concurrently are skipped.
     """
     removed: list[Path] = []
-    now = time.time()
+    now, ours = time.time(), pid_namespace()
     try:
         entries = list(os.scandir(os.fspath(folder)))
     except OSError:
         return removed
     for entry in entries:
         m = _TEMP.match(entry.name)
-        if m is not None:
+        if m is not None and int(m['ns']) == ours:
             if _pid_alive(int(m['pid'])):
                 continue
-            age = min_age_s
-        elif _LEGACY_TEMP.match(entry.name):
-            age = max(min_age_s, LEGACY_TEMP_MIN_AGE_S)
+            age = 0.0
+        elif m is not None or _LEGACY_TEMP.match(entry.name):
+            age = foreign_min_age_s
         else:
             continue
         try:
@@ -123,7 +139,7 @@ def check_writable(folder: str | os.PathLike, need_bytes: int = 0) -> None:
     if d.exists() and not d.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(d))
     d.mkdir(parents=True, exist_ok=True)
-    fd, probe = tempfile.mkstemp(prefix=f'.write-probe.{os.getpid()}.', suffix='.tmp', dir=str(d))
+    fd, probe = tempfile.mkstemp(prefix=temp_prefix('write-probe'), suffix='.tmp', dir=str(d))
     try:
         with os.fdopen(fd, 'wb') as f:
             f.write(b'evit_ros write probe\n')

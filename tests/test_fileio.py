@@ -57,21 +57,20 @@ def _start_blocked_writer(target: Path) -> subprocess.Popen:
 
 def test_a_killed_writers_temp_file_is_removed_and_a_live_writers_kept(tmp_path: Path) -> None:
     """SIGKILL during an export left .<name>.onnx.<random>.tmp forever, one more per crash."""
-    from evit_ros.fileio import remove_stale_temps
+    from evit_ros.fileio import pid_namespace, remove_stale_temps
     target = tmp_path / 'model.onnx'
     live = _start_blocked_writer(target)
     killed = _start_blocked_writer(tmp_path / 'other.onnx')
     try:
-        (alive,) = tmp_path.glob(f'.model.onnx.{live.pid}.*.tmp')    # the writer's pid is in the name
-        (dead,) = tmp_path.glob(f'.other.onnx.{killed.pid}.*.tmp')
+        ns = pid_namespace()
+        (alive,) = tmp_path.glob(f'.model.onnx.{live.pid}@{ns}.*.tmp')   # the writer's pid is in the name
+        (dead,) = tmp_path.glob(f'.other.onnx.{killed.pid}@{ns}.*.tmp')
+        assert alive.stat().st_size == dead.stat().st_size == 100000
+        old = alive.stat().st_mtime - 7200
+        os.utime(alive, (old, old))     # however old: its writer runs, so it stays
         killed.kill()
         killed.wait()
-        # just killed: a writer in another PID namespace would look the same, so young files stay
-        assert remove_stale_temps(tmp_path) == [] and dead.exists()
-        old = dead.stat().st_mtime - 3600
-        for p in (dead, alive):
-            os.utime(p, (old, old))
-        # the next write into the folder clears the dead writer's file, never the live one's
+        # the next write into the folder clears the dead writer's file at once, never the live one's
         replace_atomically(tmp_path / 'sidecar.json', b'{}')
         assert not dead.exists() and alive.exists()
         assert (tmp_path / 'sidecar.json').read_bytes() == b'{}'
@@ -80,20 +79,22 @@ def test_a_killed_writers_temp_file_is_removed_and_a_live_writers_kept(tmp_path:
             if p.poll() is None:
                 p.kill()
             p.wait()
-    assert remove_stale_temps(tmp_path, min_age_s=0) == [alive]   # its writer is gone now too
+    assert remove_stale_temps(tmp_path) == [alive]   # its writer is gone now too
     assert sorted(p.name for p in tmp_path.iterdir()) == ['sidecar.json']
 
 
-def test_temp_files_of_older_releases_and_foreign_files(tmp_path: Path) -> None:
-    from evit_ros.fileio import remove_stale_temps
-    legacy = tmp_path / '.model.onnx.k3j_9x0a.tmp'   # no pid in the name: removed once an hour old
+def test_temp_files_whose_writer_cannot_be_checked_go_after_an_hour(tmp_path: Path) -> None:
+    """Another PID namespace (a container sharing the cache) or a release without the pid in the name."""
+    from evit_ros.fileio import pid_namespace, remove_stale_temps
+    foreign = tmp_path / f'.model.onnx.1@{pid_namespace() + 1}.k3j_9x0a.tmp'
+    legacy = tmp_path / '.model.onnx.k3j_9x0a.tmp'
     other = tmp_path / '.notes.txt'
-    for p in (legacy, other):
+    for p in (foreign, legacy, other):
         p.write_bytes(b'x')
-    assert remove_stale_temps(tmp_path, min_age_s=0) == [] and legacy.exists()
-    os.utime(legacy, (1, 1))
-    os.utime(other, (1, 1))
-    assert remove_stale_temps(tmp_path) == [legacy] and other.exists()
+    assert remove_stale_temps(tmp_path) == []
+    for p in (foreign, legacy, other):
+        os.utime(p, (1, 1))
+    assert sorted(remove_stale_temps(tmp_path)) == sorted([foreign, legacy]) and other.exists()
 
 
 def test_check_writable_names_what_is_wrong(tmp_path: Path) -> None:

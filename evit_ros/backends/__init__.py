@@ -80,15 +80,15 @@ def ensure_onnx(model: ModelConfig, input_cfg: InputConfig, head: str, *, checkp
     # the version is in the name: a new release may export a different graph
     name = f'{model.name}_{sha}_{input_cfg.height}x{input_cfg.width}_{tag}{batch}_v{__version__}.onnx'
     path = cache_dir() / 'onnx' / name
+    from evit_ros.fileio import check_writable, remove_stale_temps
+    for stale in remove_stale_temps(path.parent):   # every start: also when the export is already there
+        lg.info('removed %s, left by an export that was killed', stale)
     if path.is_file():
         return path
-    from evit_ros.fileio import check_writable, remove_stale_temps
     try:   # before the slow export and verification: a read-only, misplaced or full cache fails in ms
         check_writable(path.parent, need_bytes=Path(checkpoint).stat().st_size)
     except OSError as exc:
         raise cache_error(path.parent, exc, model, input_cfg, head, max_batch) from exc
-    for stale in remove_stale_temps(path.parent):
-        lg.info('removed %s, left by an export that was killed', stale)
     from evit_ros.export.onnx_export import export_onnx
     lg.info('exporting %s (%s) at %dx%d to %s', model.name, checkpoint, input_cfg.height, input_cfg.width, path)
     try:
