@@ -136,10 +136,12 @@ class OutputConfig:
     mask_resolution: str = 'camera'
     overlay_alpha: float = 0.5
     palette_overrides: tuple[tuple[int, tuple[int, int, int]], ...] = ()
+    jpeg_quality: int = 90      # color_mask/compressed and overlay/compressed
 
     def __post_init__(self) -> None:
         _choice('outputs.mask_resolution', self.mask_resolution, MASK_RESOLUTIONS)
         _range('outputs.overlay_alpha', self.overlay_alpha, 0.0, 1.0)
+        _range('outputs.jpeg_quality', self.jpeg_quality, 1, 100)
 
 
 @dataclass(frozen=True)

@@ -488,3 +488,26 @@ def test_both_cuda_python_import_paths(tmp_path: Path, layout: str, expected: st
         assert first.endswith("(3, '')")
     else:
         assert 'unavailable: cuda-python is not installed' in out.stdout and 'cuda-python==' not in first
+
+
+def test_a_stale_engine_in_a_full_folder_fails_before_the_rebuild(engine: Path, onnx_file: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rebuild takes minutes on a Jetson: a folder it cannot write into fails first, with the path and fix."""
+    import shutil
+    from collections import namedtuple
+
+    from evit_ros import fileio
+    from evit_ros.errors import CacheError
+    from evit_ros.export import tensorrt_build
+    fake = FakeCudart(name='Other GPU', cc=(8, 9), sms=46)   # the engine was built for another GPU: stale
+    monkeypatch.setattr(cuda_runtime, 'cudart', fake)
+    usage = namedtuple('usage', 'total used free')
+    monkeypatch.setattr(fileio.shutil, 'disk_usage',
+                        lambda p: usage(1 << 30, 1 << 30, 0) if Path(p) == engine.parent else shutil.disk_usage(p))
+    monkeypatch.setattr(tensorrt_build, 'build_engine', lambda *a, **k: pytest.fail('built into a full folder'))
+    be, _ = _backend(engine, onnx_file, fake, onnx_path=onnx_file, build_if_stale=True)
+    with pytest.raises(CacheError) as info:
+        be.load()
+    text = str(info.value)
+    assert f'cannot write the rebuilt engine into {engine.parent}: no space left on device (ENOSPC, 0.0 MB free' in text
+    assert 'Set backend.engine_path to a file in a writable folder' in text and 'evit-ros build-engine' in text

@@ -206,3 +206,44 @@ def test_bad_configuration_fails_fast_with_the_fix(tmp_path, cache_dir, bad, nee
     for needle in needles:
         assert needle in text, text[-3000:]
     assert time.monotonic() - t0 < 30
+
+
+def _unshare_mount(cache: Path, options: str) -> list[str] | None:
+    """A command prefix that runs under a private tmpfs at ``cache`` (a user+mount namespace), or None."""
+    import shutil
+    if shutil.which('unshare') is None or shutil.which('mount') is None:
+        return None
+    prefix = ['unshare', '-rm', 'sh', '-c', f'mount -t tmpfs -o {options} tmpfs "$0" && exec "$@"', str(cache)]
+    if subprocess.run([*prefix, 'true'], capture_output=True, timeout=10).returncode != 0:
+        return None
+    return prefix
+
+
+@pytest.mark.parametrize('fault', ['file-in-place', 'full-disk', 'read-only'])
+def test_unwritable_cache_fails_before_the_export_with_both_fixes(tmp_path, fault) -> None:
+    """Cache faults ended with one FATAL line only after the whole export and verification, and a full disk
+    said `OSError: [Errno 28] No space left on device` with no path and no fix."""
+    cache = tmp_path / 'cache'
+    prefix: list[str] = []
+    if fault == 'file-in-place':
+        cache.write_text('not a folder')
+        cause = f'{cache} is a file, not a folder'
+    else:
+        cache.mkdir()
+        got = _unshare_mount(cache, 'size=64k' if fault == 'full-disk' else 'ro,size=64k')
+        if got is None:
+            pytest.skip('no unshare/mount namespaces here for a real tmpfs')
+        prefix = got
+        cause = 'no space left on device (ENOSPC' if fault == 'full-disk' else 'read-only file system (EROFS)'
+    env = {**_env(tmp_path), 'EVIT_ROS_CACHE': str(cache)}
+    t0 = time.monotonic()
+    proc = subprocess.run([*prefix, *node_command(tmp_path, '/', use_sim_time=False)], capture_output=True,
+                          text=True, env=env, timeout=90)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2, text[-3000:]
+    fatal = [ln for ln in text.splitlines() if 'FATAL' in ln]
+    assert len(fatal) == 1 and 'Traceback' not in text, text[-3000:]
+    assert f'cannot write the ONNX cache {cache}/onnx' in fatal[0] and cause in fatal[0], fatal[0]
+    assert 'Set EVIT_ROS_CACHE to a writable folder' in fatal[0] and 'set backend.onnx_path to an existing' in fatal[0]
+    assert 'exporting' not in text, 'the check must come before the slow export'
+    assert time.monotonic() - t0 < 30

@@ -36,7 +36,7 @@ import numpy as np
 from evit_ros import contract
 from evit_ros.device import cuda_runtime
 from evit_ros.device.identity import GpuIdentity
-from evit_ros.errors import BackendError, BackendUnavailableError, EngineCacheMismatch
+from evit_ros.errors import BackendError, BackendUnavailableError, CacheError, EngineCacheMismatch
 from evit_ros.export import engine_cache
 from evit_ros.inference import InferenceBackend, InferenceResult, ModelIO, TensorSpec
 
@@ -171,12 +171,26 @@ class TensorRTBackend(InferenceBackend):
                                           'calibration frames or DLA options; run the command above)') from exc
             self._log.warning('tensorrt: %s; rebuilding from %s (this takes minutes on a Jetson)', exc,
                               onnx_path)
+        self._check_engine_folder(Path(onnx_path))
         from evit_ros.export.tensorrt_build import build_engine
         build_engine(onnx_path, self.engine_path, precision=self.precision, trt_module=self._trt,
                      gpu=self._gpu, timing_cache=self.engine_path.parent / 'timing.cache',
                      opt_batch=self._recorded_opt_batch(), force=False)
         self.rebuilt = True
         return check()
+
+    def _check_engine_folder(self, onnx_path: Path) -> None:
+        """CacheError before a rebuild of minutes when the engine cannot be written (read-only, full, a file)."""
+        from evit_ros.fileio import check_writable, os_error_text
+        folder = self.engine_path.parent
+        try:
+            check_writable(folder, need_bytes=onnx_path.stat().st_size)
+        except OSError as exc:
+            command = engine_cache.build_command(onnx_path, '/writable/folder/' + self.engine_path.name,
+                                                 self.precision)
+            raise CacheError(f'cannot write the rebuilt engine into {folder}: {os_error_text(exc)}. Set '
+                             'backend.engine_path to a file in a writable folder with space, or build it there '
+                             f'beforehand: {command}') from exc
 
     def _recorded_opt_batch(self) -> int | None:
         """The profile's opt batch of the stale engine (the user's camera count), kept by a rebuild."""

@@ -68,7 +68,10 @@ def _decode_image_msg(msg: Any, msgtype: str) -> np.ndarray:
 
 
 def decode_label_msg(msg: Any) -> np.ndarray:
-    """(H, W) uint8 label image from a mono8 (or 8UC1) Image message."""
+    """(H, W) uint8 label image from a mono8 (or 8UC1) Image, or a PNG CompressedImage (``.../mask/compressed``)."""
+    if hasattr(msg, 'format'):   # CompressedImage: PNG is lossless, the ids come back exactly
+        from evit_ros.pipeline.decode import decode_compressed_mask
+        return decode_compressed_mask(np.asarray(msg.data, dtype=np.uint8), str(msg.format))
     if msg.encoding not in ('mono8', '8UC1'):
         raise FrameError(f'label encoding {msg.encoding!r} is not supported; publish labels as mono8', 'label_encoding')
     h, w, step = int(msg.height), int(msg.width), int(msg.step)

@@ -157,6 +157,36 @@ def compressed_size(buf: np.ndarray) -> tuple[str, int, int]:
                      'formats of image_transport\'s compressed plugin); corrupt or unsupported', 'corrupt')
 
 
+def decode_compressed_mask(data: bytes | bytearray | memoryview | np.ndarray, format: str = '',  # noqa: A002
+                           max_pixels: int = DEFAULT_MAX_DECODED_PIXELS) -> np.ndarray:
+    """A PNG ``CompressedImage`` of a mono8 mask (``segmentation/<cam>/mask/compressed``) -> ``[H, W]`` uint8 ids.
+
+    PNG is lossless, so the class ids come back exactly; a JPEG mask (lossy: ids blur at every edge) is refused
+    as FrameError 'label_encoding', and so is a PNG that is not 8-bit gray. The header size is checked before
+    decoding, as for camera frames.
+    """
+    buf = _as_bytes_array(data)
+    if buf.size == 0:
+        raise FrameError('compressed mask is empty; expected PNG bytes', 'truncated')
+    kind, width, height = compressed_size(buf)
+    if kind != 'png':
+        raise FrameError(f'compressed mask is {kind} ({format or "no format"}): lossy, the class ids are not '
+                         'exact; record segmentation/<cam>/mask/compressed (PNG) or the raw mask', 'label_encoding')
+    if width <= 0 or height <= 0 or width * height > max_pixels:
+        raise FrameError(f'PNG mask header claims {width}x{height} pixels (limit {max_pixels}); not decoded', 'size')
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise FrameError(f'PNG mask of {buf.size} bytes could not be decoded: '
+                         f'{str(exc).strip().splitlines()[-1]}', 'corrupt') from exc
+    if img is None:
+        raise FrameError(f'PNG mask of {buf.size} bytes could not be decoded', 'corrupt')
+    if img.dtype != np.uint8 or img.ndim != 2:
+        raise FrameError(f'PNG mask is {img.dtype} with {1 if img.ndim == 2 else img.shape[2]} channels; a mask '
+                         'is 8-bit gray (mono8) class ids', 'label_encoding')
+    return img
+
+
 def decode_compressed(data: bytes | bytearray | memoryview | np.ndarray, format: str = '',  # noqa: A002
                       max_pixels: int = DEFAULT_MAX_DECODED_PIXELS) -> np.ndarray:
     """Decode a ``CompressedImage`` (JPEG or PNG; ``format`` is informational) to RGB uint8 ``[H, W, 3]``.

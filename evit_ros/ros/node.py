@@ -37,7 +37,7 @@ from evit_ros.pipeline import ClassGroups, Segmenter
 from evit_ros.ros import conversions as conv
 from evit_ros.ros.backend_loader import RosLogHandler, load_backend
 from evit_ros.ros.diagnostics import CameraStats, EngineStats, diagnostic_array, lifecycle_status
-from evit_ros.ros.outputs import OutputStage, pipeline_threads
+from evit_ros.ros.outputs import COMPRESSED_CODECS, OutputStage, compressed_key, pipeline_threads
 from evit_ros.ros.params import ParameterGuard, all_specs, declare_all, declare_one, unknown_overrides
 from evit_ros.ros.qos import InputSubscription, qos_profile
 from evit_ros.ros.startup import one_line, startup_error
@@ -242,6 +242,8 @@ class SegmentationNode(LifecycleNode):
                         'color_mask': pub(Image, base + 'color_mask', out_qos),
                         'overlay': pub(Image, base + 'overlay', out_qos),
                         'confidence': pub(Image, base + 'confidence', out_qos)}
+            for name in COMPRESSED_CODECS:   # <output>/compressed: image_transport's compressed naming
+                cam.pubs[compressed_key(name)] = pub(CompressedImage, base + compressed_key(name), out_qos)
             for g, _ in cfg.drivable.groups:
                 gb = f'{base}drivable/{g}/'
                 cam.group_pubs[g] = {'mask': pub(Image, gb + 'mask', out_qos),

@@ -111,6 +111,8 @@ GLOBAL_SPECS: tuple[ParamSpec, ...] = (
               'size) or model (network input size)', True, choices=MASK_RESOLUTIONS),
     ParamSpec('outputs.overlay_alpha', DOUBLE, _O.overlay_alpha, 'Overlay blend weight of the color mask',
               True, range=(0.0, 1.0, 0.0)),
+    ParamSpec('outputs.jpeg_quality', INT, _O.jpeg_quality, 'JPEG quality of segmentation/<cam>/color_mask/'
+              'compressed and overlay/compressed (mask and confidence are PNG, lossless)', True, range=(1, 100, 1)),
     ParamSpec('outputs.palette_overrides', STRING_ARRAY, None, 'Color overrides "classid:r,g,b", e.g. '
               '"13:255,0,0"', True),
     ParamSpec('drivable.groups', STRING_ARRAY, ['drivable'], 'Class group names; each gets '
