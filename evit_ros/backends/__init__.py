@@ -52,20 +52,26 @@ def resolve_checkpoint(model: ModelConfig, logger: logging.Logger | None = None)
         raise
 
 
+def onnx_cache_path(model: ModelConfig, input_cfg: InputConfig, head: str, *, checkpoint: str,
+                    max_batch: int = 1) -> Path:
+    """Where :func:`ensure_onnx` keeps the export of this model/checkpoint/size/head (it may not exist yet)."""
+    from evit_ros.model.checkpoint import checkpoint_sha256
+    sha = checkpoint_sha256(checkpoint)[:12]
+    tag = head.replace('+', '_')
+    batch = f'_b1-{max_batch}' if max_batch > 1 else ''
+    # the version is in the name: a new release may export a different graph
+    name = f'{model.name}_{sha}_{input_cfg.height}x{input_cfg.width}_{tag}{batch}_v{__version__}.onnx'
+    return cache_dir() / 'onnx' / name
+
+
 def ensure_onnx(model: ModelConfig, input_cfg: InputConfig, head: str, *, checkpoint: str, max_batch: int = 1,
                 logger: logging.Logger | None = None) -> Path:
     """An exported, verified ONNX for this model/checkpoint/size/head, exported into the cache if missing.
 
     ``max_batch > 1`` exports a dynamic batch dimension (1..max_batch) so several cameras share one run.
     """
-    from evit_ros.model.checkpoint import checkpoint_sha256
     lg = logger or log
-    sha = checkpoint_sha256(checkpoint)[:12]
-    tag = head.replace('+', '_')
-    batch = f'_b1-{max_batch}' if max_batch > 1 else ''
-    # the version is in the name: a new release may export a different graph
-    name = f'{model.name}_{sha}_{input_cfg.height}x{input_cfg.width}_{tag}{batch}_v{__version__}.onnx'
-    path = cache_dir() / 'onnx' / name
+    path = onnx_cache_path(model, input_cfg, head, checkpoint=checkpoint, max_batch=max_batch)
     if path.is_file():
         return path
     from evit_ros.export.onnx_export import export_onnx
@@ -235,4 +241,4 @@ def create_backend(config: BackendConfig, *, model: ModelConfig, input_cfg: Inpu
 
 
 __all__ = ['InferenceBackend', 'InferenceResult', 'ModelIO', 'TensorSpec', 'cache_dir', 'check_onnx_matches',
-           'choose_auto', 'create_backend', 'ensure_onnx', 'export_command', 'resolve_checkpoint']
+           'choose_auto', 'create_backend', 'ensure_onnx', 'export_command', 'onnx_cache_path', 'resolve_checkpoint']

@@ -38,6 +38,7 @@ from evit_ros.ros.backend_loader import RosLogHandler, load_backend
 from evit_ros.ros.diagnostics import CameraStats, EngineStats, diagnostic_array, lifecycle_status
 from evit_ros.ros.outputs import NODE_HEAD, OutputStage, pipeline_threads
 from evit_ros.ros.params import ParameterGuard, all_specs, declare_all, declare_one, unknown_overrides
+from evit_ros.ros.prepare import ExportInterrupted
 from evit_ros.ros.qos import InputSubscription, qos_profile
 from evit_ros.ros.startup import one_line, startup_error
 from evit_ros.ros.worker import Camera, FrameWorker
@@ -148,7 +149,7 @@ class SegmentationNode(LifecycleNode):
         except Exception as exc:  # noqa: BLE001 - a failing transition is reported, never a crash
             self.transition_error = exc
             self.lifecycle_state = failure_state
-            if not self._quiet_failures:
+            if not self._quiet_failures and not isinstance(exc, ExportInterrupted):   # a signal: shutting down
                 self._log.error(f'{name} failed: {startup_error(exc)}')
             return TransitionCallbackReturn.FAILURE
         self.transition_error = None
