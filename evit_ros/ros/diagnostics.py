@@ -69,6 +69,8 @@ class CameraStats:
         self.clock_note = ''                # 'waiting for /clock ...' under use_sim_time without a clock
         self.stamps: Counter[str] = Counter()   # frames left out of latency: future / zero stamps, no clock
         self.max_future_ms = 0.0
+        self.sim_time = False               # use_sim_time: a stamp ahead of /clock is not a camera clock fault
+        self.clock_jumps = 0                # /clock jumps seen (use_sim_time); each restarts the latency window
         self._stamp_mark = 0
         self._rx_mark = 0
         self._out_mark = 0
@@ -86,6 +88,14 @@ class CameraStats:
         with self.lock:
             self.stamps[issue] += 1
             self.max_future_ms = max(self.max_future_ms, ahead_ms)
+
+    def on_clock_jump(self) -> None:
+        """The node clock jumped: restart the end-to-end window and the delay (they would read the jump)."""
+        with self.lock:
+            self.clock_jumps += 1
+            self.stages['end_to_end'] = StageStats()
+            self.last_delay_ms = None
+            self.max_future_ms = 0.0
 
     def on_drop(self, n: int = 1) -> None:
         with self.lock:
@@ -138,6 +148,8 @@ class CameraStats:
                 ('input_qos', self.input_qos)]
             values += [(f'bad_frames.{r}', str(n)) for r, n in sorted(self.bad.items())]
             values += [(f'stamps_excluded.{r}', str(n)) for r, n in sorted(self.stamps.items())]
+            if self.clock_jumps:
+                values.append(('clock_jumps', str(self.clock_jumps)))
             for s in STAGES:
                 sm = lat[s]
                 for q in ('p50', 'p95', 'max'):
@@ -157,6 +169,7 @@ class CameraStats:
                        ('expected_frequency', f'{cfg.expected_rate_hz:.2f}')]
             last_rx, received = self.last_rx, self.received
             frame_bytes, future_ms, clock_note = self.last_frame_bytes, self.max_future_ms, self.clock_note
+            sim_time = self.sim_time
         level = OK
         msgs: list[str] = []
         silent_for = now - (last_rx if last_rx is not None else self.created)
@@ -185,9 +198,10 @@ class CameraStats:
                         + lost_frames_hint(self.input_qos, frame_bytes))
         if new_stamp_issues:
             level = max(level, WARN)
+            fix = ('under use_sim_time: is /clock from the same source (bag) as the camera stamps?' if sim_time else
+                   'sync the camera clock (chrony/PTP) or fix the driver\'s stamps')
             msgs.append(f'{new_stamp_issues} frame(s) with a header stamp in the future (up to {future_ms:.0f} ms '
-                        'ahead) or zero, left out of the latency statistics: sync the camera clock (chrony/PTP) or '
-                        'fix the driver\'s stamps')
+                        f'ahead) or zero, left out of the latency statistics: {fix}')
         if new_bad:
             level = max(level, WARN)
             msgs.append(f'{new_bad} bad frame(s) since the last report')

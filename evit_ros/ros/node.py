@@ -23,7 +23,8 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PolygonStamped
 from nav_msgs.msg import OccupancyGrid
-from rclpy.clock import Clock, ClockType
+from rclpy.clock import Clock, ClockType, JumpThreshold
+from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -51,6 +52,7 @@ except ImportError:  # Humble
 NODE_NAME = 'evit_segmentation'
 QOS_POLL_S = 0.5            # how often auto-QoS subscriptions look at the publishers of their topic
 DRAIN_TIMEOUT_S = 30.0      # deactivate waits this long for the frame in flight to be published
+CLOCK_JUMP_S = 1.0          # a /clock step this large either way (use_sim_time) is a jump, not time passing
 # vision_msgs/LabelInfo as Nav2's semantic_segmentation_layer subscribes it: reliable, transient local, depth 1
 LABEL_INFO_QOS = qos_profile('reliable', 1, transient_local=True)
 
@@ -81,6 +83,7 @@ class SegmentationNode(LifecycleNode):
         self._label_info_off_logged = False
         self._label_info: tuple[Any, Any] | None = None   # (LabelInfo, VisionClass) once configured
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._jump_handle = self._watch_clock_jumps()
         self._guard_change_state_service()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         if hasattr(self, 'add_post_set_parameters_callback'):   # Jazzy+; Humble applies in on-set
@@ -121,6 +124,30 @@ class SegmentationNode(LifecycleNode):
             self._quiet_failures = False
 
     _quiet_failures = False
+
+    def _watch_clock_jumps(self) -> Any:
+        """rcl's time-jump callback on the node clock (it fires when /clock, under use_sim_time, steps by
+        :data:`CLOCK_JUMP_S` or more either way, e.g. ``ros2 bag play --loop``); None where rclpy lacks it."""
+        try:
+            threshold = JumpThreshold(min_forward=Duration(nanoseconds=int(CLOCK_JUMP_S * 1e9)),
+                                      min_backward=Duration(nanoseconds=-int(CLOCK_JUMP_S * 1e9)),
+                                      on_clock_change=False)
+            return self.get_clock().create_jump_callback(threshold, post_callback=self._on_clock_jump)
+        except Exception as exc:  # noqa: BLE001 - an rclpy without jump callbacks: latency may read a jump
+            self._log.debug(f'no clock jump callbacks in this rclpy ({type(exc).__name__}: {exc})')
+            return None
+
+    def _on_clock_jump(self, jump: Any) -> None:
+        """Frames in flight across the jump leave latency, the latency windows restart; one line per jump."""
+        delta_ns = int(jump.delta.nanoseconds)
+        now_ns = self.get_clock().now().nanoseconds
+        if now_ns - delta_ns <= 0:   # the first /clock message after start (from time 0): not a jump
+            return
+        self._worker.on_clock_jump(now_ns, delta_ns)
+        for cam in list(self.cameras.values()):
+            cam.stats.on_clock_jump()
+        self._log.info(f'clock jumped by {delta_ns / 1e9:+.1f} s (/clock, use_sim_time): frames stamped before '
+                       'the jump are left out of latency and the latency windows restart')
 
     def _guard_change_state_service(self) -> None:
         """rclpy raises out of the change_state service for a transition the current state does not have (e.g.
@@ -429,8 +456,10 @@ class SegmentationNode(LifecycleNode):
             clock_note = ''
             if self.get_clock().clock_type == ClockType.ROS_TIME and self.get_clock().now().nanoseconds == 0:
                 clock_note = 'waiting for /clock (use_sim_time is true): no latency until a clock arrives'
+            sim_time = bool(getattr(self.get_clock(), 'ros_time_is_active', False))
             for c in self.cameras.values():
                 c.stats.clock_note = clock_note
+                c.stats.sim_time = sim_time
             statuses = [c.stats.status(name, self.cfg.diagnostics) for c in self.cameras.values()]
         else:
             error = startup_error(self.transition_error) if self.transition_error is not None else ''
@@ -459,6 +488,12 @@ class SegmentationNode(LifecycleNode):
 
     def destroy_node(self) -> None:
         self.shutdown(timeout_s=0.5)
+        if self._jump_handle is not None:
+            try:
+                self._jump_handle.unregister()
+            except Exception:  # noqa: BLE001 - the clock may be gone already
+                pass
+            self._jump_handle = None
         for cam in getattr(self, 'cameras', {}).values():
             for sub in (cam.image_sub, cam.info_sub):
                 if sub is not None:

@@ -33,6 +33,9 @@ if TYPE_CHECKING:   # qos imports rclpy; only the annotation is needed here
     from evit_ros.ros.qos import InputSubscription
 
 THREAD_NAME = 'evit_segmentation_worker'
+# After a /clock jump (use_sim_time), frames stamped in the timeline the clock left are left out of latency for
+# this long: the frames in flight across the jump (the mailbox holds one per camera, so a few at most).
+CLOCK_JUMP_GRACE_S = 5.0
 
 
 class Camera:
@@ -72,6 +75,7 @@ class FrameWorker:
         self._thread: threading.Thread | None = None
         self._accepting = False        # camera callbacks store frames only while active
         self.busy = False              # the worker is between taking frames and having published them
+        self._jump: tuple[int, int, float] | None = None   # last clock jump: (clock after it ns, delta ns, monotonic s)
 
     # -- callers on other threads ------------------------------------------------------------------------
     def offer(self, cam: Camera, msg: Any) -> None:
@@ -84,6 +88,20 @@ class FrameWorker:
                 cam.stats.on_drop()
             cam.pending = msg
             self.cond.notify()
+
+    def on_clock_jump(self, to_ns: int, delta_ns: int) -> None:
+        """The node clock jumped by ``delta_ns`` to ``to_ns`` (a /clock jump): frames stamped before it are not
+        latency samples (the executor thread calls this; the worker reads the one tuple)."""
+        self._jump = (int(to_ns), int(delta_ns), time.monotonic())
+
+    def across_jump(self, stamp_ns: int) -> bool:
+        """True for a frame stamped in the timeline the clock left at its last jump (within the grace time): its
+        stamp is nearer to where the clock was than to where it jumped."""
+        jump = self._jump
+        if jump is None or time.monotonic() - jump[2] > CLOCK_JUMP_GRACE_S:
+            return False
+        to_ns, delta_ns, _ = jump
+        return abs(stamp_ns - (to_ns - delta_ns)) < abs(stamp_ns - to_ns)
 
     def request_update(self, cfg: NodeConfig) -> None:
         """Hand ``outputs.*``/``drivable.*`` changes to the worker, which applies them before its next batch."""
@@ -201,6 +219,8 @@ class FrameWorker:
             cam.stats.on_stamp('no_clock')
         elif stamp_ns == 0:
             cam.stats.on_stamp('zero')
+        elif self.across_jump(stamp_ns):   # in flight across a /clock jump: neither latency nor skew
+            cam.stats.on_stamp('clock_jump')
         elif stamp_ns > now_ns:  # stamped in the future: clock skew or a broken driver; never a negative latency
             cam.stats.on_stamp('future', (stamp_ns - now_ns) / 1e6)
         else:
