@@ -17,7 +17,7 @@ from builtin_interfaces.msg import Time  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from test_ros_node import export_test_onnx, wait_for  # noqa: E402
-from test_ros_vehicle import RELIABLE, Rig, _frame  # noqa: E402
+from test_ros_vehicle import BEST_EFFORT, RELIABLE, Rig, _frame  # noqa: E402
 
 
 @pytest.fixture(scope='module')
@@ -71,3 +71,75 @@ def test_a_clock_jump_leaves_frames_in_flight_out_of_latency_and_restarts_the_wi
     err = capfd.readouterr().err
     assert err.count('clock jumped by') == 1, err[-3000:]
     assert f'clock jumped by {jump_s:+.1f} s' in err, err[-3000:]
+
+
+class _Stderr:
+    """Accumulates what the process wrote to stderr (rcutils logs there) while waiting for a needle."""
+
+    def __init__(self, capfd: Any) -> None:
+        self.capfd = capfd
+        self.text = ''
+
+    def wait(self, needle: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while needle not in self.text:
+            assert time.monotonic() < deadline, f'no {needle!r} in:\n{self.text[-3000:]}'
+            time.sleep(0.05)
+            self.text += self.capfd.readouterr().err
+        return self.text
+
+
+@pytest.mark.parametrize('mode', ['auto', 'reliable'])
+def test_incompatible_qos_names_the_policy_and_count_and_advises_only_what_applies(onnx, capfd, mode) -> None:
+    """A best-effort publisher joins a reliable camera's topic: auto re-decides (an info line, no advice), a
+    fixed reliable subscription is told how to fix it; never the event object's repr."""
+    rig = Rig(onnx, **{'qos.input_reliability': mode})
+    cam = rig.node.cameras['front']
+    err = _Stderr(capfd)
+    try:
+        reliable = rig.tester.create_publisher(Image, '/front/image_raw', RELIABLE)
+        wait_for(lambda: cam.image_sub.reliability == 'reliable' and reliable.get_subscription_count() >= 1, 10,
+                 'a reliable subscription')
+        rig.tester.create_publisher(Image, '/front/image_raw', BEST_EFFORT)
+        text = err.wait('RELIABILITY policy')
+        if mode == 'auto':
+            wait_for(lambda: cam.image_sub.reliability == 'best_effort', 10, 'the switch to best effort')
+    finally:
+        rig.close()
+    text += capfd.readouterr().err
+    line = next(x for x in text.splitlines() if 'RELIABILITY policy' in x)
+    assert '<rclpy' not in text and 'object at 0x' not in text, text[-3000:]
+    assert '/front/image_raw' in line and 'so far' in line, line
+    if mode == 'auto':
+        assert '[INFO]' in line and 'auto QoS re-subscribes' in line and 'Use auto' not in line, line
+    else:
+        assert '[WARN]' in line and 'qos.input_reliability to auto' in line, line
+
+
+def test_auto_qos_subscribes_before_a_camera_starts_and_loses_nothing_when_it_decides(onnx) -> None:
+    """The node subscribes (best effort) before any publisher exists; a reliable camera that starts later is
+    matched by discovery and its burst is masked completely, across the re-decision to reliable (the old
+    subscription delivers until the new one does; a frame both deliver is passed on once)."""
+    n = 12
+    rig = Rig(onnx, **{'diagnostics.latency_budget_ms': 10000.0})
+    cam = rig.node.cameras['front']
+    try:
+        wait_for(lambda: rig.tester.count_subscribers('/front/image_raw') == 1, 10,
+                 'the node subscribed before any camera publishes')
+        pub = rig.tester.create_publisher(Image, '/front/image_raw', RELIABLE)
+        wait_for(lambda: pub.get_subscription_count() >= 1, 10, 'matching')
+        stamps = []
+        for i in range(n):       # 12 frames over ~1.8 s: the re-decision (0.5 s polls) falls inside
+            stamp = Time(sec=100, nanosec=i * 1000)
+            stamps.append((stamp.sec, stamp.nanosec))
+            pub.publish(_frame(stamp))
+            time.sleep(0.15)
+
+        def masked() -> set[tuple[int, int]]:
+            with rig.lock:
+                return {(m.header.stamp.sec, m.header.stamp.nanosec) for m in rig.masks}
+        wait_for(lambda: set(stamps) <= masked(), 10, f'all {n} masks')
+        assert cam.image_sub.reliability == 'reliable' and cam.image_sub.decided
+        assert cam.stats.received == n and cam.stats.dropped == 0, (cam.stats.received, cam.stats.dropped)
+    finally:
+        rig.close()

@@ -40,7 +40,7 @@ from evit_ros.ros.diagnostics import CameraStats, EngineStats, diagnostic_array,
 from evit_ros.ros.outputs import NODE_HEAD, OutputStage, pipeline_threads
 from evit_ros.ros.params import ParameterGuard, all_specs, declare_all, declare_one, unknown_overrides
 from evit_ros.ros.prepare import ExportInterrupted
-from evit_ros.ros.qos import InputSubscription, qos_profile
+from evit_ros.ros.qos import InputSubscription, policy_name, qos_profile
 from evit_ros.ros.startup import one_line, startup_error
 from evit_ros.ros.worker import Camera, FrameWorker
 
@@ -304,7 +304,6 @@ class SegmentationNode(LifecycleNode):
             if cam.label_info_pub is not None and self._label_info is not None:
                 label_info, vision_class = self._label_info
                 cam.label_info_pub.publish(conv.label_info(label_info, vision_class, self.dataset.class_names, stamp))
-        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
         mode, depth = cfg.qos.input_reliability, cfg.qos.input_depth
         self._worker.accept()
         for cam in self.cameras.values():
@@ -312,12 +311,16 @@ class SegmentationNode(LifecycleNode):
             compressed = cam_cfg.transport == 'compressed'
             topic = cam_cfg.subscribed_topic   # <topic>/compressed for compressed transport
             cam.image_sub = InputSubscription(self, CompressedImage if compressed else Image, topic,
-                                              self._make_callback(cam), mode, depth, events, self._log.info)
-            cam.stats.input_qos = cam.image_sub.reliability or 'auto: waiting for a publisher'
+                                              self._make_callback(cam), mode, depth, self._qos_events(topic),
+                                              self._log.info, self._log.debug)
+            cam.stats.input_qos = cam.image_sub.reliability if cam.image_sub.decided else \
+                f'auto: waiting for a publisher (subscribed {cam.image_sub.reliability})'
             if cam_cfg.camera_info_topic:
                 cam.stats.grid_status = f'waiting for CameraInfo on {cam_cfg.camera_info_topic}'
                 cam.info_sub = InputSubscription(self, CameraInfo, cam_cfg.camera_info_topic,
-                                                 self._make_info_callback(cam), mode, depth, events, self._log.info)
+                                                 self._make_info_callback(cam), mode, depth,
+                                                 self._qos_events(cam_cfg.camera_info_topic), self._log.info,
+                                                 self._log.debug)
             out_ns = self.resolve_topic(f'segmentation/{cam_cfg.name}/mask').rsplit('/', 1)[0]
             self._log.info(f'camera {cam_cfg.name}: {cam_cfg.transport} on {topic} (qos.input_reliability={mode}) '
                            f'-> {out_ns}/...')
@@ -405,11 +408,29 @@ class SegmentationNode(LifecycleNode):
             cam.info = (tuple(float(v) for v in msg.k), int(msg.height), int(msg.width))
         return callback
 
-    def _on_incompatible_qos(self, event: Any) -> None:
-        self._log.warning(f'a camera publisher has an incompatible QoS ({event}); the node subscribes with '
-                          f'qos.input_reliability={self.cfg.qos.input_reliability}. Use auto (the default) to follow '
-                          'the camera, or best_effort to match both reliable and best-effort cameras',
-                          throttle_duration_sec=10.0)
+    def _qos_events(self, topic: str) -> Any:
+        """Event callbacks of one input subscription (they name its topic)."""
+        def on_incompatible(event: Any) -> None:
+            self._on_incompatible_qos(topic, event)
+        return SubscriptionEventCallbacks(incompatible_qos=on_incompatible)
+
+    def _on_incompatible_qos(self, topic: str, event: Any) -> None:
+        """A publisher the subscription cannot match: the policy and count, and the fix only where one applies."""
+        policy = policy_name(getattr(event, 'last_policy_kind', '?'))
+        count = getattr(event, 'total_count', '?')
+        mode = self.cfg.qos.input_reliability
+        what = f'{topic}: a publisher offers a QoS incompatible with the subscription ({policy} policy, {count} so far)'
+        if mode == 'auto':   # auto re-subscribes at its next look at the publishers: nothing to fix
+            self._log.info(f'{what}; auto QoS re-subscribes to match every publisher within {QOS_POLL_S:g} s',
+                           throttle_duration_sec=10.0)
+        elif policy == 'RELIABILITY':
+            self._log.warning(f'{what}: qos.input_reliability={mode} cannot receive a best-effort publisher; set '
+                              'qos.input_reliability to auto (follows the publishers) or best_effort (matches both)',
+                              throttle_duration_sec=10.0)
+        else:
+            self._log.warning(f'{what}; compare the offered profile (ros2 topic info -v {topic}) with the '
+                              f'subscription (qos.input_reliability={mode}, depth {self.cfg.qos.input_depth})',
+                              throttle_duration_sec=10.0)
 
     def _poll_qos(self) -> None:
         """auto QoS: (re)subscribe each camera topic as its publishers offer (see evit_ros.ros.qos)."""
@@ -423,7 +444,7 @@ class SegmentationNode(LifecycleNode):
                     if self._worker.stop_event.is_set():
                         return
                     self._log.warning(f'auto QoS on {sub.topic}: {exc}', throttle_duration_sec=10.0)
-            if cam.image_sub is not None and cam.image_sub.reliability:
+            if cam.image_sub is not None and cam.image_sub.decided:
                 cam.stats.input_qos = cam.image_sub.reliability
 
     def _check_config(self, cfg: NodeConfig) -> None:
