@@ -143,3 +143,53 @@ def test_auto_qos_subscribes_before_a_camera_starts_and_loses_nothing_when_it_de
         assert cam.stats.received == n and cam.stats.dropped == 0, (cam.stats.received, cam.stats.dropped)
     finally:
         rig.close()
+
+
+@pytest.mark.parametrize(('frames', 'seconds', 'warned'), [(5, 1.0005, False), (4, 1.0, True)],
+                         ids=['4.9975-hz-prints-5.00', '4.00-hz'])
+def test_the_rate_warning_compares_what_it_prints(frames, seconds, warned) -> None:
+    """At 4.9975 Hz against 10 Hz expected, the old check warned "input rate 5.0 Hz below half the expected
+    10.0 Hz"; the check now uses the printed (2-decimal) values, and the message names the threshold."""
+    from evit_ros.config import DiagnosticsConfig
+    from evit_ros.ros.diagnostics import CameraStats
+    st = CameraStats('front', '/front/image_raw', ('road',))
+    t0 = st.created
+    st._t_mark = t0
+    for _ in range(frames):
+        st.on_receive()
+    st.last_rx = t0 + seconds
+    s = st.status('n', DiagnosticsConfig(expected_rate_hz=10.0, silence_timeout_s=60.0), now=t0 + seconds)
+    v = _values(s)
+    assert ('input rate' in s.message) == warned, (v['input_rate_hz'], s.message)
+    if warned:
+        assert f'input rate {v["input_rate_hz"]} Hz below 5.00 Hz, half the expected 10.00 Hz' in s.message
+
+
+def test_a_refused_transition_is_one_node_line_by_id_and_by_label_and_ranges_hold_while_unconfigured(
+        onnx, capfd) -> None:
+    from lifecycle_msgs.msg import Transition
+    from rcl_interfaces.msg import Parameter as ParameterMsg
+    from rcl_interfaces.msg import ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+    from test_ros_lifecycle import Managed, call_service, change_state
+    m = Managed(**{'backend.onnx_path': str(onnx)})
+    try:
+        assert not change_state(m.change, m.get, Transition(id=Transition.TRANSITION_ACTIVATE))
+        assert not change_state(m.change, m.get, Transition(label='activate'))
+        assert m.state() == 'unconfigured'
+
+        def set_depth(value: int) -> Any:
+            req = SetParameters.Request(parameters=[ParameterMsg(name='qos.input_depth', value=ParameterValue(
+                type=ParameterType.PARAMETER_INTEGER, integer_value=value))])
+            return call_service(m.params, req).results[0]
+        assert set_depth(7).successful                    # a restart-only parameter: accepted while unconfigured
+        refused = set_depth(0)                             # outside its declared range: refused in any state
+        assert not refused.successful and 'out of range' in refused.reason and 'Min: 1' in refused.reason
+    finally:
+        m.close()
+    err = capfd.readouterr().err
+    lines = [x for x in err.splitlines() if 'transition' in x and 'activate' in x]
+    assert len(lines) == 2, err[-3000:]
+    assert all('[evit_segmentation]' in x and 'refused in state unconfigured' in x for x in lines), lines
+    assert all('only configure, shutdown' in x for x in lines), lines
+    assert '.c:' not in err and 'rcl_lifecycle' not in err, err[-3000:]

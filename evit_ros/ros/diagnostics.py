@@ -192,10 +192,10 @@ class CameraStats:
             level = max(level, WARN)
             msgs.append(clock_note)
         elif last_rx is not None and silent_for <= cfg.silence_timeout_s \
-                and in_rate < 0.5 * cfg.expected_rate_hz:
+                and rate_below_half(in_rate, cfg.expected_rate_hz):
             level = max(level, WARN)
-            msgs.append(f'input rate {in_rate:.1f} Hz below half the expected {cfg.expected_rate_hz:.1f} Hz'
-                        + lost_frames_hint(self.input_qos, frame_bytes))
+            msgs.append(f'input rate {in_rate:.2f} Hz below {0.5 * cfg.expected_rate_hz:.2f} Hz, half the expected '
+                        f'{cfg.expected_rate_hz:.2f} Hz' + lost_frames_hint(self.input_qos, frame_bytes))
         if new_stamp_issues:
             level = max(level, WARN)
             fix = ('under use_sim_time: is /clock from the same source (bag) as the camera stamps?' if sim_time else
@@ -209,6 +209,11 @@ class CameraStats:
                               message='; '.join(msgs) or 'ok', hardware_id=self.name)
         st.values = [KeyValue(key=k, value=v) for k, v in values]
         return st
+
+
+def rate_below_half(rate_hz: float, expected_hz: float) -> bool:
+    """The rate check on the values the message prints (2 decimals), so it never reads "5.00 below 5.00"."""
+    return round(rate_hz, 2) < round(0.5 * expected_hz, 2)
 
 
 LOST_FRAMES_FIX = ('Fix: start the camera and the node with the shipped Fast DDS profile '

@@ -158,15 +158,32 @@ class SegmentationNode(LifecycleNode):
             return
 
         def change_state(request: Any, response: Any) -> Any:
+            t = request.transition
+            available = self._available_transitions()
+            if available and not any((t.label == label) if t.label else (t.id == tid) for tid, label in available):
+                # refused here, before rcl: one line whether asked by id or by label (rcl would log its own
+                # error with a C source location by id, and nothing of ours by label)
+                names = sorted({label for _, label in available})
+                self._log.warning(f'lifecycle transition {t.label or _transition_label(t.id)} refused in state '
+                                  f'{self.lifecycle_state}: from {self.lifecycle_state} only '
+                                  f'{", ".join(names)}')
+                response.success = False
+                return response
             try:
                 return inner(request, response)
             except Exception as exc:  # noqa: BLE001 - rcl's "Transition is not registered"
-                t = request.transition
                 self._log.warning(f'lifecycle transition {t.label or t.id} refused in state {self.lifecycle_state}: '
                                   f'{one_line(exc)}')
                 response.success = False
                 return response
         service.callback = change_state
+
+    def _available_transitions(self) -> list[tuple[int, str]]:
+        """(id, label) of the transitions of the current state ([] where rclpy does not expose them)."""
+        try:
+            return [(int(t[0]), str(t[1])) for t in self._state_machine.available_transitions]
+        except Exception:  # noqa: BLE001 - a private rclpy detail: fall back to rcl's check
+            return []
 
     # -- lifecycle transitions -------------------------------------------------------------------------
     def _transition(self, name: str, work: Any, success_state: str, failure_state: str) -> Any:
@@ -377,7 +394,8 @@ class SegmentationNode(LifecycleNode):
 
     # -- parameters -----------------------------------------------------------------------------------------
     def _on_set_parameters(self, params: list[Any]) -> Any:
-        """Unconfigured: every value is accepted (read at configure); configured: the guard decides."""
+        """Unconfigured: every value is accepted (read at configure; rclpy has already refused one outside its
+        declared range); configured: the guard decides."""
         if self._guard is None:
             from rcl_interfaces.msg import SetParametersResult
             return SetParametersResult(successful=True)
@@ -520,6 +538,15 @@ class SegmentationNode(LifecycleNode):
                 if sub is not None:
                     sub.close()
         super().destroy_node()
+
+
+def _transition_label(tid: int) -> str:
+    """'activate' for Transition.TRANSITION_ACTIVATE, else the id as text."""
+    from lifecycle_msgs.msg import Transition
+    for name in dir(Transition):
+        if name.startswith('TRANSITION_') and getattr(Transition, name) == tid:
+            return name[len('TRANSITION_'):].lower()
+    return str(tid)
 
 
 __all__ = ['DRAIN_TIMEOUT_S', 'LABEL_INFO_QOS', 'NODE_NAME', 'QOS_POLL_S', 'SegmentationNode']
