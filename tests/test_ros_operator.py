@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 rclpy = pytest.importorskip('rclpy')
@@ -20,9 +21,18 @@ pytest.importorskip('torch')
 
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState  # noqa: E402
+from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
+from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from test_ros_node import export_test_onnx  # noqa: E402
+
+from evit_ros.ros import conversions as conv  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NODE = 'evit_ros.ros.segmentation_node'
+RELIABLE = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 BASE = {'backend.type': 'onnxruntime', 'backend.threads': '1', 'input.height': '64', 'input.width': '128'}
 # an export that takes seconds here (the verification runs the model at this size)
 SLOW_EXPORT = {**BASE, 'input.height': '1024', 'input.width': '2048'}
@@ -73,6 +83,9 @@ class Client:
         rclpy.init(context=self.ctx)
         self.node = rclpy.create_node('operator_tester', context=self.ctx)
         self.change = self.node.create_client(ChangeState, '/evit_segmentation/change_state')
+        self.params = self.node.create_client(SetParameters, '/evit_segmentation/set_parameters')
+        self.masks: list[Any] = []
+        self.node.create_subscription(Image, '/segmentation/front/mask', self.masks.append, RELIABLE)
         self.executor = rclpy.executors.SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -137,3 +150,48 @@ def test_an_export_in_the_child_process_is_loaded_and_sighup_stops_the_running_n
     assert 'in a child process' in text and 'Traceback' not in text, text[-3000:]
     files = sorted(p.name for p in (cache / 'onnx').iterdir())
     assert len(files) == 1 and files[0].endswith('.onnx'), files
+
+
+@pytest.fixture(scope='module')
+def onnx(tmp_path_factory) -> Path:
+    return export_test_onnx(tmp_path_factory.mktemp('onnx') / 'b0_64x128.onnx')
+
+
+@pytest.mark.parametrize('level', ['debug', 'info'])
+def test_log_level_debug_shows_qos_offers_engine_frame_timing_and_parameter_changes(tmp_path, onnx, level) -> None:
+    """``--log-level evit_segmentation:=debug`` (what the launch file's ``log_level:=debug`` passes): the lines an
+    operator needs; at info none of them."""
+    proc, log = _start(tmp_path, {**BASE, 'backend.onnx_path': str(onnx)},
+                       extra=('--log-level', f'evit_segmentation:={level}'))
+    try:
+        with Client() as c:
+            pub = c.node.create_publisher(Image, '/front/image_raw', RELIABLE)
+            _wait_text(proc, log, 'ready:')
+            deadline = time.monotonic() + 30
+            while not c.masks:
+                assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
+                if pub.get_subscription_count():
+                    msg = conv.numpy_to_image(np.zeros((48, 64, 3), np.uint8), 'rgb8')
+                    msg.header.stamp.sec = 5
+                    pub.publish(msg)
+                time.sleep(0.2)
+            req = SetParameters.Request(parameters=[ParameterMsg(name='outputs.overlay_alpha', value=ParameterValue(
+                type=ParameterType.PARAMETER_DOUBLE, double_value=0.3))])
+            fut = c.params.call_async(req)
+            deadline = time.monotonic() + 20
+            while not fut.done():
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.02)
+            assert fut.result().results[0].successful
+            rc, _ = _stop(proc, signal.SIGINT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert rc == 0, text[-3000:]
+    needles = ['engine selected:', '/front/image_raw: publishers changed, 1 offer(s): reliable, volatile',
+               'camera front: frame 5.000: decode', 'parameters requested in state active: outputs.overlay_alpha=0.3']
+    for n in needles:
+        assert (n in text) == (level == 'debug'), (n, text[-3000:])
+    assert ('[DEBUG]' in text) == (level == 'debug')

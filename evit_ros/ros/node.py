@@ -96,6 +96,7 @@ class SegmentationNode(LifecycleNode):
             if autostart:
                 raise
             self._log.error(f'parameters: {one_line(exc)}; fix them (ros2 param set / params file) and configure')
+        self._declared = True   # from here on, a parameter request is a change (a debug line each)
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', QoSProfile(depth=10))
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics, clock=self._steady)
         if not autostart:
@@ -124,6 +125,7 @@ class SegmentationNode(LifecycleNode):
             self._quiet_failures = False
 
     _quiet_failures = False
+    _declared = False
 
     def _watch_clock_jumps(self) -> Any:
         """rcl's time-jump callback on the node clock (it fires when /clock, under use_sim_time, steps by
@@ -259,6 +261,9 @@ class SegmentationNode(LifecycleNode):
         self.dataset = dataset_for_model(cfg.model.name)
         self._check_config(cfg)   # unknown class names / palette ids fail before loading
         self.backend = load_backend(cfg, self._pylog)
+        b = cfg.backend
+        self._log.debug(f'engine selected: {self.backend.describe()} (backend.type={b.type}, '
+                        f'engine_path={b.engine_path!r}, onnx_path={b.onnx_path!r}, precision={b.precision})')
         if cfg.backend.build_only:
             self.build_only = True
             self._log.info('backend.build_only=true: the engine is ready; exiting without subscribing')
@@ -398,8 +403,14 @@ class SegmentationNode(LifecycleNode):
         declared range); configured: the guard decides."""
         if self._guard is None:
             from rcl_interfaces.msg import SetParametersResult
-            return SetParametersResult(successful=True)
-        return self._guard.on_set(params)
+            result = SetParametersResult(successful=True)
+        else:
+            result = self._guard.on_set(params)
+        if self._declared:
+            self._log.debug(f'parameters requested in state {self.lifecycle_state}: '
+                            + ', '.join(f'{p.name}={p.value!r}' for p in params)
+                            + (' -> accepted' if result.successful else f' -> refused: {result.reason}'))
+        return result
 
     def _on_post_set_parameters(self, params: list[Any]) -> None:
         if self._guard is not None:

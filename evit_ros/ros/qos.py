@@ -37,12 +37,13 @@ def policy_name(kind: Any) -> str:
 
 
 def describe_offer(info: Any) -> str:
-    """One publisher's offered profile, for debug lines: 'reliable, volatile, keep_last 10'."""
+    """One publisher's offered profile, for debug lines: 'reliable, volatile' (and the history where discovery
+    conveys it, which DDS does not)."""
     q = info.qos_profile
     history = getattr(q.history, 'name', str(q.history)).lower()
-    depth = f' {q.depth}' if history == 'keep_last' else ''
-    return (f'{offered_reliability(info)}, {"transient_local" if offers_transient_local(info) else "volatile"}, '
-            f'{history}{depth}')
+    kept = {'keep_last': f', keep_last {q.depth}', 'keep_all': ', keep_all'}.get(history, '')
+    return f'{offered_reliability(info)}, {"transient_local" if offers_transient_local(info) else "volatile"}{kept}'
+
 
 
 def qos_profile(reliability: str, depth: int, transient_local: bool = False) -> QoSProfile:

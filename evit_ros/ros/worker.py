@@ -26,7 +26,7 @@ from evit_ros.errors import FrameError
 from evit_ros.heap import release_free_heap
 from evit_ros.pipeline import GroundProjector, Segmenter
 from evit_ros.ros import conversions as conv
-from evit_ros.ros.diagnostics import CameraStats, EngineStats
+from evit_ros.ros.diagnostics import STAGES, CameraStats, EngineStats
 from evit_ros.ros.outputs import OutputStage
 
 if TYPE_CHECKING:   # qos imports rclpy; only the annotation is needed here
@@ -36,6 +36,7 @@ THREAD_NAME = 'evit_segmentation_worker'
 # After a /clock jump (use_sim_time), frames stamped in the timeline the clock left are left out of latency for
 # this long: the frames in flight across the jump (the mailbox holds one per camera, so a few at most).
 CLOCK_JUMP_GRACE_S = 5.0
+DEBUG = 10   # rclpy.logging.LoggingSeverity.DEBUG (this module imports no rclpy)
 
 
 class Camera:
@@ -227,6 +228,16 @@ class FrameWorker:
             timings['end_to_end'] = (now_ns - stamp_ns) / 1e6
         cam.stats.on_result(timings, res.class_fractions,
                             {g: (r.fraction, r.roi_fraction) for g, r in res.groups.items()})
+        if self._debug():   # per-frame timing only at --log-level debug: nothing is formatted otherwise
+            self._log.debug(f'camera {cam.cfg.name}: frame {stamp_ns / 1e9:.3f}: '
+                            + ', '.join(f'{k} {timings[k]:.1f}' for k in STAGES if k in timings) + ' ms')
+
+    def _debug(self) -> bool:
+        enabled = getattr(self._log, 'is_enabled_for', None)
+        try:
+            return bool(enabled(DEBUG)) if enabled is not None else False
+        except Exception:  # noqa: BLE001 - a logger without levels: no debug lines
+            return False
 
 
 __all__ = ['THREAD_NAME', 'Camera', 'FrameWorker']
