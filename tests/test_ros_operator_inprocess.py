@@ -193,3 +193,41 @@ def test_a_refused_transition_is_one_node_line_by_id_and_by_label_and_ranges_hol
     assert all('[evit_segmentation]' in x and 'refused in state unconfigured' in x for x in lines), lines
     assert all('only configure, shutdown' in x for x in lines), lines
     assert '.c:' not in err and 'rcl_lifecycle' not in err, err[-3000:]
+
+
+@pytest.mark.parametrize('min_mean', [1.0, 0.0], ids=['always-low', 'never'])
+def test_uncertainty_signal_in_diagnostics_and_a_throttled_warning_after_n_low_frames(onnx, capfd, min_mean) -> None:
+    """confidence.mean / low_fraction per camera match the confidence the node computes; a camera whose mean
+    stays below diagnostics.min_mean_confidence for low_confidence_frames frames WARNs (diagnostics and one
+    throttled log line with the numbers); min_mean_confidence 0 never does."""
+    import numpy as np
+    rig = Rig(onnx, **{'qos.input_reliability': 'reliable', 'diagnostics.min_mean_confidence': min_mean,
+                       'diagnostics.low_confidence_frames': 3, 'diagnostics.low_confidence_threshold': 0.9,
+                       'diagnostics.latency_budget_ms': 10000.0})
+    cam = rig.node.cameras['front']
+    conf: list[Any] = []
+    rig.tester.create_subscription(Image, '/segmentation/front/confidence', conf.append, RELIABLE)
+    try:
+        pub = rig.tester.create_publisher(Image, '/front/image_raw', RELIABLE)
+        wait_for(lambda: rig.node.cameras['front'].pubs['confidence'].get_subscription_count() > 0, 10, 'matching')
+        for _ in range(4):
+            rig.mask_for(pub, _frame(rig.tester.get_clock().now().to_msg()))
+        wait_for(lambda: len(conf) >= 4 and cam.stats.low_streak in (0, 4), 5, 'four confidence images')
+        st = rig.camera_status(time.monotonic())
+        v = _values(st)
+    finally:
+        rig.close()
+    images = [np.frombuffer(bytes(m.data), np.uint8) / 255.0 for m in conf[-4:]]
+    assert float(v['confidence.mean']) == pytest.approx(np.mean([x.mean() for x in images]), abs=0.03), v
+    assert float(v['confidence.low_fraction']) == pytest.approx(np.mean([(x < 0.9).mean() for x in images]),
+                                                                abs=0.05), v
+    err = capfd.readouterr().err
+    warned = [x for x in err.splitlines() if 'mean confidence' in x and 'WARN' in x]
+    if min_mean == 1.0:
+        assert v['confidence.low_streak_frames'] == '4' and st.level == b'\x01', v
+        assert 'below 1.00 for the last 4 frames' in st.message, st.message
+        assert len(warned) == 1 and 'camera front: mean confidence' in warned[0] and '% of pixels below 0.90' \
+            in warned[0], warned
+    else:
+        assert v['confidence.low_streak_frames'] == '0' and 'confidence' not in st.message, st.message
+        assert warned == [], warned

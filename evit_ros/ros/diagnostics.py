@@ -71,6 +71,9 @@ class CameraStats:
         self.max_future_ms = 0.0
         self.sim_time = False               # use_sim_time: a stamp ahead of /clock is not a camera clock fault
         self.clock_jumps = 0                # /clock jumps seen (use_sim_time); each restarts the latency window
+        self.low_streak = 0                 # consecutive frames with mean confidence below min_mean_confidence
+        self._conf_sum = self._low_sum = 0.0   # since the last report: sums of per-frame mean / low fraction
+        self._conf_n = 0
         self._stamp_mark = 0
         self._rx_mark = 0
         self._out_mark = 0
@@ -88,6 +91,15 @@ class CameraStats:
         with self.lock:
             self.stamps[issue] += 1
             self.max_future_ms = max(self.max_future_ms, ahead_ms)
+
+    def on_confidence(self, mean: float, low_fraction: float, min_mean: float, frames: int) -> bool:
+        """One frame's uncertainty signal; True when the low-confidence streak has reached ``frames``."""
+        with self.lock:
+            self._conf_sum += mean
+            self._low_sum += low_fraction
+            self._conf_n += 1
+            self.low_streak = self.low_streak + 1 if mean < min_mean else 0
+            return self.low_streak >= frames
 
     def on_clock_jump(self) -> None:
         """The node clock jumped: restart the end-to-end window and the delay (they would read the jump)."""
@@ -162,6 +174,14 @@ class CameraStats:
                     name = self.class_names[i] if i < len(self.class_names) else str(i)
                     values.append((f'class_fraction.{name.replace(" ", "_")}', f'{f:.4f}'))
             values.append(('grid', self.grid_status))
+            n_conf = self._conf_n
+            conf_mean = self._conf_sum / n_conf if n_conf else float('nan')
+            low_mean = self._low_sum / n_conf if n_conf else float('nan')
+            low_streak = self.low_streak
+            self._conf_sum = self._low_sum = 0.0
+            self._conf_n = 0
+            values += [('confidence.mean', f'{conf_mean:.3f}'), ('confidence.low_fraction', f'{low_mean:.3f}'),
+                       ('confidence.low_streak_frames', str(low_streak))]
             values += [('frame_rate_node', f'{in_rate:.2f}'), ('frame_rate_msg', f'{out_rate:.2f}'),
                        ('current_delay_from_realtime_ms',
                         'nan' if self.last_delay_ms is None else f'{self.last_delay_ms:.2f}'),
@@ -205,6 +225,12 @@ class CameraStats:
         if new_bad:
             level = max(level, WARN)
             msgs.append(f'{new_bad} bad frame(s) since the last report')
+        min_mean, streak_frames = getattr(cfg, 'min_mean_confidence', 0.0), getattr(cfg, 'low_confidence_frames', 0)
+        if streak_frames and low_streak >= streak_frames:
+            level = max(level, WARN)
+            msgs.append(f'mean confidence {conf_mean:.2f} below {min_mean:.2f} for the last {low_streak} frames '
+                        f'({100 * low_mean:.0f} % of pixels below {cfg.low_confidence_threshold:.2f}): the scene is '
+                        'unlike what the model learned (covered or dirty lens, night, weights for another domain)')
         st = DiagnosticStatus(level=_LEVEL_BYTES[level], name=f'{node_name}: camera {self.name}',
                               message='; '.join(msgs) or 'ok', hardware_id=self.name)
         st.values = [KeyValue(key=k, value=v) for k, v in values]

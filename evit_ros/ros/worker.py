@@ -228,6 +228,15 @@ class FrameWorker:
             timings['end_to_end'] = (now_ns - stamp_ns) / 1e6
         cam.stats.on_result(timings, res.class_fractions,
                             {g: (r.fraction, r.roi_fraction) for g, r in res.groups.items()})
+        stats = getattr(res, 'confidence_stats', None)
+        if stats is not None:
+            diag = self._config().diagnostics
+            if cam.stats.on_confidence(stats[0], stats[1], diag.min_mean_confidence, diag.low_confidence_frames):
+                self._log.warning(
+                    f'camera {cam.cfg.name}: mean confidence {stats[0]:.2f} below {diag.min_mean_confidence:.2f} for '
+                    f'{cam.stats.low_streak} frames, {100 * stats[1]:.0f} % of pixels below '
+                    f'{diag.low_confidence_threshold:.2f}: the scene is unlike what the model learned (covered or '
+                    'dirty lens, night for a day model, weights for another domain)', throttle_duration_sec=10.0)
         if self._debug():   # per-frame timing only at --log-level debug: nothing is formatted otherwise
             self._log.debug(f'camera {cam.cfg.name}: frame {stamp_ns / 1e9:.3f}: '
                             + ', '.join(f'{k} {timings[k]:.1f}' for k in STAGES if k in timings) + ' ms')
