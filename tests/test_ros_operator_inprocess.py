@@ -116,17 +116,19 @@ def test_incompatible_qos_names_the_policy_and_count_and_advises_only_what_appli
         assert '[WARN]' in line and 'qos.input_reliability to auto' in line, line
 
 
-def test_auto_qos_subscribes_before_a_camera_starts_and_loses_nothing_when_it_decides(onnx) -> None:
-    """The node subscribes (best effort) before any publisher exists; a reliable camera that starts later is
-    matched by discovery and its burst is masked completely, across the re-decision to reliable (the old
-    subscription delivers until the new one does; a frame both deliver is passed on once)."""
+@pytest.mark.parametrize('camera_qos', ['reliable', 'best_effort'])
+def test_auto_qos_subscribes_before_a_camera_starts_and_loses_nothing_when_it_decides(onnx, camera_qos) -> None:
+    """The node subscribes (reliable) before any publisher exists: a reliable camera that starts later is matched
+    by discovery, a best-effort one by the decision; either's burst is masked completely, also across a
+    re-decision (the old subscription delivers until the new one does; a frame both deliver is passed on once)."""
     n = 12
     rig = Rig(onnx, **{'diagnostics.latency_budget_ms': 10000.0})
     cam = rig.node.cameras['front']
     try:
         wait_for(lambda: rig.tester.count_subscribers('/front/image_raw') == 1, 10,
                  'the node subscribed before any camera publishes')
-        pub = rig.tester.create_publisher(Image, '/front/image_raw', RELIABLE)
+        pub = rig.tester.create_publisher(Image, '/front/image_raw',
+                                          RELIABLE if camera_qos == 'reliable' else BEST_EFFORT)
         wait_for(lambda: pub.get_subscription_count() >= 1, 10, 'matching')
         stamps = []
         for i in range(n):       # 12 frames over ~1.8 s: the re-decision (0.5 s polls) falls inside
@@ -139,7 +141,7 @@ def test_auto_qos_subscribes_before_a_camera_starts_and_loses_nothing_when_it_de
             with rig.lock:
                 return {(m.header.stamp.sec, m.header.stamp.nanosec) for m in rig.masks}
         wait_for(lambda: set(stamps) <= masked(), 10, f'all {n} masks')
-        assert cam.image_sub.reliability == 'reliable' and cam.image_sub.decided
+        assert cam.image_sub.reliability == camera_qos and cam.image_sub.decided
         assert cam.stats.received == n and cam.stats.dropped == 0, (cam.stats.received, cam.stats.dropped)
     finally:
         rig.close()

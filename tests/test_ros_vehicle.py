@@ -110,8 +110,8 @@ def test_auto_qos_follows_the_publishers_of_image_and_camera_info(onnx) -> None:
     cam = node.cameras['front']
     try:
         assert node.cfg.qos.input_reliability == 'auto'
-        # nobody publishes yet: subscribed best effort at once (matches a camera of either kind), not decided
-        assert cam.image_sub.subscription is not None and cam.image_sub.reliability == 'best_effort'
+        # nobody publishes yet: subscribed reliable at once (what most cameras offer), not decided
+        assert cam.image_sub.subscription is not None and cam.image_sub.reliability == 'reliable'
         assert not cam.image_sub.decided
         reliable = t.create_publisher(Image, '/front/image_raw', RELIABLE)
         info = t.create_publisher(CameraInfo, '/front/camera_info', RELIABLE)

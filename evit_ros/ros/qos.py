@@ -9,11 +9,14 @@ gets every frame.
 
 The decision is made when the first publisher is discovered and re-made whenever the set of publishers
 changes; the subscription is recreated (one log line) only when the decision changes. Until a publisher
-exists the topic is subscribed ``best_effort`` (:data:`AUTO_INITIAL`), which matches a camera of either kind,
-so a camera that starts after the node is matched by discovery alone and loses no first frames to the
-decision. A re-decision makes the new subscription before it breaks the old one: the old one keeps delivering
-until the new one has delivered its first message (a message both deliver is passed on once), so frames in
-flight are not lost either. Fixed ``best_effort`` and ``reliable`` subscribe at once and never change.
+exists the topic is subscribed ``reliable`` (:data:`AUTO_INITIAL`, what most camera drivers offer), so such a
+camera that starts after the node is matched by discovery alone and loses no first frames to the decision
+(a best-effort first subscription would match every camera, but lose a reliable camera's large frames until
+the decision: Fast DDS drops best-effort samples over its shared-memory segment); a best-effort camera is
+matched by the decision, within :data:`~evit_ros.ros.node.QOS_POLL_S`. A re-decision makes the new
+subscription before it breaks the old one: the old one keeps delivering until the new one has delivered its
+first message (a message both deliver is passed on once), so frames in flight are not lost either. Fixed
+``best_effort`` and ``reliable`` subscribe at once and never change.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from typing import Any
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
 
 RELIABILITY_POLICIES = {'best_effort': ReliabilityPolicy.BEST_EFFORT, 'reliable': ReliabilityPolicy.RELIABLE}
-AUTO_INITIAL = 'best_effort'   # auto before any publisher is seen: matches reliable and best-effort cameras
+AUTO_INITIAL = 'reliable'      # auto before any publisher is seen: what most cameras offer, large frames kept
 HANDOVER_MAX_S = 2.0           # the old subscription of a re-decision goes at the latest after this long
 
 
