@@ -26,10 +26,11 @@ import cv2
 import numpy as np
 
 from evit_ros.config import DEFAULT_MODEL, DiagnosticsConfig, DrivableConfig, InputConfig, ModelConfig, OutputConfig
+from evit_ros.contract import NODE_HEAD
 from evit_ros.errors import ConfigError, EvitError
 
 log = logging.getLogger(__name__)
-HEAD = 'labels+logits'   # the node's head (evit_ros.ros.outputs.NODE_HEAD; bench does not import ros)
+HEAD = NODE_HEAD   # the node's head
 
 
 def _loadavg() -> list[float] | None:

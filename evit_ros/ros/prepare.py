@@ -55,7 +55,7 @@ class Work:
 
 def pending_work(cfg: NodeConfig, head: str, max_batch: int = 1) -> Work | None:
     """The file-making part of loading ``cfg``'s backend, or None when the files exist (or none are made)."""
-    from evit_ros.backends import choose_auto, onnx_cache_path, resolve_checkpoint
+    from evit_ros.backends import auto_onnx_path, choose_auto, resolve_checkpoint
     b = cfg.backend
     kind = choose_auto(b)[0] if b.type == 'auto' else b.type
     if kind == 'onnxruntime' and not b.onnx_path:
@@ -63,7 +63,7 @@ def pending_work(cfg: NodeConfig, head: str, max_batch: int = 1) -> Work | None:
         quiet.disabled = True   # resolve_checkpoint's demo-weights warning comes from the load itself
         try:
             checkpoint = resolve_checkpoint(cfg.model, quiet)
-            target = onnx_cache_path(cfg.model, cfg.input, head, max_batch=max_batch, checkpoint=checkpoint)
+            target = auto_onnx_path(cfg.model, cfg.input, head, max_batch=max_batch, checkpoint=checkpoint)
         except EvitError:
             return None   # the load reports it with its usual message
         return None if target.is_file() else Work('onnx', target, kind, checkpoint)
