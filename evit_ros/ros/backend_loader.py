@@ -16,6 +16,7 @@ from evit_ros.config import NodeConfig
 from evit_ros.contract import NODE_HEAD
 from evit_ros.deps import missing_module_error
 from evit_ros.errors import EngineError, EvitError
+from evit_ros.ros.prepare import prepare_files
 
 
 class RosLogHandler(logging.Handler):
@@ -50,6 +51,8 @@ def load_backend(cfg: NodeConfig, logger: logging.Logger) -> Any:
                           f'so it cannot be built here. Build it on this machine with: {build_hint(cfg)}')
     backend = None
     try:
+        # an export/build runs in a child process that a signal ends at once (the 2 s shutdown promise)
+        prepare_files(cfg, logger, head=NODE_HEAD)
         backend = create_backend(cfg.backend, model=cfg.model, input_cfg=cfg.input, head=NODE_HEAD,
                                  logger=logger)
         backend.load()

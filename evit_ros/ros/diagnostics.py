@@ -69,6 +69,11 @@ class CameraStats:
         self.clock_note = ''                # 'waiting for /clock ...' under use_sim_time without a clock
         self.stamps: Counter[str] = Counter()   # frames left out of latency: future / zero stamps, no clock
         self.max_future_ms = 0.0
+        self.sim_time = False               # use_sim_time: a stamp ahead of /clock is not a camera clock fault
+        self.clock_jumps = 0                # /clock jumps seen (use_sim_time); each restarts the latency window
+        self.low_streak = 0                 # consecutive frames with mean confidence below min_mean_confidence
+        self._conf_sum = self._low_sum = 0.0   # since the last report: sums of per-frame mean / low fraction
+        self._conf_n = 0
         self._stamp_mark = 0
         self._rx_mark = 0
         self._out_mark = 0
@@ -86,6 +91,23 @@ class CameraStats:
         with self.lock:
             self.stamps[issue] += 1
             self.max_future_ms = max(self.max_future_ms, ahead_ms)
+
+    def on_confidence(self, mean: float, low_fraction: float, min_mean: float, frames: int) -> bool:
+        """One frame's uncertainty signal; True when the low-confidence streak has reached ``frames``."""
+        with self.lock:
+            self._conf_sum += mean
+            self._low_sum += low_fraction
+            self._conf_n += 1
+            self.low_streak = self.low_streak + 1 if mean < min_mean else 0
+            return self.low_streak >= frames
+
+    def on_clock_jump(self) -> None:
+        """The node clock jumped: restart the end-to-end window and the delay (they would read the jump)."""
+        with self.lock:
+            self.clock_jumps += 1
+            self.stages['end_to_end'] = StageStats()
+            self.last_delay_ms = None
+            self.max_future_ms = 0.0
 
     def on_drop(self, n: int = 1) -> None:
         with self.lock:
@@ -138,6 +160,8 @@ class CameraStats:
                 ('input_qos', self.input_qos)]
             values += [(f'bad_frames.{r}', str(n)) for r, n in sorted(self.bad.items())]
             values += [(f'stamps_excluded.{r}', str(n)) for r, n in sorted(self.stamps.items())]
+            if self.clock_jumps:
+                values.append(('clock_jumps', str(self.clock_jumps)))
             for s in STAGES:
                 sm = lat[s]
                 for q in ('p50', 'p95', 'max'):
@@ -150,6 +174,14 @@ class CameraStats:
                     name = self.class_names[i] if i < len(self.class_names) else str(i)
                     values.append((f'class_fraction.{name.replace(" ", "_")}', f'{f:.4f}'))
             values.append(('grid', self.grid_status))
+            n_conf = self._conf_n
+            conf_mean = self._conf_sum / n_conf if n_conf else float('nan')
+            low_mean = self._low_sum / n_conf if n_conf else float('nan')
+            low_streak = self.low_streak
+            self._conf_sum = self._low_sum = 0.0
+            self._conf_n = 0
+            values += [('confidence.mean', f'{conf_mean:.3f}'), ('confidence.low_fraction', f'{low_mean:.3f}'),
+                       ('confidence.low_streak_frames', str(low_streak))]
             values += [('frame_rate_node', f'{in_rate:.2f}'), ('frame_rate_msg', f'{out_rate:.2f}'),
                        ('current_delay_from_realtime_ms',
                         'nan' if self.last_delay_ms is None else f'{self.last_delay_ms:.2f}'),
@@ -157,6 +189,7 @@ class CameraStats:
                        ('expected_frequency', f'{cfg.expected_rate_hz:.2f}')]
             last_rx, received = self.last_rx, self.received
             frame_bytes, future_ms, clock_note = self.last_frame_bytes, self.max_future_ms, self.clock_note
+            sim_time = self.sim_time
         level = OK
         msgs: list[str] = []
         silent_for = now - (last_rx if last_rx is not None else self.created)
@@ -179,22 +212,34 @@ class CameraStats:
             level = max(level, WARN)
             msgs.append(clock_note)
         elif last_rx is not None and silent_for <= cfg.silence_timeout_s \
-                and in_rate < 0.5 * cfg.expected_rate_hz:
+                and rate_below_half(in_rate, cfg.expected_rate_hz):
             level = max(level, WARN)
-            msgs.append(f'input rate {in_rate:.1f} Hz below half the expected {cfg.expected_rate_hz:.1f} Hz'
-                        + lost_frames_hint(self.input_qos, frame_bytes))
+            msgs.append(f'input rate {in_rate:.2f} Hz below {0.5 * cfg.expected_rate_hz:.2f} Hz, half the expected '
+                        f'{cfg.expected_rate_hz:.2f} Hz' + lost_frames_hint(self.input_qos, frame_bytes))
         if new_stamp_issues:
             level = max(level, WARN)
+            fix = ('under use_sim_time: is /clock from the same source (bag) as the camera stamps?' if sim_time else
+                   'sync the camera clock (chrony/PTP) or fix the driver\'s stamps')
             msgs.append(f'{new_stamp_issues} frame(s) with a header stamp in the future (up to {future_ms:.0f} ms '
-                        'ahead) or zero, left out of the latency statistics: sync the camera clock (chrony/PTP) or '
-                        'fix the driver\'s stamps')
+                        f'ahead) or zero, left out of the latency statistics: {fix}')
         if new_bad:
             level = max(level, WARN)
             msgs.append(f'{new_bad} bad frame(s) since the last report')
+        min_mean, streak_frames = getattr(cfg, 'min_mean_confidence', 0.0), getattr(cfg, 'low_confidence_frames', 0)
+        if streak_frames and low_streak >= streak_frames:
+            level = max(level, WARN)
+            msgs.append(f'mean confidence {conf_mean:.2f} below {min_mean:.2f} for the last {low_streak} frames '
+                        f'({100 * low_mean:.0f} % of pixels below {cfg.low_confidence_threshold:.2f}): the scene is '
+                        'unlike what the model learned (covered or dirty lens, night, weights for another domain)')
         st = DiagnosticStatus(level=_LEVEL_BYTES[level], name=f'{node_name}: camera {self.name}',
                               message='; '.join(msgs) or 'ok', hardware_id=self.name)
         st.values = [KeyValue(key=k, value=v) for k, v in values]
         return st
+
+
+def rate_below_half(rate_hz: float, expected_hz: float) -> bool:
+    """The rate check on the values the message prints (2 decimals), so it never reads "5.00 below 5.00"."""
+    return round(rate_hz, 2) < round(0.5 * expected_hz, 2)
 
 
 LOST_FRAMES_FIX = ('Fix: start the camera and the node with the shipped Fast DDS profile '

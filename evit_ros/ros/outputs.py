@@ -126,7 +126,8 @@ class OutputStage:
             cfg: NodeConfig, engine_stats: Any, record: Callable[[Any, Any, Any, dict[str, float]], None]) -> None:
         """Process one batch; ``record(cam, msg, result, timings)`` is called after each camera's last publish."""
         wants = [camera_wants(c, cfg) for c in cams]
-        results = self.segmenter.run_labels(frames, want_confidence=[w.confidence for w in wants])
+        results = self.segmenter.run_labels(frames, want_confidence=[w.confidence for w in wants],
+                                            confidence_threshold=cfg.diagnostics.low_confidence_threshold)
         first = results[0].timings_ms
         engine_stats.on_batch(len(frames), {'preprocess': first.get('preprocess', 0.0),
                                             'infer': first.get('infer', 0.0)})
