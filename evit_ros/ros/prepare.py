@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from evit_ros.config import NodeConfig
-from evit_ros.errors import EvitError, ExportError
+from evit_ros.errors import CacheError, EvitError, ExportError
 from evit_ros.ros.startup import SIGNALLED, on_exit_now
 
 PRIVATE_PREFIX = '.export-'
@@ -84,6 +84,8 @@ def prepare_files(cfg: NodeConfig, logger: logging.Logger, *, head: str, max_bat
     if work is None:
         return
     folder = work.target.parent
+    if work.kind == 'onnx':   # before the child and its slow export: a bad cache fails in ms, naming both fixes
+        check_cache(folder, cfg, work, head, max_batch, logger)
     folder.mkdir(parents=True, exist_ok=True)
     private: Path | None = None
     if work.kind == 'onnx':
@@ -115,6 +117,9 @@ def prepare_files(cfg: NodeConfig, logger: logging.Logger, *, head: str, max_bat
         if outcome is None:
             end()
             raise ExportInterrupted(f'{what} {work.target} was interrupted by a signal; nothing was written')
+        if isinstance(outcome, CacheError) and private is not None:   # name the cache, not the private folder
+            raise CacheError(str(outcome).replace(str(private / 'onnx'), str(folder)).replace(str(private),
+                                                                                             str(folder.parent)))
         if isinstance(outcome, BaseException):
             raise outcome
     finally:
@@ -195,6 +200,20 @@ class _PipeHandler(logging.Handler):
             self.conn.send(('log', record.levelno, self.format(record)))
         except Exception:  # noqa: BLE001 - logging must never raise
             self.handleError(record)
+
+
+def check_cache(folder: Path, cfg: NodeConfig, work: Work, head: str, max_batch: int,
+                logger: logging.Logger) -> None:
+    """The ONNX cache is writable and has room, and temporary files of killed writers are gone, before exporting."""
+    from evit_ros.backends import cache_error
+    from evit_ros.fileio import check_writable, remove_stale_temps
+    if folder.is_dir():
+        for stale in remove_stale_temps(folder):
+            logger.info('removed %s, left by an export that was killed', stale)
+    try:
+        check_writable(folder, need_bytes=Path(work.checkpoint).stat().st_size if work.checkpoint else 0)
+    except OSError as exc:
+        raise cache_error(folder, exc, cfg.model, cfg.input, head, max_batch) from exc
 
 
 def child_main(cfg: NodeConfig, work: Work, head: str, max_batch: int, private: str, conn: Any) -> None:
