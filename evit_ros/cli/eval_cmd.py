@@ -32,12 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument('--cityscapes', nargs='?', const=CITYSCAPES_FROM_ENV, default='', metavar='DIR',
                      help='evaluate a Cityscapes folder instead of bags (leftImg8bit/<split> + gtFine/<split>, or the '
                           'unzipped leftImg8bit_trainvaltest/ + gtFine_trainvaltest/); no DIR: $CITYSCAPES_DATASET')
-    src.add_argument('--max-decompressed-mb', type=float, default=256.0, metavar='MB',
+    src.add_argument('--max-decompressed-mb', type=float, default=128.0, metavar='MB',
                      help='refuse a bag whose MCAP chunk or compressed message decompresses to more than MB (never '
-                          'more than the size it declares; default 256): memory a hostile bag can take')
+                          'more than the size it declares; default 128): memory a hostile bag can take')
     src.add_argument('--max-temp-mb', type=float, default=8192.0, metavar='MB',
                      help='refuse a file-compressed bag (rosbag2 compression_mode file) larger than MB decompressed '
-                          '(default 8192): temp disk per worker, in $TMPDIR')
+                          '(default 8192; never over 1000x its compressed size, floor 256): temp disk per worker')
     src.add_argument('--split', default='val', help='Cityscapes split (default: val; test has no public labels)')
     m = p.add_argument_group('model (defaults from --params-file, as the node)')
     m.add_argument('--params-file', default='', metavar='YAML', help='the node params file, e.g. config/evit_ros.yaml')

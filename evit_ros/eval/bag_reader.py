@@ -53,14 +53,17 @@ MB = 1 << 20
 MERGE_BUDGET = 64 * MB        # message bytes held at once when merging overlapping MCAP chunks
 METADATA_MAX = 16 * MB        # a metadata.yaml larger than this is not a rosbag2 metadata file
 TEMP_PREFIX = 'evit-ros-bag-'
+FILE_RATIO = 1000             # a storage file decompressing to more than 1000x its size (and 256 MiB) is a bomb
+FILE_FLOOR = 256 * MB
 _PIECE = MB                   # streaming step for decompression to disk
+_STEP = 16 * MB                # streaming step for decompression in memory
 
 
 @dataclass(frozen=True)
 class ReadLimits:
     """Caps of bag reading (picklable: travels with the eval spec to every worker)."""
 
-    max_decompressed_mb: float = 256.0   # one MCAP chunk or one message, decompressed in memory
+    max_decompressed_mb: float = 128.0   # one MCAP chunk or one message, decompressed in memory
     max_temp_mb: float = 8192.0          # one file-compressed bag's storage files decompressed on disk
 
     def __post_init__(self) -> None:
@@ -187,7 +190,7 @@ _DECOMPRESSORS: dict[str, Callable[[], Any]] = {'zstd': zstd.ZstdDecompressor, '
 
 
 def bounded_decompress(data: bytes | memoryview, compression: str, limit: int, what: str,
-                       ceiling: int) -> bytes:
+                       ceiling: int, declared: bool = True) -> bytes | bytearray:
     """``data`` decompressed, refusing (BagLimitError) before more than ``limit`` bytes are ever produced.
 
     ``limit`` is what the container declares (MCAP: the chunk's uncompressed size), ``ceiling`` the user's cap;
@@ -198,21 +201,21 @@ def bounded_decompress(data: bytes | memoryview, compression: str, limit: int, w
         raise BagLimitError(f'{what} declares {limit} bytes decompressed, more than --max-decompressed-mb '
                             f'{ceiling / MB:g}; raise it only if the bag is trusted')
     if compression == '':
-        return bytes(data)
+        return data if isinstance(data, bytes) else bytes(data)
     make = _DECOMPRESSORS.get(compression)
     if make is None:
         raise DataError(f'{what} uses compression {compression!r}; supported: zstd, lz4, none')
     out = bytearray()
     rest: bytes | memoryview = data
     try:
-        while rest:
+        while rest:   # a stream may hold several frames
             d = make()
-            piece = d.decompress(rest, max_length=cap - len(out) + 1)
-            out += piece
-            while len(out) <= cap and not d.eof and not d.needs_input:
-                out += d.decompress(b'', max_length=cap - len(out) + 1)
+            out += d.decompress(rest, max_length=min(_STEP, cap - len(out) + 1))
+            while len(out) <= cap and not d.eof and not d.needs_input:   # 16 MiB at a time: no 2x transient
+                out += d.decompress(b'', max_length=min(_STEP, cap - len(out) + 1))
             if len(out) > cap:
-                bound = 'declared size' if cap == limit else 'cap'
+                del out[:]
+                bound = 'declared size' if declared and cap == limit else 'cap (--max-decompressed-mb)'
                 raise BagLimitError(f'{what} decompresses to more than its {bound} of {cap} bytes (a '
                                     'decompression bomb or a size lie); refused')
             if not d.eof:
@@ -222,24 +225,24 @@ def bounded_decompress(data: bytes | memoryview, compression: str, limit: int, w
         if isinstance(exc, DataError):
             raise
         raise DataError(f'{what} is corrupt ({_short(exc)})') from None
-    return bytes(out)
+    return out
 
 
-def decompress_message(data: bytes | memoryview, ceiling: int, what: str) -> bytes:
+def decompress_message(data: bytes | memoryview, ceiling: int, what: str) -> bytes | bytearray:
     """A rosbag2 ``compression_mode: message`` payload (zstd), capped by its frame's declared size and ``ceiling``."""
-    declared = ceiling
+    size = None
     with contextlib.suppress(Exception):
         size = zstd.get_frame_info(bytes(data[:18])).decompressed_size
-        if size is not None:
-            declared = int(size)
-    if declared > ceiling:
-        raise BagLimitError(f'{what} declares {declared} bytes decompressed, more than --max-decompressed-mb '
+    if size is not None and size > ceiling:
+        raise BagLimitError(f'{what} declares {size} bytes decompressed, more than --max-decompressed-mb '
                             f'{ceiling / MB:g}; refused')
-    return bounded_decompress(data, 'zstd', declared, what, ceiling)
+    return bounded_decompress(data, 'zstd', ceiling if size is None else int(size), what, ceiling,
+                              declared=size is not None)
 
 
-def decompress_file(src: Path, dst: Path, budget: list[int], what: str) -> None:
-    """Stream a zstd file to ``dst`` in 1 MiB pieces; ``budget[0]`` (bytes left on disk) shrinks, refused at 0."""
+def decompress_file(src: Path, dst: Path, budget: list[int], what: str, why: str = '--max-temp-mb') -> None:
+    """Stream a zstd file to ``dst`` in 1 MiB pieces; ``budget[0]`` (bytes left on disk, the bound ``why``)
+    shrinks, refused below 0."""
     try:
         with open_regular(src) as raw, zstd.open(raw, 'rb') as zin, open(dst, 'xb') as out:
             while True:
@@ -248,8 +251,8 @@ def decompress_file(src: Path, dst: Path, budget: list[int], what: str) -> None:
                     return
                 budget[0] -= len(piece)
                 if budget[0] < 0:
-                    raise BagLimitError(f'{what} decompresses to more than --max-temp-mb; refused (a '
-                                        'decompression bomb, or raise --max-temp-mb for a trusted large bag)')
+                    raise BagLimitError(f'{what} decompresses to more than {why}; refused (a decompression '
+                                        'bomb; for a trusted bag raise --max-temp-mb or decompress it yourself)')
                 out.write(piece)
     except (zstd.ZstdError, EOFError) as exc:
         raise DataError(f'{what} is not a valid zstd file ({_short(exc)})') from None
@@ -320,12 +323,15 @@ def decompressed_copy(folder: Path, info: dict[str, Any], limits: ReadLimits) ->
     tmp = Path(tempfile.mkdtemp(prefix=f'{TEMP_PREFIX}{os.getpid()}-'))
     try:
         free = max(shutil.disk_usage(tmp).free - 64 * MB, 0)   # never fill the temp disk either
-        budget = [min(limits.temp_bytes, free)]
+        packed = sum(f.stat().st_size for f in files)
+        cap = min(limits.temp_bytes, free, max(FILE_FLOOR, FILE_RATIO * packed))
+        why = ('--max-temp-mb' if cap == limits.temp_bytes else f'the free temp disk ({free // MB} MiB)'
+               if cap == free else f'{FILE_RATIO} times its compressed size ({cap // MB} MiB)')
+        budget = [cap]
         plain = []
         for f in files:
             name = f.name[:-5] if f.name.endswith('.zstd') else f.name + '.plain'
-            decompress_file(f, tmp / name, budget, f'bag {folder}: file-compressed {f.name}'
-                            + (f' (free temp disk {free // MB} MiB)' if free < limits.temp_bytes else ''))
+            decompress_file(f, tmp / name, budget, f'bag {folder}: file-compressed {f.name}', why)
             plain.append(name)
         meta = dict(info)
         meta.update(compression_mode='', compression_format='', relative_file_paths=plain)
@@ -355,7 +361,7 @@ def _u64(b: bytes | memoryview, o: int) -> int:
     return int.from_bytes(b[o:o + 8], 'little')
 
 
-def _chunk_messages(buf: bytes, wanted: Collection[int], lo: int, hi: int, what: str,
+def _chunk_messages(buf: bytes | bytearray, wanted: Collection[int], lo: int, hi: int, what: str,
                     sink: Callable[[int, int, bytes], bool]) -> bool:
     """Feed every message record of a decompressed chunk with channel in ``wanted`` and log time in [lo, hi) to
     ``sink(log_ns, channel, data)``; stop early (return False) when the sink says so."""
@@ -405,11 +411,14 @@ def _bounded_mcap(limits: ReadLimits) -> type:
                     self.close()
                 raise
 
-        def _chunk(self, chunk: Any) -> bytes:
+        def _chunk(self, chunk: Any) -> bytes | bytearray:
             """The decompressed payload of an indexed chunk (sizes checked against the file before reading)."""
             what = f'MCAP {self.path} chunk at byte {chunk.chunk_start_offset}'
             if chunk.compressed_size > self.file_size or chunk.chunk_start_offset > self.file_size:
                 raise DataError(f'{what} claims {chunk.compressed_size} compressed bytes, more than the file has')
+            if chunk.compressed_size > self.LIMITS.memory_bytes + 4096:
+                raise BagLimitError(f'{what} holds {chunk.compressed_size} compressed bytes, more than '
+                                    f'--max-decompressed-mb {self.LIMITS.max_decompressed_mb:g}')
             head, bio = chunk.chunk_start_offset + 9, self._io()
             bio.seek(head + 24)
             crc = _u32(bio.read(4), 0)
@@ -604,7 +613,7 @@ def _bounded_directory(limits: ReadLimits) -> type:
             super().open()
 
         def messages(self, connections: Collection[Any], start: int | None = None,
-                     stop: int | None = None) -> Generator[tuple[Any, int, bytes], None, None]:
+                     stop: int | None = None) -> Generator[tuple[Any, int, Any], None, None]:
             per_message = self.metadata.compression_mode == 'message'
             for storage in self.storages:
                 conns = {}
@@ -615,10 +624,9 @@ def _bounded_directory(limits: ReadLimits) -> type:
                 if not conns:
                     continue
                 for sc, log, data in storage.messages([v[0] for v in conns.values()], start, stop):
-                    if per_message:
-                        data = decompress_message(data, self.LIMITS.memory_bytes,
-                                                  f'bag {self.path}: message on {sc.topic} at {log} ns')
-                    yield conns[sc.id][1], log, data
+                    yield conns[sc.id][1], log, (decompress_message(
+                        data, self.LIMITS.memory_bytes, f'bag {self.path}: message on {sc.topic} at {log} ns')
+                        if per_message else data)
 
         def log_times(self, topics: Collection[str]) -> np.ndarray:
             parts = [getattr(s, 'log_times')([c.id for c in s.connections if c.topic in topics])  # noqa: B009
