@@ -450,3 +450,27 @@ def test_sqlite_bag_in_a_folder_with_uri_characters_opens(tmp_path) -> None:
     for p in (odd / 'bag', next((odd / 'bag').glob('*.db3'))):   # the folder and the bare .db3
         evs = list(iter_events(p, [IMG]))
         assert [e.stamp_ns for e in evs] == [T0] and evs[0].data is not None
+
+
+# -- the caps travel from the command line to every shard -----------------------------------------------
+
+def test_the_spec_carries_the_caps_to_the_shards(tmp_path) -> None:
+    from eval_support import RedSegmenter
+
+    from evit_ros.eval.runner import evaluate_bag
+    bag = write_mcap(tmp_path / 'big.mcap', [[(IMG, 1_000 + i, cdr_image(T0 + i, 512, 512)) for i in range(3)]])
+    spec = EvalSpec((IMG,), read_limits=ReadLimits(max_decompressed_mb=1), progress=False)
+    with pytest.raises(BagLimitError, match='--max-decompressed-mb 1;'):
+        evaluate_bag(str(bag), spec, RedSegmenter(), 19)
+    state = evaluate_bag(str(bag), EvalSpec((IMG,), progress=False), RedSegmenter(), 19)
+    assert state.counters['frames'] == 3
+
+
+@pytest.mark.parametrize('flag', ['--max-decompressed-mb', '--max-temp-mb'])
+def test_cli_refuses_a_bad_cap_before_loading_anything(tmp_path, flag, capsys) -> None:
+    from evit_ros.cli.main import main
+    assert main(['eval', '--bag', str(tmp_path / 'none'), '--image-topic', IMG, flag, '-1',
+                 '--report', str(tmp_path / 'rep')]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f'evit-ros eval: error: {flag} -1.0 must be a number of MiB in [1, 1073741824]']
+    assert not (tmp_path / 'rep').exists()
