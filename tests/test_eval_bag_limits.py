@@ -77,7 +77,7 @@ def lz4_stream(payload: bytes, zeros: int = 0) -> bytes:
 
 
 def write_mcap(path: Path, chunks: list[list[tuple[str, int, bytes]]], compression: str = 'zstd',
-               bomb_zeros: int = 0, crc: bool = False) -> Path:
+               bomb_zeros: int = 0, crc: bool = False, summary: bool = True) -> Path:
     """An indexed ros2 MCAP: each chunk a list of (topic, log_ns, cdr); ``bomb_zeros`` zero bytes appended to
     the first chunk's compressed stream while it keeps declaring its true uncompressed size."""
     topics = sorted({t for ch in chunks for t, _, _ in ch})
@@ -112,12 +112,16 @@ def write_mcap(path: Path, chunks: list[list[tuple[str, int, bytes]]], compressi
                           + _s(b''.join(_u16(c) + _u64(o) for c, o in idx_at.items())) + _u64(idx_len)
                           + _s(compression.encode()) + _u64(len(data)) + _u64(len(raw))))
     out += _rec(0x0F, _u32(0))
-    summary = len(out)
+    if not summary:   # no summary: readers must scan the data section (rosbags' meta_scan)
+        out += _rec(0x02, _u64(0) + _u64(0) + _u32(0)) + b'\x89MCAP0\r\n'
+        path.write_bytes(bytes(out))
+        return path
+    start_summary = len(out)
     out += schema + b''.join(channels) + b''.join(index)
     out += _rec(0x0B, _u64(len(times)) + _u16(1) + _u32(len(topics)) + _u32(0) + _u32(0) + _u32(len(chunks))
                 + _u64(min(times)) + _u64(max(times))
                 + _s(b''.join(_u16(cid[t]) + _u64(counts[t]) for t in topics)))
-    out += _rec(0x02, _u64(summary) + _u64(0) + _u32(0)) + b'\x89MCAP0\r\n'
+    out += _rec(0x02, _u64(start_summary) + _u64(0) + _u32(0)) + b'\x89MCAP0\r\n'
     path.write_bytes(bytes(out))
     return path
 
@@ -175,6 +179,18 @@ def test_a_chunk_bomb_declaring_its_true_size_is_refused_within_the_declared_siz
     line, rss = read_in_child(bag, tmp_path)
     assert line.startswith('REFUSED') and 'more than its declared size of' in line and 'chunk at byte' in line, line
     assert rss < 300, f'peak RSS {rss:.0f} MiB reading a 1 GiB bomb'   # unbounded: > 1,000 MiB
+
+
+def test_an_mcap_without_summary_reads_in_order_and_its_bomb_is_refused(tmp_path) -> None:
+    msgs = frames(6)
+    plain = write_mcap(tmp_path / 'nosummary.mcap', [msgs[:3], msgs[3:]], summary=False)
+    assert [e.stamp_ns for e in iter_events(plain, [IMG])] == [T0 + i for i in range(6)]
+    plan = plan_shards([str(plain)], EvalSpec((IMG,)), shard_seconds=10)   # times by scanning: no index
+    assert [s.frames for s in plan.shards] == [6]
+    bomb = write_mcap(tmp_path / 'nosummary-bomb.mcap', [frames(3)], bomb_zeros=1 << 30, summary=False)
+    line, rss = read_in_child(bomb, tmp_path)   # rosbags decompresses every chunk while opening such a file
+    assert line.startswith('REFUSED') and 'more than its declared size of' in line, line
+    assert rss < 300, f'peak RSS {rss:.0f} MiB'
 
 
 def test_a_chunk_declaring_more_than_the_ceiling_is_refused_before_decompressing(tmp_path) -> None:

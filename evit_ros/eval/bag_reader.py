@@ -34,6 +34,7 @@ import stat
 import sys
 import tempfile
 import threading
+import zlib
 from collections.abc import Callable, Collection, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -261,6 +262,7 @@ def decompress_file(src: Path, dst: Path, budget: list[int], what: str, why: str
 # -- file-compressed bags: one private decompressed copy per process --------------------------------------
 
 _CACHE_LOCK = threading.Lock()
+_SWAP_LOCK = threading.Lock()
 _CACHE: dict[str, tuple[tuple[Any, ...], Path]] = {}
 _SWEPT = [False]
 
@@ -411,6 +413,28 @@ def _bounded_mcap(limits: ReadLimits) -> type:
                     self.close()
                 raise
 
+        def _open(self) -> None:
+            """rosbags' summary parsing; an MCAP without a summary is scanned by rosbags' ``meta_scan``, which
+            calls the module's ``decompress``: swapped for the bounded one while this reader opens."""
+            from rosbags.rosbag2 import storage_mcap
+            what, ceiling = f'MCAP {self.path} chunk', self.LIMITS.memory_bytes
+
+            def bounded(data: bytes, compression: str, size: int, crc: int) -> bytes:
+                raw = bounded_decompress(data, compression, size, what, ceiling)
+                if len(raw) != size:
+                    raise DataError(f'{what} holds {len(raw)} bytes, not the {size} it declares')
+                if crc and zlib.crc32(raw) != crc:
+                    raise DataError(f'{what} fails its CRC check')
+                return bytes(raw)
+
+            with _SWAP_LOCK:
+                saved = storage_mcap.decompress
+                storage_mcap.decompress = bounded
+                try:
+                    super()._open()
+                finally:
+                    storage_mcap.decompress = saved
+
         def _chunk(self, chunk: Any) -> bytes | bytearray:
             """The decompressed payload of an indexed chunk (sizes checked against the file before reading)."""
             what = f'MCAP {self.path} chunk at byte {chunk.chunk_start_offset}'
@@ -430,10 +454,8 @@ def _bounded_mcap(limits: ReadLimits) -> type:
                                      self.LIMITS.memory_bytes)
             if len(raw) != chunk.uncompressed_size:
                 raise DataError(f'{what} holds {len(raw)} bytes, not the {chunk.uncompressed_size} it declares')
-            if crc:
-                from binascii import crc32
-                if crc32(raw) != crc:
-                    raise DataError(f'{what} fails its CRC check')
+            if crc and zlib.crc32(raw) != crc:
+                raise DataError(f'{what} fails its CRC check')
             return raw
 
         def _io(self) -> BinaryIO:
@@ -538,10 +560,8 @@ def _bounded_mcap(limits: ReadLimits) -> type:
                                              f'{what} chunk at byte {at}', self.LIMITS.memory_bytes)
                     if len(raw) != usize:
                         raise DataError(f'{what} chunk at byte {at} holds {len(raw)} bytes, not {usize}')
-                    if crc:
-                        from binascii import crc32
-                        if crc32(raw) != crc:
-                            raise DataError(f'{what} chunk at byte {at} fails its CRC check')
+                    if crc and zlib.crc32(raw) != crc:
+                        raise DataError(f'{what} chunk at byte {at} fails its CRC check')
                     _chunk_messages(raw, conns, lo, hi, what, functools.partial(_hold, held))
                 for log, ch, data in held:
                     if log < previous:
