@@ -268,8 +268,11 @@ def test_file_compressed_bag_is_decompressed_once_per_process_and_removed(tmp_pa
     real = bag_reader.decompress_file
     monkeypatch.setattr(bag_reader, 'decompress_file', lambda *a: (calls.append(a[0]), real(*a))[1])
     spec = EvalSpec((IMG,), (LAB,))
-    plan = plan_shards([str(bag)], spec, shard_seconds=10.0)
-    assert len(plan.shards) == 4 and [s.frames for s in plan.shards] == [10, 10, 10, 10]
+    assert [s.frames for s in plan_shards([str(bag)], spec).shards] == [40] and not calls   # metadata.yaml only
+    plan = plan_shards([str(bag)], spec, shard_seconds=10.0)   # slicing needs the image times: one copy ...
+    assert len(plan.shards) == 4 and [s.frames for s in plan.shards] == [10, 10, 10, 10] and len(calls) == 1
+    assert not list((tmp_path / 'tmp').glob('evit-ros-bag-*'))   # ... removed before the shards run
+    calls.clear()
     total = 0
     for shard in plan.shards:   # every slice and label margin of the bag, in one process
         if shard.start_ns is not None:

@@ -682,6 +682,23 @@ def open_bag(path: Path, limits: ReadLimits) -> Any:
     return reader
 
 
+def file_compressed_counts(path: Path) -> dict[str, int] | None:
+    """Topic -> message count of a ``compression_mode: file`` bag from its metadata.yaml alone (planning a
+    bag without slicing need not decompress it); None for any other bag."""
+    info = check_bag_path(path)
+    if info is None or str(info.get('compression_mode', '')).lower() != 'file':
+        return None
+    counts: dict[str, int] = {}
+    try:
+        for entry in info.get('topics_with_message_count') or []:
+            name = str(entry['topic_metadata']['name'])
+            counts[name] = counts.get(name, 0) + int(entry['message_count'])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f'bag {path}: metadata.yaml topics_with_message_count is malformed ({_short(exc)})') \
+            from None
+    return counts
+
+
 def image_log_times(reader: Any, topics: Collection[str]) -> np.ndarray:
     """Sorted log times of the messages on ``topics``, from indexes where the format has them."""
     storage = reader.storage

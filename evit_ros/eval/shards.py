@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from evit_ros.errors import ConfigError, DataError
-from evit_ros.eval.bag_reader import image_log_times
+from evit_ros.eval.bag_reader import file_compressed_counts, image_log_times, release_temp
 from evit_ros.eval.bags import BagEvent, iter_events, open_reader
 from evit_ros.eval.scoring import EvalSpec, EvalState, Scorer, default_palette, feed_events
 
@@ -139,13 +139,16 @@ def plan_shards(bags: Sequence[str], spec: EvalSpec, shard_seconds: float = 0.0)
     shards: list[Shard] = []
     rejected: list[ShardFailure] = []
     for bi, bag in enumerate(bags):
+        times = None
         try:
-            with open_reader(bag, spec.read_limits) as reader:
-                counts: dict[str, int] = {}
-                for c in reader.connections:
-                    counts[c.topic] = counts.get(c.topic, 0) + int(c.msgcount)
-                missing = [t for t in spec.image_topics if t not in counts]
-                times = image_log_times(reader, spec.image_topics) if step > 0 and not missing else None
+            counts = file_compressed_counts(Path(bag)) if step == 0 else None
+            if counts is None:
+                with open_reader(bag, spec.read_limits) as reader:
+                    counts = {}
+                    for c in reader.connections:
+                        counts[c.topic] = counts.get(c.topic, 0) + int(c.msgcount)
+                    if step > 0 and all(t in counts for t in spec.image_topics):
+                        times = image_log_times(reader, spec.image_topics)
         except DataError as exc:
             rejected.append(ShardFailure(bag, bag, one_line(str(exc)), 0))
             continue
@@ -153,7 +156,10 @@ def plan_shards(bags: Sequence[str], spec: EvalSpec, shard_seconds: float = 0.0)
             rejected.append(ShardFailure(bag, bag, one_line(f'bag {bag} cannot be opened ({type(exc).__name__}: '
                                                             f'{exc}); it is empty, truncated or not a ROS 2 bag'), 0))
             continue
+        finally:
+            release_temp()   # the driver's copy of a file-compressed bag: workers decompress their own
         have = ', '.join(sorted(counts)) or 'none'
+        missing = [t for t in spec.image_topics if t not in counts]
         if missing:
             rejected.append(ShardFailure(bag, bag, f'bag {bag} has no topic {missing[0]!r}; its topics are: {have}', 0))
             continue
