@@ -185,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
                              params_file=args.params_file, node_timeout_s=args.node_timeout,
                              max_frames=args.max_frames, progress=not args.no_progress,
                              node_params=_overrides(args) if args.start_node else None,
-                             num_classes=dataset.num_classes, samples=args.samples, node_info=node_info)
+                             num_classes=dataset.num_classes, samples=args.samples, node_info=node_info,
+                             read_limits=limits)
             meta.update(node_info)   # what the node really runs, read from it (not the evaluator's defaults)
             meta['rate'] = args.rate
         elif pairs is not None:
