@@ -114,10 +114,16 @@ _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}   # start-of-fr
 
 
 def _jpeg_size(buf: np.ndarray) -> tuple[int, int] | None:
-    """(width, height) from the first start-of-frame segment of a JPEG, None if there is none."""
-    data = buf.tobytes() if buf.size < 65536 else bytes(buf[:65536])   # SOF comes before the scan data
+    """(width, height) from the first start-of-frame segment of a JPEG, None if there is none.
+
+    Walks the segment headers (each step skips a whole segment, so the walk reads a few bytes per segment
+    however large the APP/COM segments before the frame header are: EXIF thumbnails and ICC profiles easily
+    exceed 64 KB); stops at the start of scan.
+    """
+    data = memoryview(np.ascontiguousarray(buf).reshape(-1))
+    n = len(data)
     i = 2
-    while i + 4 <= len(data):
+    while i + 4 <= n:
         if data[i] != 0xFF:
             return None
         marker = data[i + 1]
@@ -127,9 +133,9 @@ def _jpeg_size(buf: np.ndarray) -> tuple[int, int] | None:
         if marker in (0x01, *range(0xD0, 0xD8)):   # markers without a length
             i += 2
             continue
-        (length,) = struct.unpack('>H', data[i + 2:i + 4])
+        length = (data[i + 2] << 8) | data[i + 3]
         if marker in _SOF_MARKERS:
-            if i + 9 > len(data):
+            if i + 9 > n:
                 return None
             height, width = struct.unpack('>HH', data[i + 5:i + 9])
             return width, height
