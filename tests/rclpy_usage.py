@@ -215,7 +215,6 @@ class _Analyzer(ast.NodeVisitor):
         self.uses: list[Use] = []
         self.guards: list[tuple[str, str]] = []    # (kind, member name or '')
         self.scope = _Scope()
-        self.cls: dict[str, Any] | None = None
 
     # bookkeeping ---------------------------------------------------------------------------------------------
     def add(self, node: ast.AST, kind: str, target: str, detail: str = '', guard: str = '') -> None:
@@ -351,18 +350,13 @@ class _Analyzer(ast.NodeVisitor):
 
     # statements -----------------------------------------------------------------------------------------------
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
-        outer_cls, outer_scope = self.cls, self.scope
-        self.scope = _Scope(outer_scope)
-        if node.name in self.project:
-            self.cls = self.project[node.name]
+        outer = self.scope
+        self.scope = _Scope(outer)
+        if node.name in self.project:   # self: the project's members first, then the rclpy base's
             self.bind('self', ('projinst', node.name))
-            for b in node.bases:
-                self.typeof(b)
-        else:
-            self.cls = None
         for st in node.body:
             self.visit(st)
-        self.cls, self.scope = outer_cls, outer_scope
+        self.scope = outer
 
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         outer = self.scope
@@ -379,8 +373,6 @@ class _Analyzer(ast.NodeVisitor):
                     self.bind(a.arg, ('projinst', t[1]))
                 elif a.arg in RECEIVER_TYPES and ast.unparse(a.annotation) == 'Any':
                     self.bind(a.arg, ('instance', RECEIVER_TYPES[a.arg]))
-        if self.cls is not None and node.name == '__init__':
-            pass
         for st in node.body:
             self.visit(st)
         self.scope = outer
