@@ -7,7 +7,7 @@ want=${1:?usage: tools/find_python.sh X.Y}
 candidates=()
 [ -n "${COMPAT_PYTHON:-}" ] && candidates+=("$COMPAT_PYTHON")
 on_path=$(command -v "python$want" 2>/dev/null) && candidates+=("$on_path")
-pyenv_root=$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")
+pyenv_root=$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-${HOME:-/nonexistent}/.pyenv}")
 for p in "$pyenv_root"/versions/"$want".*/bin/"python$want"; do
     [ -e "$p" ] && candidates+=("$p")
 done
