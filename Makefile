@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: venv demo test lint typecheck py310 pytest clean bench
+.PHONY: venv demo test lint typecheck py310 pytest clean bench trt-bindings cuda-bindings
 
 venv: $(STAMP)
 
@@ -29,7 +29,15 @@ $(STAMP): requirements.txt requirements-dev.txt tools/install_trt_stubs.sh tools
 demo: $(STAMP)
 	$(PY) -m evit_ros demo
 
-test: lint py310 typecheck pytest
+test: lint py310 typecheck trt-bindings cuda-bindings pytest
+
+# Real cuda-python 12.2 to 13.x, each in .compat/cuda-python-<version>/ (tests/test_cuda_python_versions.py).
+CUDA_BINDINGS_STAMP := .compat/cuda-bindings.stamp
+cuda-bindings: $(CUDA_BINDINGS_STAMP)
+
+$(CUDA_BINDINGS_STAMP): tools/cuda_python_versions.txt tools/install_cuda_bindings.sh | $(STAMP)
+	bash tools/install_cuda_bindings.sh $(PY) .compat
+	touch $@
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check evit_ros tests launch tools setup.py
@@ -40,14 +48,33 @@ py310: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --config-file mypy.ini
 
+# About 4-5 minutes on an idle 2-core machine, up to 10 on a busy one; every test has a 300 s deadline
+# (pytest.ini) and the 15 slowest are listed at the end.
 pytest: $(STAMP)
-	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
+	@echo "[pytest] about 4-5 min on 2 idle cores (up to 10 when busy); each test has a 300 s deadline"
+	$(PY) -m pytest -q --durations=15 tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
+
+# The real TensorRT bindings (8.6 .. 11.x, ~1 MB each) that tests/test_trt_bindings.py imports, one per
+# interpreter, into .compat/ (never the venv); about 5 s, under 1 s from pip's cache, nothing once stamped.
+TRT_BINDINGS_STAMP := .compat/tensorrt-bindings.stamp
+trt-bindings: $(TRT_BINDINGS_STAMP)
+
+$(TRT_BINDINGS_STAMP): tools/trt_bindings_versions.txt tools/install_trt_bindings.sh | $(STAMP)
+	bash tools/install_trt_bindings.sh $(PY) .compat
+	touch $@
 
 bench: $(STAMP)
 	$(PY) -m evit_ros bench --model efficientvit-seg-b0-cityscapes --backend onnxruntime --height 512 --width 1024 --json bench.json
 
+# What the README's and docs' commands write into the checkout (the same names as in .gitignore), build
+# outputs and caches; engines/ keeps its README. The venv stays (`rm -rf .venv` for a fresh one).
+README_OUTPUTS := .cache_evit first_hour drive drive1 drive2 calib heldout masks predictions cs_predictions eval_report \
+	live_report fleet_report rep_ray eval_masks.mcap b0_fp32.onnx b0_int8.onnx bench.json node_bench.json \
+	heads_bench.json int8_vs_fp32.json verify_fp16.json doctor.json gpu_check_out
+
 clean:
-	rm -rf build install log .pytest_cache .mypy_cache .ruff_cache demo_out
+	rm -rf build install log .pytest_cache .mypy_cache .ruff_cache demo_out $(README_OUTPUTS) $(COMPAT_ONNX)
+	[ ! -d engines ] || find engines -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitignore -exec rm -rf {} +
 
 # ---- make test-compat: the node tests on a second ROS stack (see docs/development.md) ----------------------------
 # Python 3.10 (JetPack 6's) with ROS 2 Kilted wheels (rclpy 9, Fast DDS 3) and no PyTorch, as on a JetPack 6

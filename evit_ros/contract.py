@@ -39,6 +39,10 @@ HEAD_OUTPUTS: dict[str, tuple[str, ...]] = {
     'labels+logits': (LABELS_NAME, LOGITS_NAME),
 }
 INPUT_FORMATS: tuple[str, ...] = ('uint8-nhwc', 'float-nchw')
+# The one head every tool uses unless told otherwise: the node, the demo, `eval`, `export` and `build-engine`.
+# Exact in-graph class ids plus the 1/8 logits, from which confidence is computed on the host only when
+# someone asks for it (the engine never spends time on it).
+NODE_HEAD = 'labels+logits'
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)

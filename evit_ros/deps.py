@@ -19,8 +19,8 @@ INSTALL: dict[str, str] = {
     'onnxruntime': 'rosdep install --from-paths src --ignore-src (key python3-onnxruntime-pip) or '
                    'pip install onnxruntime (Jetson GPU: onnxruntime-gpu from jetson-ai-lab)',
     'tensorrt': 'TensorRT ships with JetPack (apt install python3-libnvinfer); on x86 pip install tensorrt',
-    'cuda': 'rosdep key python3-cuda-python-pip (config/rosdep.yaml), or pip install "cuda-python==12.6.*" '
-            '(JetPack 6; JetPack 7: "cuda-python==13.0.*")',
+    'cuda': 'rosdep key python3-cuda-python-pip (config/rosdep.yaml), or pip install "cuda-python>=12.2,<12.3" '
+            '(every JetPack 6.x; JetPack 7: "cuda-python>=13,<14")',
     'cv2': 'apt install python3-opencv (rosdep key python3-opencv)',
     'yaml': 'apt install python3-yaml (rosdep key python3-yaml)',
 }

@@ -361,6 +361,23 @@ def test_capture_failure_falls_back_to_plain_runs(engine: Path, onnx_file: Path,
         assert r.labels is not None and not be.cuda_graph and fake.launches == 0
 
 
+def test_execute_refused_during_capture_ends_it_destroys_the_graph_and_runs_plain(
+        engine: Path, onnx_file: Path, cudart: FakeCudart, caplog: pytest.LogCaptureFixture) -> None:
+    """execute_async_v3 returning False inside a capture: the capture ends, its graph is destroyed, and infer()
+    answers the plain way (it used to raise after end_capture and leak the graph; issue 21, item 2)."""
+    be, trt = _backend(engine, onnx_file, cudart, cuda_graph=True, fail='execute_during_capture')
+    with be:
+        x = _frames(2, 4)
+        ref = trt.session.run(['labels'], {'images': x})[0]
+        with caplog.at_level('WARNING'):
+            r = be.infer(x)
+        assert r.labels is not None and np.array_equal(r.labels, ref)
+        assert not be.cuda_graph and be._graphs == {} and 'running without graphs' in caplog.text
+        assert cudart.capturing == {} and cudart.graphs_destroyed == 1 and cudart.launches == 0
+        r = be.infer(x[:1])   # later batches: plain runs, no new capture
+        assert r.labels is not None and np.array_equal(r.labels[0], ref[0]) and cudart.graphs_destroyed == 1
+
+
 def test_close_twice_is_safe_and_reload_works(engine: Path, onnx_file: Path, cudart: FakeCudart) -> None:
     be, _ = _backend(engine, onnx_file, cudart)
     be.load()
@@ -392,7 +409,7 @@ def test_tensorrt_available_reports_the_reason(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(cuda_runtime, 'cudart', None)
     ok, why = tensorrt_available(trt_module=rtx or FakeTRT)
     assert not ok and 'cuda-python is not installed' in why
-    for name in ('tensorrt', 'tensorrt_rtx_bindings'):
+    for name in ('tensorrt', 'tensorrt_bindings', 'tensorrt_rtx_bindings'):
         monkeypatch.setitem(sys.modules, name, None)   # makes `import name` raise ImportError
     ok, why = tensorrt_available()
     assert not ok and 'not importable' in why

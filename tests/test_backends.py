@@ -26,13 +26,14 @@ def frames() -> np.ndarray:
 @pytest.fixture(scope='module')
 def ort_backend():
     with create_backend(BackendConfig(type='onnxruntime', threads=2), model=MODEL, input_cfg=INPUT,
-                        max_batch=2) as b:
+                        max_batch=2, head='labels+confidence') as b:   # the head whose graph computes confidence
         yield b
 
 
 @pytest.fixture(scope='module')
 def torch_backend():
-    with create_backend(BackendConfig(type='torch', threads=2), model=MODEL, input_cfg=INPUT, max_batch=2) as b:
+    with create_backend(BackendConfig(type='torch', threads=2), model=MODEL, input_cfg=INPUT, max_batch=2,
+                        head='labels+confidence') as b:
         yield b
 
 

@@ -10,7 +10,7 @@ import pytest
 from evit_ros.cli.main import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ('export', 'build-engine', 'bench', 'eval')
+COMMANDS = ('export', 'build-engine', 'bench', 'eval', 'doctor')
 
 
 def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:

@@ -62,6 +62,18 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert report['meta']['backend'] == 'onnxruntime'
     assert summary['overlays'] and all(Path(p).is_file() for p in summary['overlays'])
     import cv2
+    # what the README shows: its picture is the demo's, at camera size, and the overlays are camera size too
+    picture, readme_picture = cv2.imread(summary['picture']), cv2.imread(str(REPO / 'docs' / 'demo_overlay.png'))
+    assert picture.shape == readme_picture.shape == (2 * 256 + 4, 2 * 512 + 4, 3)
+    assert cv2.imread(summary['overlays'][0]).shape == (256, 512, 3)
+    assert summary['weights'].startswith('demo weights (synthetic scenes only)')
+    assert 'demo weights (synthetic scenes only)' in (out / 'report.md').read_text()
+    # a first demo is clean: no warning from the tools or the node (e.g. about the head the demo exports)
+    node_log = (out / 'node.log').read_text()
+    for text in (proc.stdout, proc.stderr, node_log):
+        assert '[WARN' not in text and 'WARNING' not in text, text[-3000:]
+    for field in ('masks', 'dropped', 'frames/s', 'latency ms', 'weights'):
+        assert f'  {field}' in proc.stdout          # every summary field is printed with its definition
     samples = cv2.imread(str(out / 'samples.png'))
     assert samples is not None and samples.shape[1] >= 600
     assert samples.reshape(-1, 3).std(axis=0).max() > 30      # image | ground truth | prediction, not blank

@@ -408,6 +408,12 @@ def test_precision_plan_per_tensorrt_generation() -> None:
     for mod in (trt86, trt10):
         with pytest.raises(EngineError, match='mixed-precision'):
             plan_precision(mod, 'int8', mixed=True, qdq=False)
+    # fp32: strongly typed wherever possible; a release without the weakly typed path (no FP16 flag) is
+    # strongly typed whether or not it still lists the (ignored) STRONGLY_TYPED creation flag
+    assert not plan_precision(trt86, 'fp32', mixed=False, qdq=False).strongly_typed
+    for mod in (trt10, rtx_like, _features(False, False, False)):
+        assert plan_precision(mod, 'fp32', mixed=False, qdq=False).strongly_typed
+    assert plan_precision(_features(False, False, False), 'fp16', mixed=False, qdq=False).strongly_typed
 
 
 def _build_in_process(onnx_path: str, engine_path: str, results: Any) -> None:
@@ -488,8 +494,9 @@ class _Trt86:
                 self.profiles.append(profile)
                 return 0
 
-            def set_calibration_profile(self, profile: Any) -> None:
+            def set_calibration_profile(self, profile: Any) -> bool:
                 self.calibration_profile = profile
+                return True
 
         class B:
             logger = real.logger

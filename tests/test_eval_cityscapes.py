@@ -33,9 +33,9 @@ def test_cityscapes_layout_mapping_and_scores(tmp_path) -> None:
     pairs = cityscapes_pairs(tmp_path)
     assert [p[0].parent.name for p in pairs] == ['aachen', 'bonn']
     ev = next(iter_cityscapes(tmp_path))
-    assert ev.label is not None and set(np.unique(ev.label)) == {0, 13, 255}
+    assert ev.label is not None and set(np.unique(ev.label)) == {1, 7, 26}   # labelIds, as stored
     st = run_events(iter_cityscapes(tmp_path), EvalState(19), EvalSpec((TOPIC,), progress=False), red_factory(),
-                    source='cs')
+                    source='cs', label_format='labelid')   # the scorer maps them to trainIds
     # per image: valid 12 rows x 32; road gt = 12*16 - 32 = 160 all predicted road;
     # car gt = 12*16 + 32 = 224 of which 192 predicted car; pred road = 192, pred car = 192
     iou = st.cm.iou()

@@ -87,3 +87,22 @@ def test_cli_real_onnxruntime_gt_equal_prediction_and_corrupted(tmp_path, onnx_p
             assert got[c] == pytest.approx(inter[c] / union[c], abs=1e-6)
         else:
             assert got[c] is None
+
+
+def test_onnx_gives_its_own_size_and_a_mismatch_names_evals_flags(tmp_path, onnx_path, capsys) -> None:
+    frames = _frames(2)
+    msgs = []
+    for i, f in enumerate(frames):
+        st = T0 + i * 100_000_000
+        msgs += [{'topic': IMG, 'stamp': st, 'rgb': f},
+                 {'topic': LAB, 'stamp': st, 'label': np.zeros((H, W), np.uint8)}]
+    bag = write_bag(tmp_path / 'bag', msgs)
+    common = ['eval', '--bag', str(bag), '--image-topic', IMG, '--label-topic', LAB, '--backend', 'onnxruntime',
+              '--onnx', str(onnx_path), '--no-progress']
+    # no --height/--width: the 64x128 graph's metadata gives the size (the default input is 512x1024)
+    assert main([*common, '--report', str(tmp_path / 'rep')]) == 0, capsys.readouterr().err
+    r = json.loads((tmp_path / 'rep' / 'report.json').read_text())
+    assert r['frames_scored'] == 2 and r['meta']['input'] == f'{H}x{W}'
+    assert main([*common, '--report', str(tmp_path / 'rep2'), '--height', '256']) == 1
+    err = capsys.readouterr().err
+    assert f'takes {H}x{W} frames' in err and '--height/--width' in err and 'input.height' not in err, err

@@ -70,7 +70,7 @@ def _zeros(i: int) -> np.ndarray:
     ('wrong-size', 'another size'),
     ('out-of-range', 'outside the label format'),
     ('all-void', 'void'),
-    ('unreadable-label-files', 'bad_label_file'),
+    ('unreadable-label-files', 'bad_label_channels'),
 ])
 def test_nothing_scored_is_an_error_with_one_line(tmp_path, onnx_path, capsys, case, needle) -> None:
     extra: list[str] = ['--label-topic', LAB]
@@ -85,7 +85,9 @@ def test_nothing_scored_is_an_error_with_one_line(tmp_path, onnx_path, capsys, c
         bag = _bag(tmp_path / 'bag')
         (tmp_path / 'labels').mkdir()
         for i in range(3):
-            cv2.imwrite(str(tmp_path / 'labels' / f'{T0 + i * 100_000_000}.png'), np.zeros((48, 64, 3), np.uint8))
+            color = np.zeros((48, 64, 3), np.uint8)   # colour-coded (channels differ): refused by name
+            color[..., 2] = 128
+            cv2.imwrite(str(tmp_path / 'labels' / f'{T0 + i * 100_000_000}.png'), color)
         extra = ['--labels-dir', str(tmp_path / 'labels')]
     elif case == 'wrong-size':
         bag = _bag(tmp_path / 'bag', label=lambda i: np.zeros((10, 10), np.uint8))
@@ -102,6 +104,8 @@ def test_nothing_scored_is_an_error_with_one_line(tmp_path, onnx_path, capsys, c
     assert 'Traceback' not in err
     r = _report(rep)
     assert r['error'] and needle in r['error']
+    assert r['metrics']['miou_19'] is None and r['metrics']['miou_present'] is None   # no score, not a 0 score
+    assert '0.00%' not in out and 'mIoU(19) n/a' in out
     md = (rep / 'report.md').read_text()
     assert 'Nothing was scored' in md and needle in md
 
@@ -214,6 +218,10 @@ def test_outputs_are_checked_before_the_model_loads(tmp_path, capsys) -> None:
     assert main(['eval', '--cityscapes', str(tmp_path / 'nope'), '--report', str(tmp_path / 'r'),
                  *missing_onnx[4:]]) == 1
     assert 'Cityscapes folder' in capsys.readouterr().err
+    for labels in (tmp_path / 'no_labels', tmp_path / 'file'):   # a missing --labels-dir, or a file
+        assert main(['eval', '--bag', str(bag), '--labels-dir', str(labels), '--report', str(tmp_path / 'r'),
+                     *missing_onnx[:2], *missing_onnx[4:]]) == 1
+        assert '--labels-dir' in capsys.readouterr().err
     assert time.monotonic() - t0 < 10            # no model was loaded or exported
     assert not (tmp_path / 'r').exists()
 
@@ -264,9 +272,12 @@ def test_a_stop_signal_keeps_the_partial_report_and_a_finished_out_bag(tmp_path,
         except FileNotFoundError:   # renamed into place meanwhile (the run finished)
             return 0
 
-    deadline = time.monotonic() + 60
-    while written() < 256 * 1024 and time.monotonic() < deadline and proc.poll() is None:
+    # wait for the state the test needs (masks on disk), however loaded the machine: the suite's per-test
+    # timeout bounds the wait, and a run that ended first is a failure that says so
+    while written() < 256 * 1024 and proc.poll() is None:
         time.sleep(0.05)
+    assert proc.poll() is None, f'eval ended (rc {proc.returncode}) before any masks were written: ' + \
+        proc.communicate()[1][-3000:]
     print(f'signal after {written()} bytes of masks')
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
@@ -367,3 +378,19 @@ def test_a_bad_bag_in_parallel_jobs_is_listed_and_the_others_are_merged(tmp_path
     st = evaluate_bags([str(bad), str(good)], spec, red_factory, 19, jobs=2)
     assert list(st.failed_sources) == [str(bad)] and 'cannot be opened' in st.failed_sources[str(bad)]
     assert st.counters['frames_scored'] == 4 and st.cm.pixel_accuracy() == 1.0
+
+
+def test_repeated_stamps_are_reported_and_exit_1(tmp_path, onnx_path, capsys) -> None:
+    msgs = []
+    for i in range(4):   # every stamp zero: which label belongs to which image cannot be known
+        msgs += [{'topic': IMG, 'stamp': 0, 'rgb': _frame(i)}, {'topic': LAB, 'stamp': 0, 'label': _zeros(i)}]
+    bag = write_bag(tmp_path / 'bag', msgs)
+    rep = tmp_path / 'rep'
+    assert main(['eval', '--bag', str(bag), '--label-topic', LAB, '--report', str(rep), *_common(onnx_path)]) == 1
+    out, err = capsys.readouterr()
+    assert 'duplicate_stamps 6' in out and 'not trustworthy' in err and 'repeat a header stamp' in err
+    r = _report(rep)
+    assert r['duplicate_stamps'] == 6 and r['frames_scored'] == 1 and r['accounting']['ok']
+    assert r['partial'] and 'not trustworthy' in (rep / 'report.md').read_text()
+    assert main(['eval', '--bag', str(bag), '--report', str(tmp_path / 'lat'), *_common(onnx_path)]) == 0
+    assert 'duplicate_stamps 3' in capsys.readouterr().out   # latency only: said, nothing to pair

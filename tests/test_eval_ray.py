@@ -66,7 +66,9 @@ def test_ray_ctrl_c_cancels_the_rest_and_keeps_finished_shards(drives, tmp_path)
     hang = write_drive(tmp_path / 'hang', 6.0, seed=7, green=HANG_GREEN)
     watcher = interrupt_when(tmp_path / 'm.hang')
     st = run([drives[1], hang, drives[2]], factory=FaultyFactory(str(tmp_path / 'm'), 'hang'), executor='ray')
+    watcher.stop()
     watcher.join()
+    assert hasattr(watcher, 'sent'), 'the run ended without ever starting the hanging shard'
     assert time.monotonic() - watcher.sent < 20   # the hanging actor was not waited for (it sleeps 60 s)
     assert st.interrupted and str(hang) in st.shards['not_run']
     assert st.counters['frames'] == sum(32 if s == str(drives[1]) else 48 for s in st.sources)

@@ -153,19 +153,26 @@ def test_out_bag_folder_one_bag_per_input_published_atomically(drives, tmp_path)
     assert not (tmp_path / 'all.mcap').exists()
 
 
-def interrupt_when(path, timeout: float = 120.0):
-    """Ctrl-C this process (SIGINT to the main thread) as soon as ``path`` exists; ``.sent`` is when."""
+def interrupt_when(path):
+    """Ctrl-C this process (SIGINT to the main thread) as soon as ``path`` exists; ``.sent`` is when.
+
+    It waits for the state the test needs, not for a fixed time: on a loaded machine the hanging shard may start
+    minutes in. The suite's per-test timeout bounds the wait; ``.stop()`` ends a watcher whose file never came.
+    """
     import signal
     import threading
     import time
 
+    stop = threading.Event()
+
     def watch() -> None:
-        end = time.monotonic() + timeout
-        while not path.exists() and time.monotonic() < end:
-            time.sleep(0.05)
+        while not path.exists():
+            if stop.wait(0.05):
+                return
         t.sent = time.monotonic()  # type: ignore[attr-defined]
         signal.raise_signal(signal.SIGINT)
     t = threading.Thread(target=watch, daemon=True)
+    t.stop = stop.set  # type: ignore[attr-defined]
     t.start()
     return t
 
@@ -176,7 +183,9 @@ def test_ctrl_c_cancels_the_rest_and_keeps_finished_shards(drives, tmp_path) -> 
     marker = tmp_path / 'm'
     watcher = interrupt_when(tmp_path / 'm.hang')
     st = run([drives[1], hang, drives[2]], factory=FaultyFactory(str(marker), 'hang'), jobs=2)
+    watcher.stop()
     watcher.join()
+    assert hasattr(watcher, 'sent'), 'the run ended without ever starting the hanging shard'
     assert time.monotonic() - watcher.sent < 20   # the hanging worker was not waited for (it sleeps 60 s)
     assert st.interrupted and st.shards['done'] <= 2 and str(hang) in st.shards['not_run']
     assert st.counters['frames'] == sum(32 if s == str(drives[1]) else 48 for s in st.sources)

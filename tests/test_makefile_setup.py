@@ -27,6 +27,21 @@ def test_first_run_announces_each_step_before_running_it(tmp_path: Path) -> None
 
 
 @pytest.mark.skipif(shutil.which('make') is None, reason='needs make')
+def test_make_test_installs_the_real_tensorrt_bindings_before_pytest(tmp_path: Path) -> None:
+    """CI (`make test` in a clean clone) must run tests/test_trt_bindings.py for real, not skip it."""
+    out = subprocess.run(['make', '-n', '-B', '-C', str(REPO), f'VENV={tmp_path / "venv"}', 'test'],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    install = next(i for i, ln in enumerate(lines) if 'tools/install_trt_bindings.sh' in ln)
+    pytest_run = next(i for i, ln in enumerate(lines) if '-m pytest -q' in ln and ' tests;' in ln)
+    assert install < pytest_run and '.compat' in lines[install]
+    # and the real cuda-python releases of tests/test_cuda_python_versions.py
+    cuda = next(i for i, ln in enumerate(lines) if 'tools/install_cuda_bindings.sh' in ln)
+    assert cuda < pytest_run and '.compat' in lines[cuda]
+
+
+@pytest.mark.skipif(shutil.which('make') is None, reason='needs make')
 def test_compat_leg_builds_its_own_venv_exports_first_and_runs_the_listed_node_tests(tmp_path: Path) -> None:
     venv = tmp_path / 'venv-compat'
     out = subprocess.run(['make', '-n', '-C', str(REPO), f'COMPAT_VENV={venv}', 'test-compat'], capture_output=True,

@@ -150,7 +150,10 @@ def test_cuda_python_is_declared_with_a_rosdep_key_this_package_defines() -> Non
     deps = {e.text for e in ET.parse(REPO / 'package.xml').getroot().findall('exec_depend')}
     assert 'python3-cuda-python-pip' in deps
     rules = yaml.safe_load((REPO / 'config' / 'rosdep.yaml').read_text())['python3-cuda-python-pip']['ubuntu']
-    assert rules['jammy']['pip']['packages'] == ['cuda-python>=12.2,<13']     # JetPack 6: CUDA 12
+    # JetPack 6: the 12.2 series, which runs on 6.0's CUDA 12.2 driver and on the newer ones (not 12.9)
+    assert rules['jammy']['pip']['packages'] == ['cuda-python>=12.2,<12.3']
+    text = (REPO / 'config' / 'rosdep.yaml').read_text()
+    assert 'older runtime on a' in text and 'JetPack 6.0' in text     # the reason sits next to the rule
     assert rules['noble']['pip']['packages'] == ['cuda-python>=13,<14']       # JetPack 7: CUDA 13
     reqs = (REPO / 'requirements.txt').read_text()
     assert 'cuda-python==12.' in reqs

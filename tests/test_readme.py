@@ -285,3 +285,30 @@ def test_readme_block(block: Block, workdir: Path) -> None:
         if m:
             where = f', command at {block.file} line {block.line + int(m.group(1)) - 2}: {m.group(2)}'
         pytest.fail(_failure(block, proc, f'exited with {proc.returncode}{where}'))
+
+
+def test_readme_outputs_are_ignored_and_removed_by_make_clean(workdir: Path, tmp_path: Path) -> None:
+    """A user who runs the README's commands in the checkout gets a clean `git status`, and `make clean` removes
+    what the commands wrote. Runs after every block above (same module, same working directory)."""
+    import shutil
+    made = [p for p in workdir.iterdir() if p.name not in ('config', 'engines')]
+    made += [p for p in (workdir / 'engines').iterdir()]
+    if not any(b.skip is None for b in BLOCKS) or not made:
+        pytest.skip('no README block ran in this session (a -k selection)')
+    names = [p.relative_to(workdir).as_posix() + ('/' if p.is_dir() else '') for p in made]
+    not_ignored = [n for n in names
+                   if subprocess.run(['git', '-C', str(REPO), 'check-ignore', '-q', '--no-index', n]).returncode != 0]
+    assert not not_ignored, f'README commands leave files git status shows; add them to .gitignore: {not_ignored}'
+    shutil.copy(REPO / 'Makefile', tmp_path / 'Makefile')
+    for n in names:
+        (tmp_path / n.rstrip('/')).parent.mkdir(parents=True, exist_ok=True)
+        if n.endswith('/'):
+            (tmp_path / n).mkdir(parents=True, exist_ok=True)
+            (tmp_path / n / 'x').write_text('x')
+        else:
+            (tmp_path / n).write_text('x')
+    proc = subprocess.run(['make', '-s', 'clean'], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    left = [n for n in names if (tmp_path / n.rstrip('/')).exists()]
+    assert not left, f'`make clean` leaves what the README commands wrote: {left}'
+    assert (tmp_path / 'engines').is_dir() or not any(n.startswith('engines/') for n in names)

@@ -60,6 +60,7 @@ class FakeCudart:
         self.copies = 0
         self.launches = 0
         self.graphs_destroyed = 0
+        self.events: dict[int, int | None] = {}                 # handle -> copies done when recorded
 
     def _ok(self, *values: Any) -> tuple[Any, ...]:
         return (self.cudaError_t.cudaSuccess, *values)
@@ -84,7 +85,7 @@ class FakeCudart:
 
     # memory
     def _alloc(self, kind: str, nbytes: int) -> tuple[Any, ...]:
-        if self.fail == f'alloc:{kind}':
+        if self.fail == f'alloc:{kind}' or nbytes > 1 << 40:
             return self._err('cudaErrorMemoryAllocation')
         buf = np.zeros(max(1, nbytes), np.uint8)
         self.blocks[buf.ctypes.data] = (kind, buf)
@@ -145,6 +146,29 @@ class FakeCudart:
             graph.work.append((copy, None, None))
         else:
             copy()
+        return self._ok()
+
+    # events: a recorded event remembers how many copies had run (a stand-in for GPU time)
+    def cudaEventCreate(self) -> tuple[Any, ...]:  # noqa: N802
+        handle = 0x7000 + len(self.events)
+        self.events[handle] = None
+        return self._ok(handle)
+
+    def cudaEventRecord(self, event: int, stream: int) -> tuple[Any, ...]:  # noqa: N802
+        self.events[int(event)] = self.copies
+        return self._ok()
+
+    def cudaEventSynchronize(self, event: int) -> tuple[Any, ...]:  # noqa: N802
+        return self._ok() if self.events.get(int(event)) is not None else (self.cudaError_t.cudaErrorInvalidValue,)
+
+    def cudaEventElapsedTime(self, start: int, end: int) -> tuple[Any, ...]:  # noqa: N802
+        a, b = self.events.get(int(start)), self.events.get(int(end))
+        if a is None or b is None:
+            return (self.cudaError_t.cudaErrorInvalidValue, 0.0)
+        return self._ok(0.5 * (b - a))
+
+    def cudaEventDestroy(self, event: int) -> tuple[Any, ...]:  # noqa: N802
+        del self.events[int(event)]
         return self._ok()
 
     # CUDA graphs
@@ -216,6 +240,13 @@ class ExecutionContextAllocationStrategy(enum.Enum):
 
 
 class FakeEngine:
+    """``ICudaEngine``. The members each fake models are checked against every real TensorRT release CI has
+    (tests/trt_bindings_checks.py): ``PROPERTIES`` besides the methods, ``SINCE`` the first major that
+    has a member, ``FAKE_ONLY`` the test helpers."""
+
+    PROPERTIES = ('num_io_tensors', 'device_memory_size_v2')
+    SINCE = {'device_memory_size_v2': 10}
+    FAKE_ONLY: tuple[str, ...] = ()
     device_memory_size_v2 = 1 << 16
 
     def __init__(self, trt: FakeTRT, tensors: list[tuple[str, TensorIOMode, tuple[int, ...], DataType]],
@@ -245,13 +276,19 @@ class FakeEngine:
     def create_execution_context(self, strategy: Any = None) -> FakeContext | None:
         if self.trt.fail == 'create_execution_context':
             return None
-        ctx = FakeContext(self, user_managed=strategy == ExecutionContextAllocationStrategy.USER_MANAGED)
+        # by name: the backend passes the strategy of the TensorRT module it was given (real or this fake's)
+        ctx = FakeContext(self, user_managed=getattr(strategy, 'name', None) == 'USER_MANAGED')
         self.trt.contexts.append(ctx)
         return ctx
 
 
 class FakeContext:
-    """Runs the exported ONNX with ONNX Runtime on the tensors found at the addresses it was given."""
+    """``IExecutionContext``: runs the exported ONNX with ONNX Runtime on the tensors found at the addresses
+    it was given."""
+
+    PROPERTIES: tuple[str, ...] = ()
+    SINCE = {'set_device_memory': 10}
+    FAKE_ONLY = ('current_shape',)
 
     def __init__(self, engine: FakeEngine, user_managed: bool = False) -> None:
         self.engine, self.trt = engine, engine.trt
@@ -307,6 +344,8 @@ class FakeContext:
         if self.user_managed and self.device_memory is None:
             return False   # USER_MANAGED context without its activation memory
         graph = self.trt.cudart.capturing.get(int(stream_handle))
+        if graph is not None and self.trt.fail == 'execute_during_capture':
+            return False   # e.g. an op TensorRT cannot run inside a capture; cudaStreamEndCapture still succeeds
         if graph is not None:
             graph.work.append((self._run, self, self.current_shape()))
         else:
@@ -315,6 +354,10 @@ class FakeContext:
 
 
 class FakeRuntime:
+    PROPERTIES: tuple[str, ...] = ()
+    SINCE: dict[str, int] = {}
+    FAKE_ONLY: tuple[str, ...] = ()
+
     def __init__(self, trt: FakeTRT) -> None:
         self.trt = trt
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from evit_ros import __version__
 from evit_ros.config import BackendConfig, InputConfig, ModelConfig
+from evit_ros.contract import NODE_HEAD
 from evit_ros.deps import missing_module_error
-from evit_ros.errors import BackendUnavailableError, CheckpointError, ConfigError
+from evit_ros.errors import BackendUnavailableError, CheckpointError, ConfigError, EvitError
 from evit_ros.inference import InferenceBackend, InferenceResult, ModelIO, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -52,20 +53,26 @@ def resolve_checkpoint(model: ModelConfig, logger: logging.Logger | None = None)
         raise
 
 
+def auto_onnx_path(model: ModelConfig, input_cfg: InputConfig, head: str, *, checkpoint: str,
+                   max_batch: int = 1) -> Path:
+    """Where :func:`ensure_onnx` keeps the automatic export of this model/checkpoint/size/head (may not exist)."""
+    from evit_ros.model.checkpoint import checkpoint_sha256
+    sha = checkpoint_sha256(checkpoint)[:12]
+    tag = head.replace('+', '_')
+    batch = f'_b1-{max_batch}' if max_batch > 1 else ''
+    # the version is in the name: a new release may export a different graph
+    name = f'{model.name}_{sha}_{input_cfg.height}x{input_cfg.width}_{tag}{batch}_v{__version__}.onnx'
+    return cache_dir() / 'onnx' / name
+
+
 def ensure_onnx(model: ModelConfig, input_cfg: InputConfig, head: str, *, checkpoint: str, max_batch: int = 1,
                 logger: logging.Logger | None = None) -> Path:
     """An exported, verified ONNX for this model/checkpoint/size/head, exported into the cache if missing.
 
     ``max_batch > 1`` exports a dynamic batch dimension (1..max_batch) so several cameras share one run.
     """
-    from evit_ros.model.checkpoint import checkpoint_sha256
     lg = logger or log
-    sha = checkpoint_sha256(checkpoint)[:12]
-    tag = head.replace('+', '_')
-    batch = f'_b1-{max_batch}' if max_batch > 1 else ''
-    # the version is in the name: a new release may export a different graph
-    name = f'{model.name}_{sha}_{input_cfg.height}x{input_cfg.width}_{tag}{batch}_v{__version__}.onnx'
-    path = cache_dir() / 'onnx' / name
+    path = auto_onnx_path(model, input_cfg, head, checkpoint=checkpoint, max_batch=max_batch)
     if path.is_file():
         return path
     from evit_ros.export.onnx_export import export_onnx
@@ -98,7 +105,36 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     return dict(sess.get_modelmeta().custom_metadata_map)
 
 
-def export_command(model: ModelConfig, input_cfg: InputConfig, output: str | Path, head: str = 'labels+confidence',
+def describe_weights(model: ModelConfig, onnx_path: str | Path = '') -> str:
+    """Which weights a report's numbers come from, in words: the demo weights and an official checkpoint share the
+    architecture name (``efficientvit-seg-b0-cityscapes``), so the architecture alone would mislead.
+
+    From the graph's ``evit.checkpoint_sha256`` when an ONNX is given, else from the checkpoint the node's rule
+    resolves; never raises (a report is still written when the weights cannot be named).
+    """
+    from evit_ros import contract
+    from evit_ros.fileio import file_sha256
+    try:
+        if onnx_path:
+            sha = read_onnx_metadata(onnx_path).get(contract.META_CHECKPOINT_SHA256, '')
+            source = ''
+        else:
+            quiet = logging.getLogger('evit_ros.describe_weights')   # the run itself already warned
+            quiet.propagate = False
+            if not quiet.handlers:
+                quiet.addHandler(logging.NullHandler())
+            source = resolve_checkpoint(model, quiet)
+            sha = file_sha256(source)
+    except (OSError, EvitError):
+        return 'unknown (the checkpoint or graph could not be read)'
+    if not sha:
+        return 'random weights (graph experiments only: the output is noise)'
+    if SYNTHETIC_CHECKPOINT.is_file() and sha == file_sha256(SYNTHETIC_CHECKPOINT):
+        return f'demo weights (synthetic scenes only), sha256 {sha[:12]}'
+    return f'checkpoint {Path(source).name + " " if source else ""}sha256 {sha[:12]}'
+
+
+def export_command(model: ModelConfig, input_cfg: InputConfig, output: str | Path, head: str = NODE_HEAD,
                    max_batch: int = 1) -> str:
     """The ``evit-ros export`` command producing exactly what the node loads for this configuration.
 
@@ -111,7 +147,7 @@ def export_command(model: ModelConfig, input_cfg: InputConfig, output: str | Pat
 
 
 def check_onnx_matches(onnx_path: str | Path, model: ModelConfig, input_cfg: InputConfig,
-                       head: str = 'labels+confidence') -> None:
+                       head: str = NODE_HEAD) -> None:
     """Refuse an ONNX exported for another model or input size than the parameters say."""
     from evit_ros import contract
     p = Path(onnx_path)
@@ -209,7 +245,7 @@ def needed_by(kind: str, config: BackendConfig) -> str:
 
 
 def create_backend(config: BackendConfig, *, model: ModelConfig, input_cfg: InputConfig,
-                   head: str = 'labels+confidence', max_batch: int = 1,
+                   head: str = NODE_HEAD, max_batch: int = 1,
                    logger: logging.Logger | None = None) -> InferenceBackend:
     """A configured, not yet loaded backend (call ``load()`` or use it as a context manager).
 
@@ -234,5 +270,6 @@ def create_backend(config: BackendConfig, *, model: ModelConfig, input_cfg: Inpu
 
 
 
-__all__ = ['InferenceBackend', 'InferenceResult', 'ModelIO', 'TensorSpec', 'cache_dir', 'check_onnx_matches',
-           'choose_auto', 'create_backend', 'ensure_onnx', 'export_command', 'resolve_checkpoint']
+__all__ = ['InferenceBackend', 'InferenceResult', 'ModelIO', 'TensorSpec', 'auto_onnx_path', 'cache_dir',
+           'check_onnx_matches', 'choose_auto', 'create_backend', 'describe_weights', 'ensure_onnx', 'export_command',
+           'resolve_checkpoint']

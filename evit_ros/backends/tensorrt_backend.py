@@ -389,15 +389,28 @@ class TensorRTBackend(InferenceBackend):
         stream.synchronize()
         try:
             stream.begin_capture()
+        except BackendError as exc:
+            return self._no_graphs(str(exc))
+        try:
             ok = context.execute_async_v3(stream.handle)
+        except BaseException:   # the stream must leave capture mode whatever happened inside it
+            self._release(lambda: stream.end_capture().destroy(), 'CUDA graph')
+            raise
+        try:
             graph = stream.end_capture()
         except BackendError as exc:
-            self._log.warning('tensorrt: CUDA graph capture failed (%s); running without graphs', exc)
-            self.cuda_graph = False
-            return None
-        _check(ok, 'execute_async_v3 during CUDA graph capture')
+            return self._no_graphs(str(exc))
+        if ok is None or ok is False:   # TensorRT refused to run inside a capture: the graph is incomplete
+            self._release(graph.destroy, 'CUDA graph')
+            return self._no_graphs('execute_async_v3 returned False while capturing (see the TensorRT log above)')
         self._graphs[n] = graph
         return graph
+
+    def _no_graphs(self, why: str) -> cuda_runtime.CudaGraph | None:
+        """Capture failed: warn once and run every later batch the plain way (None: no graph)."""
+        self._log.warning('tensorrt: CUDA graph capture failed (%s); running without graphs', why)
+        self.cuda_graph = False
+        return None
 
     def describe(self) -> dict[str, str]:
         d = {'backend': self.name, 'engine': str(self.engine_path), 'precision': self.precision,

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from evit_ros import contract
+from evit_ros.contract import NODE_HEAD
 from evit_ros.datasets import dataset_for_model
 from evit_ros.errors import BackendError, BackendUnavailableError
 from evit_ros.inference import InferenceBackend, InferenceResult, ModelIO, TensorSpec
@@ -27,7 +28,7 @@ class TorchBackend(InferenceBackend):
     name = 'torch'
 
     def __init__(self, model_name: str, *, checkpoint: str | None, input_hw: tuple[int, int],
-                 head: str = 'labels+confidence', device: str = 'auto', precision: str = 'fp32',
+                 head: str = NODE_HEAD, device: str = 'auto', precision: str = 'fp32',
                  threads: int = 0, max_batch: int = 8, model: Any = None,
                  logger: logging.Logger | None = None) -> None:
         super().__init__()

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from evit_ros.config import BackendConfig, DrivableConfig, InputConfig, ModelConfig, OutputConfig
-from evit_ros.contract import IMAGENET_MEAN, IMAGENET_STD
+from evit_ros.contract import IMAGENET_MEAN, IMAGENET_STD, NODE_HEAD
 from evit_ros.eval.metrics import LatencyStats
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class _PipelineRunner:
 
 def run_benchmark(*, backend: str, model: ModelConfig, input_cfg: InputConfig, camera_hw: tuple[int, int],
                   batch: int = 1, iters: int = 20, warmup: int = 3, threads: int = 0,
-                  backend_cfg: BackendConfig | None = None, head: str = 'labels+logits') -> dict[str, Any]:
+                  backend_cfg: BackendConfig | None = None, head: str = NODE_HEAD) -> dict[str, Any]:
     """Warm up, then time ``iters`` batches; returns the JSON-ready report.
 
     ``head`` is the graph head of the pipeline runs (the node uses ``labels+logits``; the baseline

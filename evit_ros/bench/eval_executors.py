@@ -50,13 +50,14 @@ def _bags(root: Path, count: int, frames: int, hw: tuple[int, int], seed: int) -
 
 
 def _seeded_onnx(out: Path, height: int, width: int) -> Path:
-    """A b0 graph (labels+confidence head) with seeded random weights: the pipeline's real work, no checkpoint."""
+    """A b0 graph (the node's head) with seeded random weights: the pipeline's real work, no checkpoint."""
     import torch
 
+    from evit_ros.contract import NODE_HEAD
     from evit_ros.export.onnx_export import export_onnx
     torch.set_num_threads(1)
     torch.manual_seed(0)   # the model is created inside export_onnx, after this
-    export_onnx('efficientvit-seg-b0-cityscapes', out, height=height, width=width, head='labels+confidence')
+    export_onnx('efficientvit-seg-b0-cityscapes', out, height=height, width=width, head=NODE_HEAD)
     return out
 
 

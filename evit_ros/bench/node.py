@@ -62,8 +62,8 @@ def _frame(height: int, width: int) -> np.ndarray:
 def bare_runner(onnx: str, input_cfg: InputConfig, threads: int, frame: np.ndarray) -> tuple[Any, Callable[[], float]]:
     """A loaded backend (the node's head) and a function timing one ``infer`` (ms) of ``frame`` resized to the input."""
     from evit_ros.backends import create_backend
+    from evit_ros.contract import NODE_HEAD
     from evit_ros.pipeline import Preprocessor
-    from evit_ros.ros.outputs import NODE_HEAD
     backend = create_backend(BackendConfig(type='onnxruntime', onnx_path=onnx, threads=threads, precision='fp32'),
                              model=ModelConfig(), input_cfg=input_cfg, head=NODE_HEAD)
     backend.load()

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from evit_ros.contract import NODE_HEAD
 from evit_ros.errors import ConfigError, EvitError
 
 DEFAULT_PARAMS = 'config/demo.yaml'
@@ -124,12 +125,12 @@ def run(args: argparse.Namespace) -> int:
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     cams = len(cfg.cameras)
     report = export_onnx(cfg.model.name, onnx_path, height=cfg.input.height, width=cfg.input.width,
-                         checkpoint=checkpoint, head='labels+confidence', max_batch=cams if cams > 1 else None)
+                         checkpoint=checkpoint, head=NODE_HEAD, max_batch=cams if cams > 1 else None)
     ph.done(f'{onnx_path}, labels agree {100 * report.label_agreement:.3f}% with PyTorch')
 
     node_info: dict[str, Any] = {}
     live, play_s = _run_live(args, cfg, ds, onnx_path, out, domain_id, ph, node_info)
-    summary = _evaluate(cfg, ds, live, play_s, onnx_path, out, ph, node_info)
+    summary = _evaluate(cfg, ds, live, play_s, onnx_path, out, ph, node_info, args.rate)
     summary['phase_seconds'] = ph.times
     summary['total_seconds'] = round(ph.total, 1)
     (out / 'summary.json').write_text(json.dumps(summary, indent=2, default=str))
@@ -164,7 +165,8 @@ def _run_live(args: argparse.Namespace, cfg: Any, ds: Any, onnx_path: Path, out:
         t0 = time.perf_counter()
         state = run_live(str(ds.bag), image_topics=image_topics, label_topics=label_topics, config=cfg,
                          rate=1.0, start_node=False,
-                         node_timeout_s=args.node_timeout, progress=False, samples=6, node_info=node_info)
+                         node_timeout_s=args.node_timeout, progress=False, samples=6, node_info=node_info,
+                         node_process=proc)
         play_s = time.perf_counter() - t0
         ph.done(f'{state.counters.get("frames_received", 0)}/{state.counters.get("frames", 0)} masks received')
         return state, play_s
@@ -175,7 +177,7 @@ def _run_live(args: argparse.Namespace, cfg: Any, ds: Any, onnx_path: Path, out:
 
 
 def _evaluate(cfg: Any, ds: Any, live: Any, play_s: float, onnx_path: Path, out: Path,
-              ph: _Phases, node_info: dict[str, Any]) -> dict[str, Any]:
+              ph: _Phases, node_info: dict[str, Any], rate_hz: float) -> dict[str, Any]:
     """Live report (what the node published) + offline pass through the same pipeline for overlay images."""
     from dataclasses import replace
 
@@ -187,7 +189,8 @@ def _evaluate(cfg: Any, ds: Any, live: Any, play_s: float, onnx_path: Path, out:
     dataset = dataset_for_model(cfg.model.name)
     groups = group_class_ids(cfg, dataset.class_names)
     ph.start('write live report')
-    meta = {'model': cfg.model.name, 'checkpoint': cfg.model.checkpoint, 'backend': 'onnxruntime (CPU)',
+    from evit_ros.backends import describe_weights
+    meta = {'model': cfg.model.name, 'weights': describe_weights(cfg.model, onnx_path), 'backend': 'onnxruntime (CPU)',
             'input': f'{cfg.input.height}x{cfg.input.width}', 'mode': 'live (node over DDS)',
             'bag': str(ds.bag), 'cameras': ', '.join(c.name for c in ds.cameras)}
     meta.update(node_info)   # what the node reported it runs (model, backend, input HxW)
@@ -196,6 +199,7 @@ def _evaluate(cfg: Any, ds: Any, live: Any, play_s: float, onnx_path: Path, out:
     ph.done(f'{out}/report.md')
 
     overlays: list[str] = []
+    hero = ''
     offline_miou = None
     ph.start('offline pass for overlays (same pipeline, no DDS)')
     try:
@@ -206,8 +210,12 @@ def _evaluate(cfg: Any, ds: Any, live: Any, play_s: float, onnx_path: Path, out:
         off_report = write_report(out / 'offline', off, dataset.class_names, groups,
                                   dict(meta, mode='offline (same Segmenter, no DDS)'))
         offline_miou = off_report['metrics']['miou_present']
-        overlays = _write_overlays(off.samples, out / 'overlays')
-        ph.done(f'{len(overlays)} overlays in {out / "overlays"}')
+        seg = PipelineFactory(off_cfg)()
+        try:
+            overlays, hero = _write_pictures(seg, ds, out)
+        finally:
+            seg.backend.close()
+        ph.done(f'{len(overlays)} camera-size overlays in {out / "overlays"}, {hero}')
     except ImportError as exc:
         ph.done(f'skipped: {exc}')
     m = report['metrics']
@@ -221,36 +229,80 @@ def _evaluate(cfg: Any, ds: Any, live: Any, play_s: float, onnx_path: Path, out:
         'per_class_iou': {c['name']: c['iou'] for c in m['per_class'] if c['iou'] is not None},
         'latency_ms': {k: e2e.get(k) for k in ('p50', 'p90', 'p99', 'max', 'mean')},
         'fps': round(received / play_s, 2) if play_s > 0 else None,
-        'dropped': counters.get('dropped', 0), 'overlays': overlays,
+        'dropped': counters.get('dropped', 0), 'overlays': overlays, 'picture': hero, 'weights': meta['weights'],
+        'bag_fps': round(len(ds.cameras) * rate_hz, 2),
     }
 
 
-def _write_overlays(samples: list[dict[str, Any]], folder: Path) -> list[str]:
-    """One overlay PNG per evaluation sample: the camera image blended with the predicted class colors."""
+HERO_NAME = 'demo_overlay.png'    # the README's picture (docs/demo_overlay.png) is a copy of this file
+HERO_GAP = 4                      # white pixels between the panels
+OVERLAY_FRAMES = (0, 10, 20, 30)  # frames of each camera written to overlays/ at camera size
+
+
+def _write_pictures(seg: Any, ds: Any, out: Path) -> tuple[list[str], str]:
+    """Camera-size overlays (the node's ``overlay`` output, from the same Segmenter) of a few frames per camera,
+    and the README's picture: per camera (rows), the frame the node receives beside its overlay (first frame).
+
+    The compressed camera's frame goes through the same JPEG encoding as in the bag, so the picture shows what
+    the node really sees. Returns (overlay paths, picture path).
+    """
     import cv2
     import numpy as np
+    folder = out / 'overlays'
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for s in samples:
-        if not s.get('image') or not s.get('pred'):
-            continue
-        shape = tuple(s['shape'])
-        image = np.frombuffer(s['image'], dtype=np.uint8).reshape(shape).astype(np.uint16)
-        pred = np.frombuffer(s['pred'], dtype=np.uint8).reshape(shape).astype(np.uint16)
-        img = ((image + pred) // 2).astype(np.uint8)
-        p = folder / f'{s["camera"]}_{s["stamp_ns"]}.png'
-        cv2.imwrite(str(p), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-        paths.append(str(p))
-    return sorted(paths)
+    paths: list[str] = []
+    rows = []
+    for cam in ds.cameras:
+        for i in OVERLAY_FRAMES:
+            src = ds.root / 'images' / cam.name / f'{i:06d}.png'
+            if not src.is_file():
+                continue
+            bgr = cv2.imread(str(src), cv2.IMREAD_COLOR)
+            if bgr is None:
+                continue
+            if cam.transport == 'compressed':   # what the node receives: the bag's JPEG at its quality
+                _, jpg = cv2.imencode('.jpg', bgr, [cv2.IMWRITE_JPEG_QUALITY, ds.jpeg_quality])
+                bgr = cv2.imdecode(jpg, cv2.IMREAD_COLOR)
+            if bgr is None:
+                continue
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            res = seg.process([rgb], want_color=False, want_overlay=True)[0]
+            ovl = np.array(res.overlay)
+            p = folder / f'{cam.name}_{i:06d}.png'
+            cv2.imwrite(str(p), cv2.cvtColor(ovl, cv2.COLOR_RGB2BGR))
+            paths.append(str(p))
+            if i == OVERLAY_FRAMES[0]:
+                gap = np.full((rgb.shape[0], HERO_GAP, 3), 255, np.uint8)
+                rows.append(np.hstack([rgb, gap, ovl]))
+    if not rows:
+        return paths, ''
+    width = max(r.shape[1] for r in rows)
+    parts = []
+    for k, r in enumerate(rows):
+        if k:
+            parts.append(np.full((HERO_GAP, width, 3), 255, np.uint8))
+        parts.append(np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255))
+    hero = out / HERO_NAME
+    cv2.imwrite(str(hero), cv2.cvtColor(np.vstack(parts), cv2.COLOR_RGB2BGR))
+    return sorted(paths), str(hero)
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    """The summary, each field defined where it is printed (a number nobody can interpret is not a result)."""
+    lat = summary.get('latency_ms', {})
     print('')
     print(f'evit-ros demo: {summary.get("frames", "?")} frames from {summary.get("cameras", "?")} cameras '
           f'in {summary["total_seconds"]:.0f} s -> {out}/')
-    print(f'  mIoU {_fmt(summary.get("miou"))}   drivable IoU {_fmt(summary.get("drivable_iou"))}')
-    lat = summary.get('latency_ms', {})
-    print(f'  latency ms p50 {_fmt(lat.get("p50"), ".1f")}  p90 {_fmt(lat.get("p90"), ".1f")}  '
-          f'p99 {_fmt(lat.get("p99"), ".1f")}   fps {_fmt(summary.get("fps"), ".1f")}   '
-          f'dropped {summary.get("dropped", "n/a")}')
-    print(f'  report: {out}/report.md  overlays: {out}/overlays/  plots: {out}/*.png')
+    print(f'  weights      {summary.get("weights", "?")}')
+    print(f'  masks        {summary.get("frames_out", "?")}/{summary.get("frames", "?")}   masks the node published '
+          'for the frames the bag sent')
+    print(f'  dropped      {summary.get("dropped", "n/a")}   frames sent whose mask never came (the node keeps only '
+          'the newest frame per camera when it falls behind)')
+    print(f'  mIoU         {_fmt(summary.get("miou"))}   mean IoU over the classes present, of the masks received')
+    print(f'  drivable IoU {_fmt(summary.get("drivable_iou"))}   IoU of the drivable group (road)')
+    print(f'  latency ms   p50 {_fmt(lat.get("p50"), ".1f")}  p90 {_fmt(lat.get("p90"), ".1f")}  p99 '
+          f'{_fmt(lat.get("p99"), ".1f")}   end to end: mask received - frame stamp (sim time)')
+    print(f'  frames/s     {_fmt(summary.get("fps"), ".1f")}   masks received per second of wall time while the '
+          f'bag played (it sends {_fmt(summary.get("bag_fps"), ".0f")} frames/s)')
+    print(f'  picture      {summary.get("picture") or "n/a"}   frame and overlay per camera (the README\'s picture)')
+    print(f'  report: {out}/report.md  overlays: {out}/overlays/ (camera size)  plots: {out}/*.png')

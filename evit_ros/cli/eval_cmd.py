@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -21,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument('--bag', action='append', default=[], metavar='PATH',
                      help='ROS 2 bag (directory, .mcap or .db3); repeat for several bags')
     src.add_argument('--image-topic', action='append', default=[], metavar='T',
-                     help='sensor_msgs/Image or CompressedImage topic; repeat per camera (camera = first topic part)')
+                     help='sensor_msgs/Image or CompressedImage topic; repeat per camera (camera = the topic without '
+                          'its image suffix: /stereo/left/image_raw -> stereo_left)')
     src.add_argument('--label-topic', action='append', default=[], metavar='L',
                      help='mono8 ground-truth topic, one per --image-topic in the same order, matched by header stamp')
     src.add_argument('--labels-dir', default='', metavar='DIR',
@@ -52,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument('--save-predictions', default='', metavar='DIR',
                    help='write each prediction as a PNG: bags DIR/<camera>/<stamp_ns>.png in --label-format; '
                         'Cityscapes DIR/<city>_<seq>_<frame>_pred_labelIds.png (cityscapesScripts format)')
-    o.add_argument('--max-frames', type=int, default=0, help='stop each shard (bag or slice) after N images (0: all)')
+    o.add_argument('--max-frames', type=int, default=0,
+                   help='score the first N images of each shard (bag or slice), with their labels (0: all)')
     o.add_argument('--samples', type=int, default=8, help='overlay samples in samples.png (default 8)')
     o.add_argument('--no-progress', action='store_true', help='no progress line on stderr')
     x = p.add_argument_group('execution (bags run as shards on local processes or a Ray cluster)')
@@ -69,6 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='attempts after the first for a failing shard or a lost worker (default 2)')
     x.add_argument('--task-cpus', type=float, default=1.0, help='CPUs reserved per Ray worker (default 1)')
     x.add_argument('--task-gpus', type=float, default=0.0, help='GPUs reserved per Ray worker (default 0)')
+    x.add_argument('--ray-timeout', type=float, default=30.0, metavar='S',
+                   help='seconds to connect to or start the Ray cluster before the run ends with one line (default 30)')
     lv = p.add_argument_group('live (play the bag into a running node over DDS)')
     lv.add_argument('--live', action='store_true', help='play into the node and score what it publishes')
     lv.add_argument('--rate', type=float, default=1.0, help='playback speed factor for --live (default 1.0)')
@@ -87,22 +92,82 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             o[key] = val
     if (args.model or args.checkpoint or args.height or args.width) and not args.onnx:
         o['backend.onnx_path'] = ''   # the YAML's graph holds other weights or sizes: export these instead
+    if args.onnx:
+        o.update(onnx_overrides(args.onnx, args.height, args.width, args.model))
     return o
 
 
+def onnx_overrides(onnx: str, height: int, width: int, model: str) -> dict[str, Any]:
+    """What ``--onnx`` says about itself: input size and model from its metadata (the head is read by the backend).
+
+    Given ``--height``/``--width`` must agree with the graph; the error names eval's own flags.
+    """
+    from evit_ros import contract
+    from evit_ros.backends import read_onnx_metadata  # type: ignore[attr-defined,unused-ignore]
+    if not Path(onnx).is_file():
+        raise ConfigError(f'--onnx {onnx} does not exist; pass an ONNX exported by `evit-ros export`, or drop '
+                          '--onnx to export one from --model/--checkpoint')
+    meta = read_onnx_metadata(onnx)
+    out: dict[str, Any] = {}
+    size = meta.get(contract.META_INPUT_SIZE, '')
+    if size:
+        gh, gw = (int(v) for v in size.split('x'))
+        if (height and height != gh) or (width and width != gw):
+            raise ConfigError(f'--onnx {onnx} takes {size} frames, but --height {height or gh} --width {width or gw} '
+                              f'were given; drop --height/--width (eval reads the size from the graph) or re-export '
+                              f'the graph with `evit-ros export --height {height or gh} --width {width or gw}`')
+        out['input.height'], out['input.width'] = gh, gw
+    elif not (height and width):
+        raise ConfigError(f'--onnx {onnx} has no {contract.META_INPUT_SIZE} metadata (not exported by '
+                          '`evit-ros export`); pass --height and --width')
+    name = meta.get(contract.META_MODEL, '')
+    if name and not model:
+        out['model.name'] = name
+    return out   # the head: the backend reads the graph's own (evit.head), as the node does
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Numeric options that argparse accepts but no run can use (negative counts, nan, inf) are one line."""
+    import math
+    for flag, value in (('--jobs', args.jobs), ('--max-frames', args.max_frames), ('--samples', args.samples),
+                        ('--max-retries', args.max_retries)):
+        if value < 0:
+            raise ConfigError(f'{flag} {value} must be >= 0')
+    for flag, fvalue, low in (('--task-cpus', args.task_cpus, 'positive'), ('--task-gpus', args.task_gpus, '>= 0'),
+                              ('--shard-seconds', args.shard_seconds, '>= 0'),
+                              ('--ray-timeout', args.ray_timeout, 'positive'), ('--rate', args.rate, 'positive'),
+                              ('--node-timeout', args.node_timeout, 'positive')):
+        bad = not math.isfinite(fvalue) or fvalue < 0 or (low == 'positive' and fvalue == 0)
+        if bad:
+            raise ConfigError(f'{flag} {fvalue} is not valid; give a finite {low} number')
+
+
 def check_outputs(args: argparse.Namespace) -> None:
-    """Every output path is checked before the model is loaded: a bad path fails in a second, not after the run."""
+    """Every output path and the label folder are checked before the model is loaded: a bad path fails in a
+    second, not after the run. Staging folders that killed runs left next to the outputs are removed first."""
     from evit_ros.eval.bags import check_new_bag_path
-    from evit_ros.eval.predictions import check_predictions_dir
+    from evit_ros.eval.predictions import check_predictions_dir, remove_stale_partials
     from evit_ros.eval.report import check_report_dir
     check_report_dir(args.report)
+    if args.labels_dir:
+        ld = Path(args.labels_dir)
+        if not ld.is_dir():
+            raise ConfigError(f'--labels-dir {ld} is {"a file" if ld.exists() else "missing"}; give the folder of '
+                              'ground-truth PNGs (DIR/<camera>/<stamp_ns>.png or DIR/<stamp_ns>.png)')
+        if not os.access(ld, os.R_OK | os.X_OK):
+            raise ConfigError(f'--labels-dir {ld} is not readable')
     if args.out_bag and args.live:
         raise ConfigError('--out-bag is not available with --live (record the node\'s topics with ros2 bag record)')
     if args.out_bag:   # one bag, or for several bags or slices the folder of one bag per input bag
-        check_new_bag_path(Path(args.out_bag))
+        out = Path(args.out_bag)
+        for gone in remove_stale_partials(out.parent if str(out.parent) else Path('.'), f'.{out.name}.partial-'):
+            LOG.info('removed %s, left by a run that was killed', gone)
+        check_new_bag_path(out)
     if args.save_predictions:
         if args.live:
             raise ConfigError('--save-predictions is not available with --live')
+        for gone in remove_stale_partials(args.save_predictions, '.partial-'):
+            LOG.info('removed %s, left by a run that was killed', gone)
         check_predictions_dir(args.save_predictions)
 
 
@@ -122,13 +187,15 @@ def _summary_lines(report: dict[str, Any], report_dir: str) -> list[str]:
              f'{pct(m["miou_present"])} mIoU({m["num_classes"]}) {pct(m["miou_19"])} pixel acc '
              f'{pct(m["pixel_accuracy"])} | report: {Path(report_dir)}/report.md']
     problems = dict(report['bad_data'])
-    for key in ('labels_without_image', 'frames_without_gt'):
-        if report.get(key) and report['frames_scored']:
+    for key in ('duplicate_stamps', 'frames_bad_gt', 'labels_without_image', 'frames_without_gt'):
+        if report.get(key) and (report['frames_scored'] or key in ('duplicate_stamps', 'frames_bad_gt')):
             problems[key] = report[key]
     if problems:
         lines.append('data problems: ' + ', '.join(f'{k} {v}' for k, v in problems.items()))
     for src, why in report.get('failed_sources', {}).items():
         lines.append(f'not evaluated: {src}: {why}')
+    for line in (report.get('shards') or {}).get('same_bag_given_twice', []):
+        lines.append(f'note: {line}')
     return lines
 
 
@@ -139,16 +206,16 @@ def run(args: argparse.Namespace) -> int:
     from evit_ros.eval.report import write_report
     from evit_ros.eval.runner import PipelineFactory, evaluate_bags, group_class_ids, run_events
     from evit_ros.eval.scoring import EvalSpec
-    from evit_ros.eval.verdict import nothing_scored_reason
+    from evit_ros.eval.verdict import nothing_scored_reason, partial_score_reason
 
     if not args.bag and not args.cityscapes:
         raise ConfigError('nothing to evaluate: pass --bag PATH (with --image-topic) or --cityscapes DIR')
-    if args.jobs < 0 or args.max_frames < 0:
-        raise ConfigError(f'--jobs {args.jobs} and --max-frames {args.max_frames} must be >= 0')
+    check_numbers(args)
     if args.executor == 'ray' and (args.live or args.cityscapes):
         raise ConfigError('--executor ray evaluates --bag shards; --live and --cityscapes run locally')
     execution = ExecutionOptions(args.executor, args.jobs, args.ray_address, args.shard_seconds, args.max_retries,
-                                 args.task_cpus, args.task_gpus, progress=not args.no_progress)
+                                 args.task_cpus, args.task_gpus, progress=not args.no_progress,
+                                 ray_timeout=args.ray_timeout)
     check_outputs(args)
     pairs = None
     if args.cityscapes and not args.live:   # the dataset layout is checked before the model is loaded
@@ -162,7 +229,9 @@ def run(args: argparse.Namespace) -> int:
     if backend == 'auto' and not args.live:   # the header names the runtime that runs, not 'auto'
         from evit_ros.backends import choose_auto
         backend = choose_auto(cfg.backend)[0]
-    meta: dict[str, Any] = {'model': cfg.model.name, 'backend': backend,
+    from evit_ros.backends import describe_weights  # type: ignore[attr-defined,unused-ignore]
+    meta: dict[str, Any] = {'model': cfg.model.name, 'weights': describe_weights(cfg.model, cfg.backend.onnx_path),
+                            'backend': backend,
                             'input': f'{cfg.input.height}x{cfg.input.width}',
                             'params_file': args.params_file or '(defaults)', 'mode': 'live' if args.live else 'offline'}
 
@@ -187,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
                             progress=not args.no_progress, save_predictions=args.save_predictions)
             seg = PipelineFactory(cfg)()
             state = run_events(iter_cityscapes(root, args.split, pairs), EvalState(dataset.num_classes), spec, seg,
-                               source=f'{root}:{args.split}', out_bag=args.out_bag, label_format='trainid',
+                               source=f'{root}:{args.split}', out_bag=args.out_bag, label_format='labelid',
                                cityscapes=True)
             meta['dataset'] = f'cityscapes/{args.split}'
         else:
@@ -202,11 +271,16 @@ def run(args: argparse.Namespace) -> int:
     error = nothing_scored_reason(report, label_source=label_source)
     if not label_source and not error:
         report['meta']['ground_truth'] = 'none given: latency only'
-    report = write_report(args.report, state, dataset.class_names, groups, error=error, report=report)
+    partial = None if error else partial_score_reason(report, label_source=label_source)
+    report = write_report(args.report, state, dataset.class_names, groups, error=error, report=report,
+                          partial=partial)
     for line in _summary_lines(report, args.report):
         print(line)
     if error:
         print(f'evit-ros eval: error: nothing was scored: {error}', file=sys.stderr)
+        return 130 if report['interrupted'] else 1
+    if partial:
+        print(f'evit-ros eval: error: the score is not trustworthy: {partial}', file=sys.stderr)
         return 130 if report['interrupted'] else 1
     if report['failed_sources']:
         return 1

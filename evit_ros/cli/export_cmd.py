@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from evit_ros.contract import HEADS, INPUT_FORMATS
+from evit_ros.contract import HEADS, INPUT_FORMATS, NODE_HEAD
 from evit_ros.errors import ConfigError
 
 
@@ -58,8 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batch = parser.add_mutually_exclusive_group()
     batch.add_argument('--batch', type=int, default=1, help='static batch size (default 1)')
     batch.add_argument('--max-batch', type=int, help='dynamic batch 1..N (several cameras share one engine)')
-    parser.add_argument('--head', choices=HEADS, default='labels',
-                        help='graph outputs (default labels; the node loads labels+confidence)')
+    parser.add_argument('--head', choices=HEADS, default=NODE_HEAD,
+                        help=f'graph outputs (default {NODE_HEAD}, the head the node, the demo and eval use)')
     parser.add_argument('--input-format', choices=INPUT_FORMATS, default='uint8-nhwc',
                         help='uint8 NHWC RGB camera bytes (default) or normalized float NCHW')
     parser.add_argument('--labels-dtype', choices=('uint8', 'int32'), default='uint8',

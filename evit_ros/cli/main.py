@@ -23,6 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'generate-synthetic': ('evit_ros.cli.synthetic_cmd', 'write synthetic driving scenes and a bag'),
     'train-synthetic': ('evit_ros.cli.train_cmd', 'train the demo model on synthetic scenes'),
     'demo': ('evit_ros.cli.demo_cmd', 'run the whole system on synthetic scenes'),
+    'play': ('evit_ros.cli.play_cmd', 'publish a bag or a folder of images as camera topics (no ros2 needed)'),
+    'watch': ('evit_ros.cli.watch_cmd', "print the node's output rates, latency and diagnostics (no ros2 needed)"),
+    'doctor': ('evit_ros.cli.doctor_cmd', 'what this machine can run (ROS, runtimes, CUDA, GPU, engines) and why not'),
 }
 
 

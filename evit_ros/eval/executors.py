@@ -10,6 +10,7 @@ in plan order, so every executor gives the same report.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -51,14 +52,23 @@ class ExecutionOptions:
     task_cpus: float = 1.0
     task_gpus: float = 0.0
     progress: bool = True
+    ray_timeout: float = 30.0   # seconds to connect to a Ray cluster (--ray-address) before the run ends with one line
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
             raise ConfigError(f'--executor {self.executor!r} is not valid; use local or ray')
         if self.jobs < 0 or self.max_retries < 0:
             raise ConfigError(f'--jobs {self.jobs} and --max-retries {self.max_retries} must be >= 0')
+        for flag, value in (('--task-cpus', self.task_cpus), ('--task-gpus', self.task_gpus),
+                            ('--shard-seconds', self.shard_seconds), ('--ray-timeout', self.ray_timeout)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f'{flag} {value} is not a finite number; give a number such as 1 or 0.5')
         if self.task_cpus <= 0 or self.task_gpus < 0:
             raise ConfigError(f'--task-cpus {self.task_cpus} must be > 0 and --task-gpus {self.task_gpus} >= 0')
+        if self.shard_seconds < 0:
+            raise ConfigError(f'--shard-seconds {self.shard_seconds} must be >= 0 (0: one shard per bag)')
+        if self.ray_timeout <= 0:
+            raise ConfigError(f'--ray-timeout {self.ray_timeout} must be > 0 seconds (default 30)')
         if self.executor == 'local' and (self.ray_address or self.task_gpus):
             raise ConfigError('--ray-address and --task-gpus need --executor ray')
 
@@ -229,6 +239,75 @@ class _ProcessExecutor:
         self.queue.close()
 
 
+def local_cpus() -> int:
+    """CPUs this process may run on (its affinity, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _ray_socket_room(temp_dir: str) -> bool:
+    """Whether Ray's Unix sockets (``<temp>/session_<date>_<pid>/sockets/plasma_store``) fit the 107-byte limit."""
+    return len(os.path.abspath(temp_dir)) + len('/session_2026-01-01_00-00-00_000000_1234567/sockets/raylet.12345') \
+        <= 107
+
+
+def ray_temp_dir() -> str:
+    """'' when Ray's default temp folder is short enough for its sockets, else a short private one under /tmp.
+
+    Ray puts Unix sockets under its temp folder (``$RAY_TMPDIR``, else ``$TMPDIR``, else /tmp, plus ``/ray``);
+    a socket path is limited to 107 bytes, so a long temp path would fail deep in Ray with an OSError.
+    """
+    base = os.environ.get('RAY_TMPDIR') or os.environ.get('TMPDIR') or '/tmp'
+    if _ray_socket_room(os.path.join(base, 'ray')):
+        return ''
+    import tempfile
+    short = '/tmp'
+    if not (os.path.isdir(short) and os.access(short, os.W_OK)):
+        raise ConfigError(f'the temp folder {base} is too long for Ray\'s Unix sockets (107 bytes) and /tmp is not '
+                          'writable; set RAY_TMPDIR to a short writable folder')
+    path = tempfile.mkdtemp(prefix='evit-ray-', dir=short)
+    LOG.info('Ray temp folder %s (the temp folder %s is too long for Ray\'s Unix sockets)', path, base)
+    return path
+
+
+def _check_reachable(address: str, timeout: float) -> None:
+    """A ``host:port`` that refuses or does not answer a TCP connection is one ConfigError now, not a Ray hang."""
+    import socket
+    target = address.split('://', 1)[-1]
+    host, _, port = target.rpartition(':')
+    if not host or not port.isdigit():
+        return   # 'auto' or another form Ray resolves itself (bounded by the thread timeout)
+    try:
+        with socket.create_connection((host.strip('[]'), int(port)), timeout=min(timeout, 10.0)):
+            pass
+    except OSError as exc:
+        raise ConfigError(f'cannot connect to the Ray cluster at {address}: {exc.strerror or exc}; use the address '
+                          '`ray start --head` printed (--ray-address or RAY_ADDRESS)') from exc
+
+
+def _probe_cluster(address: str, timeout: float) -> None:
+    """Connect to ``address`` from a child process that is killed after ``timeout`` s: Ray itself retries a
+    silent address for minutes, and ray.init cannot be cancelled (nor run off the main thread: the processes
+    it starts die with the thread that started them)."""
+    import subprocess
+    code = (f'import logging, ray; ray.init(address={address!r}, logging_level=logging.ERROR); '
+            'print(ray.cluster_resources().get("CPU", 0))')
+    try:
+        r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=timeout,
+                           check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise ConfigError(f'no Ray cluster answers at {address} within --ray-timeout {timeout:g} s; check the '
+                          'address and that the cluster is up (ray status), or raise --ray-timeout') from exc
+    if r.returncode != 0:
+        lines = [ln for ln in (r.stderr or '').splitlines() if ln.strip()]
+        raise ConfigError(f'cannot connect to the Ray cluster at {address} ({(lines[-1] if lines else "")[:200]}); '
+                          'use the address `ray start --head` printed (--ray-address or RAY_ADDRESS); a cluster with '
+                          'token authentication also needs RAY_AUTH_MODE=token and its token (~/.ray/auth_token or '
+                          'RAY_AUTH_TOKEN) here')
+
+
 def import_ray() -> Any:
     try:
         import ray
@@ -244,9 +323,12 @@ class _RayExecutor:
                  shards: int) -> None:
         ray = self.ray = import_ray()
         self.started = False
+        self.temp_dir = ''
         if not ray.is_initialized():
             address = opts.ray_address or os.environ.get('RAY_ADDRESS', '')
             if address:
+                _check_reachable(address, opts.ray_timeout)
+                _probe_cluster(address, opts.ray_timeout)
                 try:
                     ray.init(address=address, logging_level=logging.WARNING)
                 except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -257,8 +339,14 @@ class _RayExecutor:
             else:   # a local cluster for this run; workers import this evit_ros
                 root = str(Path(__file__).resolve().parents[2])
                 pp = os.pathsep.join(p for p in (root, os.environ.get('PYTHONPATH', '')) if p)
-                ray.init(address='local', include_dashboard=False, logging_level=logging.WARNING,
-                         runtime_env={'env_vars': {'PYTHONPATH': pp}})
+                self.temp_dir = ray_temp_dir()
+                extra = {'_temp_dir': self.temp_dir} if self.temp_dir else {}
+                try:
+                    ray.init(address='local', include_dashboard=False, logging_level=logging.WARNING,
+                             runtime_env={'env_vars': {'PYTHONPATH': pp}}, **extra)
+                except OSError as exc:
+                    raise ConfigError(f'cannot start a local Ray cluster ({exc}); set RAY_TMPDIR to a short writable '
+                                      'folder, or give --ray-address') from exc
                 self.started = True
         resources = ray.cluster_resources()
         if opts.task_gpus > 0:
@@ -349,6 +437,9 @@ class _RayExecutor:
         self.ray.kill(self.board)
         if self.started:
             self.ray.shutdown()
+        if self.temp_dir:
+            import shutil
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 class _ProgressBoard:
@@ -419,7 +510,11 @@ def make_executor(spec: EvalSpec, factory: Callable[[], Any], num_classes: int, 
                   shards: int) -> Any:
     if opts.executor == 'ray':
         return _RayExecutor(spec, factory, num_classes, opts, shards)
-    jobs = min(opts.jobs or 1, max(1, shards))
+    cpus = local_cpus()
+    if opts.jobs > cpus:   # each worker loads a model: more workers than CPUs only costs memory
+        LOG.warning('--jobs %d is more than the %d CPUs of this machine; using at most %d workers', opts.jobs, cpus,
+                    cpus)
+    jobs = min(opts.jobs or 1, cpus, max(1, shards))
     if jobs <= 1:
         return _InlineExecutor(spec, factory, num_classes)
     return _ProcessExecutor(spec, factory, num_classes, jobs)
@@ -510,12 +605,37 @@ def evaluate_shards(bags: list[str] | tuple[str, ...], spec: EvalSpec, factory: 
     """Plan shards (bag paths checked here, on the driver), run them, merge, publish ``--out-bag``."""
     from evit_ros.eval.out_bags import OutBags
     from evit_ros.eval.shards import plan_shards
-    plan = plan_shards(list(bags), spec, opts.shard_seconds)
+    unique, repeats = unique_bags(bags)
+    plan = plan_shards(unique, spec, opts.shard_seconds)
     outs = OutBags(spec.out_bag, plan)
     try:
         state, results = execute(plan, spec, factory, num_classes, opts, out_part=outs.part_path)
     except BaseException:
         outs.discard()
         raise
+    finally:
+        if spec.save_predictions:   # staging folders of workers that died (the others were committed or removed)
+            from evit_ros.eval.predictions import remove_stale_partials
+            remove_stale_partials(spec.save_predictions, '.partial-')
     state.shards['out_bags'] = outs.publish(results)
+    if repeats:
+        state.shards['same_bag_given_twice'] = repeats
     return state
+
+
+def unique_bags(bags: list[str] | tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """Bags without repeats of one file or folder (``bag.mcap``, ``./bag.mcap``, a symlink to it): each is
+    evaluated once, and each repeat is said in one line. Returns (bags to evaluate, repeats as one-liners)."""
+    first: dict[str, str] = {}
+    unique: list[str] = []
+    repeats: list[str] = []
+    for b in bags:
+        key = os.path.realpath(b)
+        if key in first:
+            line = f'{b} is the same bag as {first[key]}; evaluated once'
+            LOG.debug('%s', line)   # said once, in the summary (``note:``) and the report
+            repeats.append(line)
+            continue
+        first[key] = b
+        unique.append(b)
+    return unique, repeats

@@ -9,7 +9,8 @@ and averages with ``nanmean``; we report both numbers, clearly named:
 
 * ``miou_present``: mean over classes whose union > 0 (what the official script prints);
 * ``miou_19``: mean over all classes with absent classes counted as 0 (a strict lower bound, equal to
-  ``miou_present`` when every class occurs, as on the full Cityscapes val set).
+  ``miou_present`` when every class occurs, as on the full Cityscapes val set); undefined (None) when no
+  pixel was scored, like the others: an empty run has no mIoU, not 0.
 """
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ class ConfusionMatrix:
             'valid_pixels': int(self.matrix.sum() + self._unassigned.sum()),
             'pixel_accuracy': _num(self.pixel_accuracy()),
             'miou_present': _num(float(iou[present].mean()) if present.any() else float('nan')),
-            'miou_19': _num(float(np.nan_to_num(iou, nan=0.0).mean())),
+            'miou_19': _num(float(np.nan_to_num(iou, nan=0.0).mean()) if present.any() else float('nan')),
             'classes_present': int(present.sum()),
             'per_class': [{'id': i, 'name': class_names[i] if i < len(class_names) else str(i),
                            'iou': _num(float(iou[i])), 'intersection': int(inter[i]), 'union': int(union[i]),

@@ -4,10 +4,20 @@ Bags: ``DIR/<camera>/<stamp_ns>.png`` in the run's ``--label-format`` (trainIds,
 ``DIR/<city>_<seq>_<frame>_pred_labelIds.png`` (labelIds, the format cityscapesScripts'
 ``evalPixelLevelSemanticLabeling`` and the benchmark server match by the ``city_seq_frame`` stem).
 Every PNG is written under a temporary name and moved into place, so a killed run never leaves half a PNG.
+
+A source (a bag, a slice, the Cityscapes folder) writes into its own hidden staging folder
+``DIR/.partial-<host>-<pid>-<random>/`` and its PNGs move into ``DIR`` only when it finishes: a bag (or slice)
+that fails leaves no prediction behind, and an existing PNG is never replaced (counted under
+``predictions_not_saved``). Staging folders of processes that are gone (SIGKILL) are removed by the next run,
+and at the end of this one, never those of a live process (:func:`remove_stale_partials`).
 """
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import socket
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +51,96 @@ def check_predictions_dir(path: str | Path) -> None:
         raise DataError(f'--save-predictions {p}: {parent} is not writable')
 
 
-class PredictionWriter:
-    """Writes one label PNG per scored image."""
+def _host() -> str:
+    return re.sub(r'[^A-Za-z0-9_]', '_', socket.gethostname())[:40] or 'host'
 
-    def __init__(self, root: str | Path, label_format: str = 'trainid') -> None:
+
+_PARTIAL = re.compile(r'\.partial-(?:(?P<host>[A-Za-z0-9_]+)-)?(?P<pid>\d+)(?:-[^/]*)?$')
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # someone else's live process
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_partials(folder: str | Path, prefix: str = '') -> list[Path]:
+    """Remove ``<prefix>...partial-[<host>-]<pid>[-...]`` entries of ``folder`` left by processes that are gone.
+
+    Only entries of this host (or naming no host) whose process no longer exists are removed; returns them.
+    ``prefix`` limits the entries considered (an out-bag's ``.<name>.partial-<pid>``).
+    """
+    d = Path(folder)
+    removed: list[Path] = []
+    if not d.is_dir():
+        return removed
+    try:
+        entries = list(d.iterdir())
+    except OSError:
+        return removed
+    for e in entries:
+        if not e.name.startswith(prefix or '.'):
+            continue
+        m = _PARTIAL.search(e.name)
+        if m is None or (m.group('host') and m.group('host') != _host()) or _alive(int(m.group('pid'))):
+            continue
+        if e.is_dir() and not e.is_symlink():
+            shutil.rmtree(e, ignore_errors=True)
+        else:
+            e.unlink(missing_ok=True)
+        removed.append(e)
+    return removed
+
+
+class PredictionWriter:
+    """Writes one label PNG per scored image; ``staged``: into a staging folder, published by :meth:`commit`."""
+
+    def __init__(self, root: str | Path, label_format: str = 'trainid', staged: bool = False) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.labelid = label_format == 'labelid'
         self.lut = train_to_label_lut()
         self.written = 0
+        self.staging: Path | None = None
+        if staged:
+            self.staging = Path(tempfile.mkdtemp(prefix=f'.partial-{_host()}-{os.getpid()}-', dir=self.root))
+
+    def commit(self) -> int:
+        """Move the staged PNGs into place (never over an existing file); returns how many were not moved."""
+        if self.staging is None:
+            return 0
+        kept = 0
+        for dirpath, _dirs, files in os.walk(self.staging):
+            for name in files:
+                src = Path(dirpath) / name
+                dst = self.root / src.relative_to(self.staging)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(src, dst)   # atomic and never replaces: parallel workers cannot overwrite each other
+                except FileExistsError:
+                    kept += 1
+                except OSError:       # a file system without hard links
+                    if dst.exists():
+                        kept += 1
+                    else:
+                        os.replace(src, dst)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging = None
+        return kept
+
+    def abort(self) -> None:
+        """Drop every PNG of this source (it failed: its frames are not in the report)."""
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
 
     def path_for(self, cam: str, stamp_ns: int, frame_id: str = '', cityscapes: bool = False) -> Path:
         if cityscapes:
@@ -60,6 +151,8 @@ class PredictionWriter:
     def write(self, labels: np.ndarray, cam: str, stamp_ns: int, frame_id: str = '', cityscapes: bool = False) -> Path:
         import cv2
         path = self.path_for(cam, stamp_ns, frame_id, cityscapes)
+        if self.staging is not None:
+            path = self.staging / path.relative_to(self.root)
         path.parent.mkdir(parents=True, exist_ok=True)
         img = self.lut[labels] if (self.labelid or cityscapes) else np.ascontiguousarray(labels, np.uint8)
         tmp = path.with_name(f'.{path.name}.tmp.png')

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from evit_ros.errors import DataError
-from evit_ros.eval.scoring import EvalState
+from evit_ros.eval.scoring import EvalState, default_palette
 from evit_ros.fileio import replace_atomically
 
 PLOTS = ('per_class_iou.png', 'latency_hist.png', 'confusion_matrix.png', 'samples.png')
@@ -26,6 +26,33 @@ def check_report_dir(path: str | Path) -> None:
         parent = parent.parent
     if parent.is_file() or not os.access(parent, os.W_OK):
         raise DataError(f'--report {p}: {parent} is not a writable folder')
+
+
+def frame_accounts(counters: dict[str, int], mode: str = 'offline') -> dict[str, Any]:
+    """The frame counts and whether they add up; checked here, where the report is made.
+
+    Images (offline): ``frames = frames_scored + frames_without_gt + frames_bad_gt + duplicate_image_stamps``.
+    Label messages (label topics): ``labels = frames_scored + frames_bad_gt + labels_without_image +
+    duplicate_label_stamps``, and no label paired twice. ``ok`` is False when either does not hold.
+    """
+    c = counters
+    parts = ('frames_scored', 'frames_without_gt', 'frames_bad_gt', 'duplicate_image_stamps')
+    images = {'frames': c.get('frames', 0), **{k: c.get(k, 0) for k in parts}}
+    out: dict[str, Any] = {'images': images, 'ok': True, 'problem': None}
+    if mode != 'live' and images['frames'] != sum(images[k] for k in parts):
+        out['ok'] = False
+        out['problem'] = (f'{images["frames"]} frames processed but {" + ".join(str(images[k]) for k in parts)} '
+                          f'accounted ({", ".join(parts)})')
+    if 'labels' in c:
+        lparts = ('frames_scored', 'frames_bad_gt', 'labels_without_image', 'duplicate_label_stamps')
+        labels = {'labels': c['labels'], **{k: c.get(k, 0) for k in lparts},
+                  'labels_paired_twice': c.get('labels_paired_twice', 0)}
+        out['labels'] = labels
+        if labels['labels_paired_twice'] or labels['labels'] != sum(labels[k] for k in lparts):
+            out['ok'] = False
+            out['problem'] = (f'{labels["labels"]} label messages but {" + ".join(str(labels[k]) for k in lparts)} '
+                              f'accounted ({", ".join(lparts)}), {labels["labels_paired_twice"]} paired twice')
+    return out
 
 
 def build_report(state: EvalState, class_names: Sequence[str], groups: Sequence[tuple[str, Sequence[int]]],
@@ -49,8 +76,11 @@ def build_report(state: EvalState, class_names: Sequence[str], groups: Sequence[
         'frames': counters.get('frames', 0),
         'frames_scored': counters.get('frames_scored', 0),
         'frames_without_gt': counters.get('frames_without_gt', 0),
+        'frames_bad_gt': counters.get('frames_bad_gt', 0),
         'labels_without_image': counters.get('labels_without_image', 0),
+        'duplicate_stamps': counters.get('duplicate_stamps', 0),
         'dropped': counters.get('dropped', 0),
+        'accounting': frame_accounts(counters, meta.get('mode', 'offline')),
         'bad_data': bad,
         'counters': counters,
         'metrics': summary,
@@ -77,6 +107,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [', '.join(f'{k}: `{v}`' for k, v in meta.items()), '']
     if report.get('error'):
         lines += [f'**Nothing was scored: {report["error"]}.** The metrics below are empty.', '']
+    if report.get('partial'):
+        lines += [f'**The score is not trustworthy: {report["partial"]}.**', '']
     if report['interrupted']:
         lines += ['**Interrupted: partial results.**', '']
     if report.get('failed_sources'):
@@ -86,6 +118,8 @@ def render_markdown(report: dict[str, Any]) -> str:
               f'| frames processed | {report["frames"]} |',
               f'| frames with ground truth | {report["frames_scored"]} |',
               f'| frames without ground truth (latency only) | {report["frames_without_gt"]} |',
+              f'| frames whose ground truth was unusable (bad_label_*) | {report.get("frames_bad_gt", 0)} |',
+              f'| images and labels with a repeated stamp (not paired) | {report.get("duplicate_stamps", 0)} |',
               *([f'| frames dropped by the node (no mask) | {report["dropped"]} |']
                 if report.get('mode') == 'live' else []),
               f'| mIoU, classes present (official nanmean) | {_pct(m["miou_present"])} % '
@@ -131,6 +165,8 @@ def _shard_lines(sh: dict[str, Any]) -> list[str]:
             lines.append(f'| {f["shard"]} | {f["attempts"]} | {str(f["error"]).replace("|", "/")} |')
     if sh.get('not_run'):
         lines += ['', 'not run: ' + ', '.join(sh['not_run'])]
+    if sh.get('same_bag_given_twice'):
+        lines += ['', *(f'- {line}' for line in sh['same_bag_given_twice'])]
     if sh.get('out_bags'):
         lines += ['', 'output bags: ' + ', '.join(f'`{b}`' for b in sh['out_bags'])]
     return lines
@@ -139,10 +175,12 @@ def _shard_lines(sh: dict[str, Any]) -> list[str]:
 def write_report(out_dir: str | Path, state: EvalState, class_names: Sequence[str],
                  groups: Sequence[tuple[str, Sequence[int]]], meta: dict[str, Any] | None = None,
                  plots: bool = True, error: str | None = None,
-                 report: dict[str, Any] | None = None) -> dict[str, Any]:
+                 report: dict[str, Any] | None = None, partial: str | None = None) -> dict[str, Any]:
     """Write report.json, report.md and the PNG plots into ``out_dir``; returns the report dict.
 
     ``report``: :func:`build_report`'s dict when the caller already built it (``meta`` is then not used).
+    ``error``: why nothing was scored; then no accuracy number is written (null), never 0. ``partial``: why
+    the score that was computed cannot be trusted (said in report.md and the JSON, beside the numbers).
     Every file is written under a temporary name and moved into place: a reader sees a whole file or none.
     """
     check_report_dir(out_dir)
@@ -151,6 +189,15 @@ def write_report(out_dir: str | Path, state: EvalState, class_names: Sequence[st
     if report is None:
         report = build_report(state, class_names, groups, meta)
     report['error'] = error
+    report['partial'] = partial
+    if error:   # nothing scored: an mIoU of 0 would read as a (terrible) score
+        m = report['metrics']
+        for key in ('miou_present', 'miou_19', 'pixel_accuracy'):
+            m[key] = None
+        m['groups'] = {g: None for g in m.get('groups', {})}
+        for cam in report.get('per_camera', {}).values():
+            for key in ('miou_present', 'miou_19', 'pixel_accuracy'):
+                cam[key] = None
     if plots:
         write_plots(out, state, report, class_names)
     replace_atomically(out / 'report.md', render_markdown(report).encode())
@@ -164,7 +211,8 @@ def _save(fig: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_plots(out: Path, state: EvalState, report: dict[str, Any], class_names: Sequence[str]) -> None:
+def write_plots(out: Path, state: EvalState, report: dict[str, Any], class_names: Sequence[str],
+                palette: np.ndarray | None = None) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -176,9 +224,11 @@ def write_plots(out: Path, state: EvalState, report: dict[str, Any], class_names
     present = [i for i, v in enumerate(iou) if v is not None]
     absent = [i for i, v in enumerate(iou) if v is None]
     ax.bar(present, [100.0 * iou[i] for i in present], color='tab:blue', label='IoU of a class present')
-    if absent:   # drawn full height and hatched, so an absent class is visible and not mistaken for IoU 0
-        ax.bar(absent, [100.0] * len(absent), color='none', edgecolor='lightgray', hatch='//',
-               label='absent: no ground-truth or predicted pixel')
+    if absent:   # no bar (a bar reads as a value): a gray cross on the axis and the word "absent" above it
+        ax.plot(absent, [0.0] * len(absent), linestyle='none', marker='x', color='gray', clip_on=False,
+                label='absent: no ground-truth or predicted pixel (not scored)')
+        for i in absent:
+            ax.text(i, 2.0, 'absent', rotation=90, ha='center', va='bottom', fontsize=7, color='gray')
     ax.set_xticks(range(n), names, rotation=60, ha='right', fontsize=8)
     ax.set_ylabel('IoU %')
     ax.set_ylim(0, 118)                      # room for the legend above the 100 % bars
@@ -189,20 +239,7 @@ def write_plots(out: Path, state: EvalState, report: dict[str, Any], class_names
     _save(fig, out / 'per_class_iou.png')
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for stage in state.latency.stages:
-        mids, counts = state.latency.histogram(stage)
-        if mids.size:
-            ax.hist(mids, bins=40, weights=counts, alpha=0.5, label=stage)
-    ax.set_xlabel('ms')
-    ax.set_ylabel('frames')
-    ax.set_title('latency per stage')
-    if state.latency.stages:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, out / 'latency_hist.png')
-    plt.close(fig)
-
+    _latency_plot(plt, out / 'latency_hist.png', state)
     m = state.cm.matrix.astype(np.float64)
     rows = m.sum(axis=1, keepdims=True)
     norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
@@ -218,7 +255,48 @@ def write_plots(out: Path, state: EvalState, report: dict[str, Any], class_names
     _save(fig, out / 'confusion_matrix.png')
     plt.close(fig)
 
-    _write_samples(out / 'samples.png', state.samples)
+    _write_samples(out / 'samples.png', state.samples, names, default_palette(n) if palette is None else palette)
+
+
+LOG_X_RATIO = 10.0   # the latency plot uses a log x axis when the stages' p50s differ by more than this factor
+
+
+def _latency_plot(plt: Any, path: Path, state: EvalState) -> None:
+    """One step histogram per stage, with its p50 (solid) and p95 (dashed) marked in the stage's colour.
+
+    Stages that differ by orders of magnitude (decode ~1 ms beside end to end ~100 ms) share a log x axis, so the
+    small ones do not hide in one bar near 0.
+    """
+    lat = state.latency
+    stages = [st for st in lat.stages if lat.count(st)]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if not stages:
+        ax.text(0.5, 0.5, 'no latency recorded (no frame was processed)', ha='center', va='center')
+        ax.axis('off')
+    else:
+        p50s = [max(lat.percentile(st, 50), 1e-3) for st in stages]
+        log_x = max(p50s) / min(p50s) > LOG_X_RATIO
+        lo = max(min(lat.percentile(st, 0) for st in stages), 1e-3)
+        hi = max(lat.percentile(st, 100) for st in stages)
+        edges = np.geomspace(lo, max(hi, lo * 1.01), 60) if log_x else np.linspace(0.0, max(hi, 1e-3), 60)
+        for k, st in enumerate(stages):
+            mids, counts = lat.histogram(st)
+            color = f'C{k % 10}'
+            p50, p95 = lat.percentile(st, 50), lat.percentile(st, 95)
+            ax.hist(np.clip(mids, edges[0], edges[-1]), bins=edges, weights=counts, histtype='step', linewidth=1.5,
+                    color=color, label=f'{st}: p50 {p50:.1f}, p95 {p95:.1f} ms (n={lat.count(st)})')
+            ax.axvline(p50, color=color, linestyle='-', linewidth=1)
+            ax.axvline(p95, color=color, linestyle='--', linewidth=1)
+        if log_x:
+            ax.set_xscale('log')
+        ax.set_xlabel('ms' + (' (log scale)' if log_x else ''))
+        ax.set_ylabel('frames')
+        ax.legend(fontsize=7, loc='upper right')
+        ax.set_title('latency per stage: p50 solid, p95 dashed' if len(stages) > 1
+                     else f'latency ({stages[0]}): p50 solid, p95 dashed')
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
 
 
 def sample_strip(smp: dict[str, Any]) -> np.ndarray:
@@ -232,11 +310,24 @@ def sample_strip(smp: dict[str, Any]) -> np.ndarray:
     return np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
 
 
-def _write_samples(path: Path, samples: Sequence[dict[str, Any]]) -> None:
+def sample_classes(samples: Sequence[dict[str, Any]], palette: np.ndarray, n: int) -> list[int]:
+    """Class ids whose colour appears in the samples' ground truth or prediction panels (for the legend)."""
+    seen: set[tuple[int, int, int]] = set()
+    for smp in samples:
+        for key in ('gt', 'pred'):
+            if smp.get(key):
+                px = np.frombuffer(smp[key], np.uint8).reshape(-1, 3)
+                seen.update(map(tuple, np.unique(px, axis=0).tolist()))
+    return [i for i in range(n) if tuple(int(v) for v in palette[i]) in seen]
+
+
+def _write_samples(path: Path, samples: Sequence[dict[str, Any]], names: Sequence[str] = (),
+                   palette: np.ndarray | None = None) -> None:
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
     shown = [s for s in samples if s.get('image')]
     rows_n = max(1, len(shown))
-    fig, axes = plt.subplots(rows_n, 1, figsize=(9, 2.2 * rows_n), squeeze=False)
+    fig, axes = plt.subplots(rows_n, 1, figsize=(9, 2.2 * rows_n + 0.8), squeeze=False)
     for ax in axes.ravel():
         ax.axis('off')
     if not shown:
@@ -245,6 +336,12 @@ def _write_samples(path: Path, samples: Sequence[dict[str, Any]]) -> None:
         ax.imshow(sample_strip(smp))
         gt = '' if smp.get('gt') else ' (no ground truth)'
         ax.set_title(f'{smp["camera"]} {smp["stamp_ns"]}: image | ground truth{gt} | prediction', fontsize=8)
-    fig.tight_layout()
+    if palette is not None and names:   # the class colours, for the classes the panels show
+        ids = sample_classes(shown, palette, len(names))
+        handles = [Patch(facecolor=palette[i] / 255.0, edgecolor='black', linewidth=0.5, label=names[i]) for i in ids]
+        if handles:
+            fig.legend(handles=handles, loc='lower center', ncol=min(len(handles), 7), fontsize=7, frameon=False)
+    legend_h = 0.7 / (2.2 * rows_n + 0.8) if palette is not None and names else 0.0   # ~0.7 inch for 3 rows
+    fig.tight_layout(rect=(0, legend_h, 1, 1))
     _save(fig, path)
     plt.close(fig)

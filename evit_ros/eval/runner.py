@@ -29,10 +29,11 @@ class PipelineFactory:
 
     def __call__(self) -> Any:
         from evit_ros.backends import create_backend  # type: ignore[attr-defined,unused-ignore]
+        from evit_ros.contract import NODE_HEAD
         from evit_ros.datasets import dataset_for_model
         from evit_ros.pipeline import Segmenter
         cfg = self.config
-        backend = create_backend(cfg.backend, model=cfg.model, input_cfg=cfg.input, head='labels+confidence',
+        backend = create_backend(cfg.backend, model=cfg.model, input_cfg=cfg.input, head=NODE_HEAD,
                                  logger=LOG)
         backend.load()
         return Segmenter(backend, input_cfg=cfg.input, outputs=cfg.outputs, drivable=cfg.drivable,
@@ -66,6 +67,7 @@ def run_events(events: Iterable[BagEvent], state: EvalState, spec: EvalSpec, seg
     scorer = Scorer(state, spec, segmenter, out_bag, source, pal)
     scorer.cityscapes = cityscapes
     fmt = label_format or spec.label_format
+    scorer.gt_format = fmt   # ids of ground truth travelling with images (Cityscapes gtFine: labelid)
     progress = Progress(Path(source).name or source, min(total, spec.max_frames) if spec.max_frames else total,
                         spec.progress)
     try:

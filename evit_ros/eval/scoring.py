@@ -5,9 +5,16 @@ Ray and ``--jobs`` workers run) and the live bag player (:mod:`evit_ros.ros.bag_
 :class:`Scorer` and :func:`feed_events`, so a frame counts the same way whichever runs it. Predictions wait
 in a bounded per-camera window keyed by header stamp for their label (and labels for their image), so
 memory stays constant on long bags; an image whose label never arrives counts for latency only.
+
+A camera is its full image topic, named without collisions (:func:`camera_names`). Within a camera each image
+is paired with at most one label and each label with at most one image: a header stamp repeated within the
+last ``STAMP_MEMORY`` stamps of a camera (zero stamps included) is counted under ``duplicate_stamps`` and not
+paired. Every processed image lands in exactly one bucket, so the counts add up:
+``frames = frames_scored + frames_without_gt + frames_bad_gt + duplicate_image_stamps``.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -21,13 +28,60 @@ import numpy as np
 
 from evit_ros.datasets import IGNORE_ID, cityscapes_label_lut
 from evit_ros.errors import ConfigError, FrameError
-from evit_ros.eval.bags import IMAGE, BagEvent, BagWriter, camera_name
+from evit_ros.eval.bags import IMAGE, BagEvent, BagWriter
 from evit_ros.eval.metrics import ConfusionMatrix, LatencyStats
 
 LOG = logging.getLogger('evit_ros.eval')
 LABEL_FORMATS = ('trainid', 'labelid')
 LABELID_MAX = 33   # Cityscapes labelIds are 0..33 (255 is accepted as void in both formats)
 SAMPLE_WIDTH = 320
+STAMP_MEMORY = 4096   # stamps remembered per camera and kind to find repeated stamps (bounded memory)
+LABEL_WAIT_NS = 5_000_000_000   # --max-frames: how far (log time) to read on for the labels of the last frames
+# trailing topic parts that name the image stream, not the camera: /stereo/left/image_raw -> stereo_left
+IMAGE_TOPIC_SUFFIXES = frozenset({'image', 'image_raw', 'image_rect', 'image_rect_raw', 'image_color',
+                                  'image_rect_color', 'image_mono', 'image_rect_mono', 'compressed', 'raw'})
+
+
+def _clean(name: str) -> str:
+    return ''.join(c if c.isalnum() or c == '_' else '_' for c in name)
+
+
+@functools.lru_cache(maxsize=64)
+def camera_names(topics: tuple[str, ...]) -> dict[str, str]:
+    """A readable camera name per image topic, distinct for distinct topics.
+
+    The topic without its image-stream suffix (``/stereo/left/image_raw`` -> ``stereo_left``, ``/front/image_raw``
+    -> ``front``, a bare ``/image_raw`` -> ``image``); where two topics give one name, each of them the whole
+    topic (``/cam/image_raw`` -> ``cam_image_raw``); a name still taken gets ``_2``, ``_3``, ... in topic order.
+    """
+    def short(t: str) -> str:
+        parts = [p for p in t.split('/') if p]
+        while len(parts) > 1 and parts[-1] in IMAGE_TOPIC_SUFFIXES:
+            parts.pop()
+        if len(parts) == 1 and parts[0] in IMAGE_TOPIC_SUFFIXES:
+            parts = ['image']
+        return _clean('_'.join(parts)) or 'image'
+
+    unique = list(dict.fromkeys(topics))
+    names = {t: short(t) for t in unique}
+    counts = Counter(names.values())
+    for t in unique:
+        if counts[names[t]] > 1:
+            names[t] = _clean('_'.join(p for p in t.split('/') if p)) or 'image'
+    counts = Counter(names.values())
+    taken = {n for n, c in counts.items() if c == 1}
+    out: dict[str, str] = {}
+    for t in unique:
+        name = names[t]
+        if counts[name] > 1:
+            k = 2
+            while f'{name}_{k}' in taken:
+                k += 1
+            if name in taken:
+                name = f'{name}_{k}'
+            taken.add(name)
+        out[t] = name
+    return out
 
 @dataclass(frozen=True)
 class EvalSpec:
@@ -54,11 +108,28 @@ class EvalSpec:
         if self.label_topics and len(self.label_topics) != len(self.image_topics):
             raise ConfigError(f'{len(self.label_topics)} --label-topic for {len(self.image_topics)} --image-topic; '
                               'give one label topic per image topic, in the same order')
+        if len(set(self.image_topics)) != len(self.image_topics):
+            raise ConfigError(f'--image-topic given twice ({", ".join(self.image_topics)}); name each camera once')
+        if len(set(self.label_topics)) != len(self.label_topics):
+            raise ConfigError(f'--label-topic given twice ({", ".join(self.label_topics)}); each camera needs its own '
+                              'label topic')
+        both = set(self.label_topics) & set(self.image_topics)
+        if both:
+            raise ConfigError(f'{sorted(both)[0]} is given as --image-topic and as --label-topic; labels need their '
+                              'own topic')
         if self.window < 1 or self.max_frames < 0:
             raise ConfigError(f'window={self.window} must be >= 1 and max_frames={self.max_frames} >= 0')
+        if self.samples < 0:
+            raise ConfigError(f'--samples {self.samples} must be >= 0 (0: no samples.png overlays)')
 
     def camera_of(self, topic: str) -> str:
-        return camera_name(topic)
+        """The camera of an image topic (one per full topic: ``/stereo/left/image_raw`` -> ``stereo_left``)."""
+        names = camera_names(self.image_topics)
+        return names.get(topic) or camera_names((*self.image_topics, topic))[topic]
+
+    def label_cameras(self) -> dict[str, str]:
+        """label topic -> the camera of the image topic it is paired with (given in the same order)."""
+        return {lt: self.camera_of(it) for it, lt in zip(self.image_topics, self.label_topics, strict=False)}
 
 
 @dataclass
@@ -160,11 +231,15 @@ class Scorer:
         self.rng = np.random.default_rng(0)
         self.frames = 0
         self.labels_owned = 0     # good label messages this source owns (feed_events counts them)
+        self.owned = True         # whether the label being handed over is this source's (a shard's margins: no)
         self.cityscapes = False
+        self.gt_format = 'trainid'   # ids of the ground truth travelling with an image (Cityscapes: labelid)
+        self.seen_images: dict[str, OrderedDict[int, None]] = {}   # camera -> recent image stamps (bounded)
+        self.seen_labels: dict[str, OrderedDict[int, None]] = {}   # camera -> recent label stamps (bounded)
         self.predictions: Any = None
         if spec.save_predictions:
             from evit_ros.eval.predictions import PredictionWriter
-            self.predictions = PredictionWriter(spec.save_predictions, spec.label_format)
+            self.predictions = PredictionWriter(spec.save_predictions, spec.label_format, staged=True)
         self.sample_waiting: dict[tuple[str, int], int] = {}   # (camera, stamp) -> sample index awaiting its GT
 
     # labels
@@ -177,10 +252,21 @@ class Scorer:
             label = np.where(outside, IGNORE_ID, label).astype(np.uint8)
         return self.lut[label] if label_format == 'labelid' else label
 
+    def _repeated(self, seen: dict[str, OrderedDict[int, None]], cam: str, stamp: int) -> bool:
+        """Whether ``stamp`` was already seen for ``cam`` (among the last STAMP_MEMORY); remembers it."""
+        recent = seen.setdefault(cam, OrderedDict())
+        if stamp in recent:
+            return True
+        recent[stamp] = None
+        if len(recent) > STAMP_MEMORY:
+            recent.popitem(last=False)
+        return False
+
     def score(self, cam: str, stamp: int, pred: np.ndarray, gt: np.ndarray) -> None:
         c = self.state.counters
         if gt.shape != pred.shape:
             c['bad_label_size'] += 1
+            c['frames_bad_gt'] += 1
             LOG.debug('label %dx%d (HxW) for %s@%d differs from the image size %dx%d', gt.shape[0], gt.shape[1],
                       cam, stamp, pred.shape[0], pred.shape[1])
             return
@@ -191,7 +277,24 @@ class Scorer:
         if slot is not None and slot < len(self.state.samples):
             self.state.samples[slot]['gt'] = _small(self.palette[gt], SAMPLE_WIDTH).tobytes()
 
+    def duplicate_label(self, cam: str, stamp: int) -> bool:
+        """A label whose stamp this camera already had a label for: counted (when owned) and never paired."""
+        if not self._repeated(self.seen_labels, cam, stamp):
+            return False
+        if self.owned:
+            self.state.counters['duplicate_stamps'] += 1
+            self.state.counters['duplicate_label_stamps'] += 1
+        return True
+
+    def waiting_for_labels(self) -> bool:
+        return any(self.pending_pred.values())
+
+    def waiting_for(self, cam: str, stamp: int) -> bool:
+        return stamp in self.pending_pred.get(cam, {})
+
     def on_label(self, cam: str, stamp: int, gt: np.ndarray) -> None:
+        if self.duplicate_label(cam, stamp):
+            return
         preds = self.pending_pred.setdefault(cam, OrderedDict())
         if stamp in preds:
             self.score(cam, stamp, preds.pop(stamp), gt)
@@ -214,7 +317,8 @@ class Scorer:
             self.state.counters['frames_without_gt'] += 1
 
     def flush(self) -> None:
-        """End of a source (also after Ctrl-C): count what never matched and move the out-bag into place."""
+        """End of a source (also after Ctrl-C): count what never matched, move the out-bag and the prediction
+        PNGs into place."""
         for preds in self.pending_pred.values():
             self.state.counters['frames_without_gt'] += len(preds)
             preds.clear()
@@ -223,11 +327,19 @@ class Scorer:
             gts.clear()
         if self.writer:
             self.writer.close()
+        if self.predictions is not None:
+            kept = self.predictions.commit()
+            if kept:
+                self.state.counters['predictions_not_saved'] += kept
+                LOG.warning('%d prediction PNGs of %s not saved: a file of that name exists (another bag with the '
+                            'same camera and stamps?)', kept, self.source)
 
     def abort(self) -> None:
-        """A failed source: its unfinished out-bag is removed, nothing is left at the final path."""
+        """A failed source: its unfinished out-bag and its prediction PNGs are removed, nothing is left behind."""
         if self.writer:
             self.writer.abort()
+        if self.predictions is not None:
+            self.predictions.abort()
 
     def _take_sample(self) -> int:
         """Reservoir slot for the current frame (-1: not sampled); decided before inference so overlays are cheap."""
@@ -241,7 +353,8 @@ class Scorer:
         return j if j < k else -1
 
     def on_image(self, ev: BagEvent, cam: str, rgb: np.ndarray, gt: np.ndarray | None = None) -> None:
-        slot = self._take_sample()
+        duplicate = ev.stamp_ns in self.seen_images.get(cam, {})
+        slot = -1 if duplicate else self._take_sample()
         want_vis = self.writer is not None or slot >= 0
         t0 = time.perf_counter()
         try:
@@ -253,24 +366,42 @@ class Scorer:
         timings = {'decode': ev.decode_ms, **{k: float(v) for k, v in result.timings_ms.items()},
                    'total': total + ev.decode_ms}
         self.state.latency.add_all(timings)
-        self.state.counters['frames'] += 1
+        c = self.state.counters
+        c['frames'] += 1
         labels = np.asarray(result.labels)
         if self.writer is not None:
             self._write(cam, ev, labels, result)
+        self.frames += 1
+        self._repeated(self.seen_images, cam, ev.stamp_ns)
+        if duplicate:   # processed (latency, out-bag) but never paired: which label is whose cannot be known
+            c['duplicate_stamps'] += 1
+            c['duplicate_image_stamps'] += 1
+            LOG.debug('%s@%d: a second image with this stamp; not paired', cam, ev.stamp_ns)
+            return
+        if gt is not None:
+            gt = self.prepare_label(gt, self.gt_format)
         if slot >= 0:
             self._sample(slot, cam, ev.stamp_ns, rgb, labels, gt)
         if self.predictions is not None:
             self.predictions.write(labels, cam, ev.stamp_ns, ev.frame_id, cityscapes=self.cityscapes)
-        self.frames += 1
         if gt is not None:
             self.score(cam, ev.stamp_ns, labels, gt)
+        elif ev.detail.startswith('bad_label_'):   # ground truth that exists but cannot be used (Cityscapes)
+            c[ev.detail.split(':', 1)[0]] += 1
+            c['frames_bad_gt'] += 1
         elif self.spec.labels_dir:
             path = _label_path(self.spec.labels_dir, cam, ev.stamp_ns)
             if path is None:
-                self.state.counters['frames_without_gt'] += 1
+                c['frames_without_gt'] += 1
             else:
-                label = _read_label_png(path, self.state.counters)
-                if label is not None:
+                from evit_ros.eval.cityscapes import LabelFileError, read_label_file, warn_limited
+                try:
+                    label = read_label_file(path)
+                except LabelFileError as exc:
+                    c[exc.counter] += 1
+                    c['frames_bad_gt'] += 1
+                    warn_limited(exc.counter, str(exc))
+                else:
                     self.score(cam, ev.stamp_ns, labels, self.prepare_label(label, self.spec.label_format))
         elif self.spec.label_topics:
             self.on_prediction(cam, ev.stamp_ns, labels)
@@ -338,32 +469,34 @@ def _label_path(root: str, cam: str, stamp: int) -> Path | None:
     return None
 
 
-def _read_label_png(path: Path, counters: Counter) -> np.ndarray | None:
-    import cv2
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None or img.ndim != 2 or img.dtype != np.uint8:
-        counters['bad_label_file'] += 1
-        LOG.warning('label %s is not a single-channel 8-bit PNG; skipped', path)
-        return None
-    return img
-
-
 def feed_events(events: Iterable[tuple[BagEvent, bool]], state: EvalState, spec: EvalSpec, scorer: Scorer,
                 label_format: str, on_frame: Callable[[int], None]) -> None:
     """Hand each ``(event, owned)`` to ``scorer``: labels to ``on_label``, images to ``on_image``, bad ones
     counted (bad labels only when ``owned``: a shard reads past its end for labels it does not own; good
-    owned labels go to ``scorer.labels_owned``). ``on_frame(frames)`` follows every image; stops at
-    ``spec.max_frames``.
+    owned labels go to ``scorer.labels_owned``). ``on_frame(frames)`` follows every image.
+
+    ``spec.max_frames``: after that many images no further image is taken, but labels are read on (at most
+    ``LABEL_WAIT_NS`` of log time past the last image) until every taken image has met its label, so N frames
+    are N scored frames when their labels exist, also in every time slice.
     """
-    label_cam = {lt: spec.camera_of(it) for it, lt in zip(spec.image_topics, spec.label_topics, strict=False)}
+    label_cam = spec.label_cameras()
+    limit_log: int | None = None   # set once max_frames images were taken: read labels up to this log time
     for ev, owned in events:
-        if ev.topic in label_cam and ev.topic not in spec.image_topics:
+        if limit_log is not None and (not scorer.waiting_for_labels() or (ev.log_ns and ev.log_ns > limit_log)):
+            break
+        if ev.topic in label_cam:
             if ev.error or ev.data is None:
-                if owned:
+                if owned and limit_log is None:
                     state.counters[f'bad_label_{ev.error}'.replace('bad_label_label_', 'bad_label_')] += 1
                 continue
+            cam = label_cam[ev.topic]
+            if limit_log is not None and not scorer.waiting_for(cam, ev.stamp_ns):
+                continue   # a label of a frame past --max-frames: not read, not counted
             scorer.labels_owned += owned
-            scorer.on_label(label_cam[ev.topic], ev.stamp_ns, scorer.prepare_label(ev.data, label_format))
+            scorer.owned = owned
+            scorer.on_label(cam, ev.stamp_ns, scorer.prepare_label(ev.data, label_format))
+            continue
+        if limit_log is not None:
             continue
         if ev.error or ev.data is None:
             state.counters[f'bad_image_{ev.error or "empty"}'] += 1
@@ -372,7 +505,9 @@ def feed_events(events: Iterable[tuple[BagEvent, bool]], state: EvalState, spec:
         scorer.on_image(ev, spec.camera_of(ev.topic), ev.data, ev.label)
         on_frame(scorer.frames)
         if spec.max_frames and scorer.frames >= spec.max_frames:
-            break
+            if not scorer.waiting_for_labels():
+                break
+            limit_log = (ev.log_ns or 0) + LABEL_WAIT_NS
 
 
 def default_palette(n: int) -> np.ndarray:

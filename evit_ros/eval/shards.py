@@ -183,6 +183,8 @@ class _ShardScorer(Scorer):
         self._key = 0
 
     def on_label(self, cam: str, stamp: int, gt: np.ndarray) -> None:
+        if self.duplicate_label(cam, stamp):   # counted (when owned) by the base scorer, never paired
+            return
         preds = self.pending_pred.setdefault(cam, OrderedDict())
         if stamp in preds:
             self.labels_paired += 1
@@ -202,9 +204,6 @@ class _ShardScorer(Scorer):
         for gts in self.pending_gt.values():
             gts.clear()
         super().flush()
-
-    def waiting_for_labels(self) -> bool:
-        return any(self.pending_pred.values())
 
     def on_image(self, ev: BagEvent, cam: str, rgb: np.ndarray, gt: np.ndarray | None = None) -> None:
         self._key = sample_key(self.source, cam, ev.stamp_ns)
@@ -298,8 +297,13 @@ class ResultMerger:
 
     def finish(self) -> EvalState:
         state = self.state
-        if self.seen - self.paired:
-            state.counters['labels_without_image'] += self.seen - self.paired
+        unpaired = self.seen - self.paired - state.counters.get('duplicate_label_stamps', 0)
+        if unpaired > 0:
+            state.counters['labels_without_image'] += unpaired
+        elif unpaired < 0:   # a label paired in two slices (one stamp on images on both sides of an edge)
+            state.counters['labels_paired_twice'] += -unpaired
+        if self.seen:
+            state.counters['labels'] += self.seen
         state.sources = list(dict.fromkeys(self.sources[i] for i in sorted(self.sources)))
         return state
 

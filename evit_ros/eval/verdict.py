@@ -38,9 +38,28 @@ def nothing_scored_reason(report: dict[str, Any], *, label_source: str = '') -> 
     bad_labels = {k: v for k, v in c.items() if k.startswith('bad_label') and k != 'bad_label_values' and v}
     if bad_labels:
         detail = ', '.join(f'{k} {v}' for k, v in sorted(bad_labels.items()))
-        return (f'every label was bad data ({detail}); labels must be single-channel 8-bit (mono8) images of the '
-                'camera size')
+        return (f'every label was bad data ({detail}); labels must be single-channel id images (mono8, or 16-bit '
+                'instance-style ids) of the camera size')
+    if c.get('duplicate_stamps', 0):
+        return (f'every image repeats a header stamp of its camera ({c["duplicate_stamps"]} repeated stamps); '
+                'labels are paired by stamp, so each frame needs its own')
     if c.get('labels_without_image', 0):
         return (f'no label matched an image stamp ({c.get("labels_without_image", 0)} labels without an image); '
                 f'labels of {label_source} must carry the header stamp of their image')
     return f'no label found for any of the {frames} frames in {label_source}'
+
+
+def partial_score_reason(report: dict[str, Any], *, label_source: str = '') -> str | None:
+    """One line saying why a score that was computed cannot be trusted, or None.
+
+    The frame counts do not add up (see ``report.frame_accounts``), or a camera repeats header stamps while
+    ground truth is paired by stamp (which image a label belongs to is then unknown: those are not scored).
+    """
+    acc = report.get('accounting') or {}
+    if acc and not acc.get('ok', True):
+        return f'the frame counts do not add up: {acc.get("problem")}'
+    dup = report.get('duplicate_stamps', 0)
+    if dup and label_source:
+        return (f'{dup} images or labels repeat a header stamp of their camera (zero stamps included), so their '
+                'pairing is ambiguous; they were not scored. Each frame needs its own stamp')
+    return None

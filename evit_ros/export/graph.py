@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evit_ros.contract import HEADS, IMAGENET_MEAN, IMAGENET_STD, INPUT_FORMATS
+from evit_ros.contract import HEADS, IMAGENET_MEAN, IMAGENET_STD, INPUT_FORMATS, NODE_HEAD
 from evit_ros.errors import ExportError
 from evit_ros.model.upsample import BicubicUpsample, exporting
 
@@ -53,7 +53,7 @@ class DeployGraph(nn.Module):
     bias: torch.Tensor
     class_ones: torch.Tensor
 
-    def __init__(self, model: nn.Module, *, head: str = 'labels', input_format: str = 'uint8-nhwc',
+    def __init__(self, model: nn.Module, *, head: str = NODE_HEAD, input_format: str = 'uint8-nhwc',
                  model_hw: tuple[int, int] = (512, 1024), input_hw: tuple[int, int] | None = None,
                  labels_dtype: str = 'uint8', mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD) -> None:

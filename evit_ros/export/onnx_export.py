@@ -229,7 +229,7 @@ def _create_model(model_name: str, checkpoint: str | None) -> torch.nn.Module:
 
 def export_onnx(model_name: str, output: str | Path, *, height: int, width: int, checkpoint: str | None = None,
                 model: torch.nn.Module | None = None, input_size: tuple[int, int] | None = None, batch: int = 1,
-                max_batch: int | None = None, head: str = 'labels', input_format: str = 'uint8-nhwc',
+                max_batch: int | None = None, head: str = contract.NODE_HEAD, input_format: str = 'uint8-nhwc',
                 labels_dtype: str = 'uint8', opset: int = 17, verify: bool = True,
                 mixed_precision_fp16: bool = False) -> ExportReport:
     """Export ``model_name`` (or ``model``) wrapped in :class:`DeployGraph` to a verified ONNX file.

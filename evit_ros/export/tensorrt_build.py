@@ -2,11 +2,13 @@
 
 TensorRT flavours are told apart by feature (``hasattr``), never by version string (see :func:`plan_precision`):
 
-* fp16 on TensorRT >= 10 / TensorRT-RTX (``STRONGLY_TYPED`` exists): a strongly typed network from the
+* fp16 on TensorRT >= 10 / TensorRT-RTX (:func:`~evit_ros.export.tensorrt_precision.strong_typing`; TensorRT
+  >= 11 and RTX type every network strongly, 10.x opts in with ``STRONGLY_TYPED``): a strongly typed network from the
   mixed-precision graph (the exporter's ``--mixed-precision-fp16`` file, or the fp32 ONNX rewritten in
   memory): the whole attention scope is FP32 by its types.
 * fp16 on TensorRT 8.6: ``BuilderFlag.FP16`` and the same layers pinned with ``layer.precision`` +
   ``set_output_type`` under ``OBEY_PRECISION_CONSTRAINTS``.
+* fp32: strongly typed wherever possible (TensorRT >= 10; weak typing is deprecated since 10.12).
 * int8: a Q/DQ ONNX (``evit-ros quantize``) builds explicitly quantized (strongly typed where possible);
   implicit calibration of a float ONNX only on TensorRT 8.6. INT8 on a mixed-precision export is refused.
 
@@ -38,6 +40,7 @@ from evit_ros.export.tensorrt_precision import (
     check_qdq_for_tensorrt,
     inspect_engine,
     is_qdq,
+    network_creation_flags,
     plan_precision,
     trt_version,
 )
@@ -80,7 +83,9 @@ class BuildResult:
 
 
 def import_tensorrt(trt_module: Any = None) -> Any:
-    """The TensorRT module: ``trt_module`` if given, else ``tensorrt``, else ``tensorrt_rtx_bindings``.
+    """The TensorRT module: ``trt_module`` if given, else ``tensorrt``, else ``tensorrt_bindings`` (what the
+    ``tensorrt`` front-end package re-exports, installed alone by the ``tensorrt-*-bindings`` wheels), else
+    ``tensorrt_rtx_bindings``.
 
     A directory named ``tensorrt`` holding only type stubs imports as an empty namespace package, so a
     module counts only if it has ``Builder``.
@@ -88,7 +93,7 @@ def import_tensorrt(trt_module: Any = None) -> Any:
     if trt_module is not None:
         return trt_module
     errors = []
-    for name in ('tensorrt', 'tensorrt_rtx_bindings'):
+    for name in ('tensorrt', 'tensorrt_bindings', 'tensorrt_rtx_bindings'):
         try:
             mod = __import__(name)
         except ImportError as exc:
@@ -156,16 +161,7 @@ def parse_onnx(trt_mod: Any, builder: trt.Builder, onnx_path: Path, strongly_typ
 
     ``model_bytes``: parse this serialized model (e.g. rewritten in memory) instead of the file.
     """
-    flags = 0
-    creation = trt_mod.NetworkDefinitionCreationFlag
-    if strongly_typed:
-        if not hasattr(creation, 'STRONGLY_TYPED'):
-            raise EngineError('this TensorRT cannot build strongly typed networks; use --precision fp16 with '
-                              'an fp32 ONNX instead')
-        flags |= 1 << int(creation.STRONGLY_TYPED)
-    elif hasattr(creation, 'EXPLICIT_BATCH') and not hasattr(creation, 'STRONGLY_TYPED'):
-        flags |= 1 << int(creation.EXPLICIT_BATCH)  # TensorRT 8.x needs it; 10.x deprecates it
-    network = builder.create_network(flags)
+    network = builder.create_network(network_creation_flags(trt_mod, strongly_typed))
     if network is None:
         raise EngineBuildError('TensorRT could not create a network definition (see the TensorRT log above)')
     parser = trt_mod.OnnxParser(network, logger if logger is not None else builder.logger)
@@ -253,6 +249,26 @@ def _input_shapes(network: trt.INetworkDefinition, max_batch: int | None, opt_ba
     lo, mid, hi = (1,) + shape[1:], (opt,) + shape[1:], (max_batch,) + shape[1:]
     shapes['profile'] = {'min': list(lo), 'opt': list(mid), 'max': list(hi)}
     return shapes, (lo, mid, hi), (max_batch,) + shape[1:]
+
+
+def _set_calibration_profile(builder: trt.Builder, config: trt.IBuilderConfig, trt_mod: Any, name: str,
+                             calib: Any, engine_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Calibrate a dynamic batch at the calibrator's own batch size; returns that shape.
+
+    TensorRT calibrates at the calibration profile's opt shape (it overwrites min and max with opt). The
+    build profile's opt is the camera count, so reusing it would make TensorRT read only part of every
+    batch the calibrator hands over (``get_batch_size()`` frames).
+    """
+    batch = int(calib.get_batch_size()) if hasattr(calib, 'get_batch_size') else int(engine_shape[0])
+    if not 1 <= batch <= engine_shape[0]:
+        raise EngineError(f'the calibrator batch size {batch} is outside the engine batch 1..{engine_shape[0]}')
+    shape = (batch, *engine_shape[1:])
+    profile = builder.create_optimization_profile()
+    dims = trt_mod.Dims(list(shape))
+    profile.set_shape(name, dims, dims, dims)
+    if not config.set_calibration_profile(profile):
+        raise EngineBuildError(f'TensorRT rejected the calibration profile {list(shape)}')
+    return shape
 
 
 def build_engine(onnx_path: str | Path, engine_path: str | Path | None = None, *, precision: str = 'fp16',
@@ -358,8 +374,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path | None = None, *
                           trt_mod.Dims(list(hi)))
         if config.add_optimization_profile(profile) < 0:
             raise EngineBuildError(f'TensorRT rejected the optimization profile {shapes["profile"]}')
-        if plan.implicit_int8 and hasattr(config, 'set_calibration_profile'):
-            config.set_calibration_profile(profile)
+        if plan.implicit_int8:
+            shapes['calibration'] = list(_set_calibration_profile(builder, config, trt_mod, network.get_input(0).name,
+                                                                  calib, engine_input_shape))
 
     model_name = meta.get(contract.META_MODEL, onnx_p.stem)
     in_size = meta.get(contract.META_INPUT_SIZE, 'x'.join(str(d) for d in engine_input_shape[1:3]))

@@ -31,6 +31,35 @@ def is_strongly_typed_only(trt_mod: Any) -> bool:
     return not hasattr(trt_mod.BuilderFlag, 'FP16')
 
 
+def strong_typing(trt_mod: Any) -> str:
+    """How this TensorRT types a network: ``'always'``, ``'flag'`` or ``'never'``.
+
+    ``'always'``: no weakly typed path is left (no FP16 builder flag: TensorRT >= 11, TensorRT-RTX); every
+    network is strongly typed and ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``, if still there, is
+    ignored (11.0 keeps it "for API compatibility", value 0). ``'flag'``: ``STRONGLY_TYPED`` opts in
+    (TensorRT 9/10). ``'never'``: TensorRT 8.6.
+    """
+    if is_strongly_typed_only(trt_mod):
+        return 'always'
+    return 'flag' if hasattr(trt_mod.NetworkDefinitionCreationFlag, 'STRONGLY_TYPED') else 'never'
+
+
+def network_creation_flags(trt_mod: Any, strongly_typed: bool) -> int:
+    """The ``create_network`` flags: STRONGLY_TYPED where it opts in, EXPLICIT_BATCH on 8.6, nothing on 11."""
+    mode = strong_typing(trt_mod)
+    creation = trt_mod.NetworkDefinitionCreationFlag
+    if mode == 'always':
+        return 0
+    if strongly_typed:
+        if mode == 'never':
+            raise EngineError(f'TensorRT {trt_version(trt_mod)} cannot build strongly typed networks; use '
+                              '--precision fp16 with an fp32 ONNX instead')
+        return 1 << int(creation.STRONGLY_TYPED)
+    if mode == 'never' and hasattr(creation, 'EXPLICIT_BATCH'):
+        return 1 << int(creation.EXPLICIT_BATCH)   # TensorRT 8.x needs it; 10.x deprecates it
+    return 0
+
+
 def is_qdq(model: Any) -> bool:
     """True for an explicitly quantized graph (QuantizeLinear/DequantizeLinear nodes)."""
     return any(n.op_type in ('QuantizeLinear', 'DequantizeLinear') for n in model.graph.node)
@@ -99,16 +128,16 @@ class PrecisionPlan:
 def plan_precision(trt_mod: Any, precision: str, *, mixed: bool, qdq: bool) -> PrecisionPlan:
     """The precision policy (``engine_cache.PRECISION_POLICY``), by TensorRT feature, never version string.
 
-    * fp16, TensorRT >= 10 / RTX (STRONGLY_TYPED exists): strongly typed from the mixed-precision graph
+    * fp16, TensorRT >= 10 / RTX (:func:`strong_typing` not 'never'): strongly typed from the mixed-precision graph
       (the exporter's, or the fp32 ONNX rewritten in memory): the whole attention scope FP32 by its types.
     * fp16, TensorRT 8.6: FP16 flag, the whole attention scope pinned with OBEY_PRECISION_CONSTRAINTS.
     * int8 from a Q/DQ ONNX: explicit quantization; strongly typed where possible, else (8.6) INT8+FP16
       flags with the attention scope pinned FP32 and no calibrator.
     * int8 from a float ONNX: implicit calibration, only where TensorRT still has it and cannot build
       strongly typed (8.6); TensorRT 10 deprecates it (10.1) and 11/RTX removed it.
+    * fp32: strongly typed wherever possible (TensorRT >= 10), weakly typed only on 8.6.
     """
-    creation = trt_mod.NetworkDefinitionCreationFlag
-    can_strong = hasattr(creation, 'STRONGLY_TYPED')
+    can_strong = strong_typing(trt_mod) != 'never'
     has_fp16_flag = hasattr(trt_mod.BuilderFlag, 'FP16')
     version = trt_version(trt_mod)
     quantize_fix = ('quantize the fp32 ONNX explicitly: `evit-ros quantize --onnx MODEL.onnx --calib-dir FRAMES '
@@ -141,8 +170,10 @@ def plan_precision(trt_mod: Any, precision: str, *, mixed: bool, qdq: bool) -> P
                              'FP16 flag, attention scope pinned FP32 (OBEY_PRECISION_CONSTRAINTS)')
     if mixed:
         log.warning('a mixed-precision (fp16) export built at fp32 still runs its fp16 parts in fp16')
-    strong = is_strongly_typed_only(trt_mod) or (mixed and can_strong)
-    return PrecisionPlan(strong, (), False, False, False, 'whole network FP32')
+    # strongly typed wherever the release can (weak typing is deprecated since 10.12): an fp32 graph's types
+    # are all FP32, a mixed export keeps its own
+    return PrecisionPlan(can_strong, (), False, False, False,
+                         'whole network FP32' + (', strongly typed' if can_strong else ''))
 
 
 _LOW_PRECISION = re.compile(r'\b(fp16|half|int8|fp8|bf16|int4)\b', re.IGNORECASE)

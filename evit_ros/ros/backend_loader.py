@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from evit_ros.config import NodeConfig
+from evit_ros.contract import NODE_HEAD
 from evit_ros.deps import missing_module_error
 from evit_ros.errors import EngineError, EvitError
-from evit_ros.ros.outputs import NODE_HEAD
 
 
 class RosLogHandler(logging.Handler):

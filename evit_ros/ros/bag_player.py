@@ -104,12 +104,13 @@ def run_live(bag: str, *, image_topics: tuple[str, ...], label_topics: tuple[str
              node_timeout_s: float = 60.0, max_frames: int = 0, progress: bool = True,
              mask_topic: str = '/segmentation/{cam}/mask', settle_s: float = 3.0, num_classes: int = 19,
              node_params: dict[str, Any] | None = None, samples: int = 0, node_name: str = 'evit_segmentation',
-             node_info: dict[str, Any] | None = None) -> EvalState:
+             node_info: dict[str, Any] | None = None, node_process: subprocess.Popen | None = None) -> EvalState:
     """Play ``bag`` into the node (optionally started here), record its masks, and return the scored state.
 
     Counters: ``frames`` published, ``frames_received``, ``dropped`` (published, no mask by the end),
     ``frames_scored``; latency stage ``end_to_end`` in ms. ``node_info`` (if given) is filled with what the
     node really runs: ``model``, ``backend``, ``input`` (HxW), read from its parameters and diagnostics.
+    ``node_process``: a node the caller started; its exit ends the wait for it at once, with its exit code.
     """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -123,7 +124,7 @@ def run_live(bag: str, *, image_topics: tuple[str, ...], label_topics: tuple[str
                     samples=samples, progress=progress)
     ts = make_typestore()
     state = EvalState(num_classes)
-    proc = start_node_process(params_file, node_params) if start_node else None
+    proc = start_node_process(params_file, node_params) if start_node else node_process
     context = rclpy.Context()
     rclpy.init(context=context)
     node = rclpy.create_node('evit_bag_player', context=context)
@@ -163,7 +164,7 @@ def run_live(bag: str, *, image_topics: tuple[str, ...], label_topics: tuple[str
         node.destroy_node()
         rclpy.shutdown(context=context)
         spin.join(timeout=2.0)
-        if proc is not None:
+        if start_node and proc is not None:   # a node the caller started is the caller's to stop
             code = stop_node_process(proc)
             LOG.info('node exited with %d', code)
     return state

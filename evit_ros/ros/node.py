@@ -29,6 +29,7 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from evit_ros.config import NodeConfig, from_flat
+from evit_ros.contract import NODE_HEAD
 from evit_ros.datasets import dataset_for_model
 from evit_ros.errors import ConfigError, EvitError
 from evit_ros.heap import release_free_heap
@@ -36,7 +37,7 @@ from evit_ros.pipeline import ClassGroups, Segmenter
 from evit_ros.ros import conversions as conv
 from evit_ros.ros.backend_loader import RosLogHandler, load_backend
 from evit_ros.ros.diagnostics import CameraStats, EngineStats, diagnostic_array, lifecycle_status
-from evit_ros.ros.outputs import NODE_HEAD, OutputStage, pipeline_threads
+from evit_ros.ros.outputs import OutputStage, pipeline_threads
 from evit_ros.ros.params import ParameterGuard, all_specs, declare_all, declare_one, unknown_overrides
 from evit_ros.ros.qos import InputSubscription, qos_profile
 from evit_ros.ros.startup import one_line, startup_error

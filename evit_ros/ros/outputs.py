@@ -25,9 +25,6 @@ from evit_ros.pipeline import GroundProjector, Segmenter
 from evit_ros.ros import conversions as conv
 
 BOUNDARY_MAX_POINTS = 256
-# The graph head the node exports and asks engines for: exact in-graph labels plus the 1/8 logits, from which
-# confidence is computed on the host only while someone subscribes to it.
-NODE_HEAD = 'labels+logits'
 # OpenCV threads of the node's pipeline. Every OpenCV call here is short (0.1-3 ms on a 2 MP frame); with a
 # thread pool, each call waits for its slowest worker, and on a loaded machine (inference threads spinning
 # on the same cores) that wait is several times the work. One thread measured faster and far steadier; see
@@ -188,5 +185,5 @@ def camera_projector(cam: Any, mask_hw: tuple[int, int], cfg: NodeConfig) -> Gro
     return cam.projector
 
 
-__all__ = ['BOUNDARY_MAX_POINTS', 'NODE_HEAD', 'OPENCV_THREADS', 'OutputStage', 'Wants', 'boundary_polygon',
+__all__ = ['BOUNDARY_MAX_POINTS', 'OPENCV_THREADS', 'OutputStage', 'Wants', 'boundary_polygon',
            'camera_projector', 'camera_wants', 'pipeline_threads']
