@@ -16,7 +16,10 @@ import pytest
 
 rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('onnxruntime')
-pytest.importorskip('torch')
+
+from node_onnx import needs_onnx_source, node_onnx  # noqa: E402
+
+needs_onnx_source()
 
 from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -48,12 +51,10 @@ CAM = CameraModel()
 OUTPUTS = ('mask', 'color_mask', 'overlay', 'confidence', 'drivable/drivable/mask', 'drivable/walkable/mask')
 
 
-def export_test_onnx(out: Path) -> Path:
-    """b0 with the packaged synthetic-scene weights at 64x128 (labels+confidence), as the backend would export."""
-    from evit_ros.export.onnx_export import export_onnx
-    weights = REPO / 'evit_ros' / 'data' / 'efficientvit_seg_b0_synthetic.pt'
-    export_onnx(MODEL, out, height=64, width=128, checkpoint=str(weights), head='labels+confidence')
-    return out
+def export_test_onnx(out_dir: Path) -> Path:
+    """b0 with the packaged synthetic-scene weights at 64x128 (labels+confidence), as the backend would export
+    (exported here, or beforehand where PyTorch is absent: tests/node_onnx.py)."""
+    return node_onnx('b0_64x128.onnx', out_dir)
 
 
 def wait_for(cond, timeout: float = 10.0, what: str = 'condition') -> None:
@@ -188,7 +189,7 @@ class Harness(InProcessNode):
 
 @pytest.fixture(scope='module')
 def h(tmp_path_factory):
-    onnx = export_test_onnx(tmp_path_factory.mktemp('onnx') / 'b0_64x128.onnx')
+    onnx = export_test_onnx(tmp_path_factory.mktemp('onnx'))
     harness = Harness(onnx)
     yield harness
     harness.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import importlib.util
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('onnxruntime')
 
+from node_onnx import node_onnx  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from evit_ros.ros import conversions as conv  # noqa: E402
@@ -71,6 +73,15 @@ def _env(tmp: Path) -> dict[str, str]:
 @pytest.fixture(scope='module')
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp('evit_cache')
+
+
+@pytest.fixture(scope='module')
+def given_onnx(tmp_path_factory) -> list[str]:
+    """No extra arguments where PyTorch is installed: the node exports its ONNX at startup, as launched. Without
+    PyTorch (``make test-compat``, like a vehicle without it) the node is given the file exported beforehand."""
+    if importlib.util.find_spec('torch') is not None:
+        return []
+    return ['-p', f'backend.onnx_path:={node_onnx("b0_64x128.onnx", tmp_path_factory.mktemp("onnx"))}']
 
 
 def test_launch_file_declares_the_documented_arguments_and_files() -> None:
@@ -128,12 +139,12 @@ def _stop(proc: subprocess.Popen, sig: int) -> tuple[int, float]:
 
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['sigint', 'sigterm'])
-def test_node_process_as_launched_segments_and_stops_within_2s(tmp_path, cache_dir, sig) -> None:
+def test_node_process_as_launched_segments_and_stops_within_2s(tmp_path, cache_dir, given_onnx, sig) -> None:
     log = tmp_path / 'node.log'
     ns = '/car1'
     with open(log, 'w') as out:
-        proc = subprocess.Popen(node_command(tmp_path, ns, use_sim_time=False), stdout=out, stderr=subprocess.STDOUT,
-                                env=_env(cache_dir))
+        proc = subprocess.Popen(node_command(tmp_path, ns, use_sim_time=False, extra=given_onnx), stdout=out,
+                                stderr=subprocess.STDOUT, env=_env(cache_dir))
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     tester = rclpy.create_node('process_tester', context=ctx)

@@ -13,7 +13,6 @@ import pytest
 
 rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('onnxruntime')
-pytest.importorskip('torch')
 
 from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -33,7 +32,7 @@ BEST_EFFORT = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
 
 @pytest.fixture(scope='module')
 def onnx(tmp_path_factory) -> Path:
-    return export_test_onnx(tmp_path_factory.mktemp('onnx') / 'b0_64x128.onnx')
+    return export_test_onnx(tmp_path_factory.mktemp('onnx'))
 
 
 class Rig(InProcessNode):

@@ -12,10 +12,13 @@ greenwave-monitor compatible ``frame_rate_node``, ``frame_rate_msg``,
 """
 from __future__ import annotations
 
+import importlib.metadata
+import os
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -242,10 +245,48 @@ def rate_below_half(rate_hz: float, expected_hz: float) -> bool:
     return round(rate_hz, 2) < round(0.5 * expected_hz, 2)
 
 
-LOST_FRAMES_FIX = ('Fix: start the camera and the node with the shipped Fast DDS profile '
-                   '(FASTRTPS_DEFAULT_PROFILES_FILE=<share>/evit_ros/config/fastdds_large_frames.xml), or use '
-                   'compressed transport (cameras.<cam>.transport: compressed), or publish the camera reliable '
-                   '(qos.input_reliability auto follows it)')
+# Fast DDS reads its XML profiles file from an environment variable whose name changed with Fast DDS 3
+PROFILES_FILE_FASTDDS2 = 'FASTRTPS_DEFAULT_PROFILES_FILE'   # Fast DDS 2: Humble, Jazzy (and Foxy, Galactic, Iron)
+PROFILES_FILE_FASTDDS3 = 'FASTDDS_DEFAULT_PROFILES_FILE'    # Fast DDS 3: Kilted and later
+FASTDDS2_DISTROS = ('foxy', 'galactic', 'humble', 'iron', 'jazzy')
+FASTDDS3_RCLPY_MAJOR = 9   # rclpy's major version in Kilted, the first distro on Fast DDS 3
+PROFILES_FILE_PER_DISTRO = (f'Humble and Jazzy (Fast DDS 2) read {PROFILES_FILE_FASTDDS2}, Kilted and later '
+                            f'(Fast DDS 3) read {PROFILES_FILE_FASTDDS3}')
+
+
+def profiles_file_variable(rclpy_version: str | None = None, ros_distro: str | None = None) -> str:
+    """The variable the running distro's Fast DDS reads its profiles file from.
+
+    Fast DDS 3 (Kilted) reads only ``FASTDDS_DEFAULT_PROFILES_FILE``; its RMW still honours the old name but
+    prints a deprecation warning at every start, and Fast DDS 2 (Jazzy, Humble) reads only the old name.
+    The rclpy that runs decides (its package metadata; defaults: the installed one), else ``$ROS_DISTRO``;
+    neither known: the old name, which every distro reads.
+    """
+    version = _installed_rclpy_version() if rclpy_version is None else rclpy_version
+    major = version.split('.')[0]
+    if major.isdigit():
+        return PROFILES_FILE_FASTDDS3 if int(major) >= FASTDDS3_RCLPY_MAJOR else PROFILES_FILE_FASTDDS2
+    distro = (os.environ.get('ROS_DISTRO', '') if ros_distro is None else ros_distro).strip().lower()
+    if not distro or distro in FASTDDS2_DISTROS:
+        return PROFILES_FILE_FASTDDS2
+    return PROFILES_FILE_FASTDDS3
+
+
+@cache
+def _installed_rclpy_version() -> str:
+    """rclpy's version from its package metadata (PyPI wheels and ROS installations both carry it), '' if none."""
+    try:
+        return importlib.metadata.version('rclpy')
+    except importlib.metadata.PackageNotFoundError:
+        return ''
+
+
+def lost_frames_fix() -> str:
+    """The fixes for lost best-effort frames, naming the profile variable of this distro (and of the others)."""
+    return ('Fix: start the camera and the node with the shipped Fast DDS profile '
+            f'({profiles_file_variable()}=<share>/evit_ros/config/fastdds_large_frames.xml; '
+            f'{PROFILES_FILE_PER_DISTRO}), or use compressed transport (cameras.<cam>.transport: compressed), or '
+            'publish the camera reliable (qos.input_reliability auto follows it)')
 
 
 def lost_frames_hint(input_qos: str, frame_bytes: int) -> str:
@@ -257,7 +298,7 @@ def lost_frames_hint(input_qos: str, frame_bytes: int) -> str:
         return ''
     size = f'frames of {frame_bytes // 1024} KiB' if frame_bytes else 'frames larger than 512 KiB'
     return (f': the camera publishes best effort and Fast DDS loses best-effort {size} (over its '
-            f'{SHM_SEGMENT_BYTES // 1024} KiB shared-memory segment). {LOST_FRAMES_FIX}')
+            f'{SHM_SEGMENT_BYTES // 1024} KiB shared-memory segment). {lost_frames_fix()}')
 
 
 class EngineStats:

@@ -108,20 +108,16 @@ class SegmentationNode(LifecycleNode):
 
     def _autostart(self) -> None:
         """configure + activate at once (plain ``ros2 run``); a failure raises its original error."""
-        from lifecycle_msgs.msg import Transition
         self._quiet_failures = True   # main() prints the one FATAL line
         try:
-            for public, tid, reached in (('trigger_configure', Transition.TRANSITION_CONFIGURE, 'inactive'),
-                                         ('trigger_activate', Transition.TRANSITION_ACTIVATE, 'active')):
+            for name, trigger, reached in (('configure', self.trigger_configure, 'inactive'),
+                                           ('activate', self.trigger_activate, 'active')):
                 if self.build_only:
                     return
-                try:
-                    getattr(self, public)()
-                except AttributeError:   # early Humble rclpy: trigger_* name a constant that does not exist
-                    self._LifecycleNodeMixin__change_state(tid)
-                # success is read from our own state: Humble's trigger_* return nothing
+                trigger()   # public in Humble, Jazzy and Kilted alike
+                # success is read from our own state, which the transition callbacks set
                 if self.lifecycle_state != reached:
-                    raise self.transition_error or EvitError(f'lifecycle transition {public[8:]} failed')
+                    raise self.transition_error or EvitError(f'lifecycle transition {name} failed')
         finally:
             self._quiet_failures = False
 
