@@ -36,7 +36,7 @@ import numpy as np
 from evit_ros import contract
 from evit_ros.device import cuda_runtime
 from evit_ros.device.identity import GpuIdentity
-from evit_ros.errors import BackendError, BackendUnavailableError, CacheError, EngineCacheMismatch
+from evit_ros.errors import BackendError, BackendUnavailableError, CacheError, EngineCacheMismatch, EvitError
 from evit_ros.export import engine_cache
 from evit_ros.inference import InferenceBackend, InferenceResult, ModelIO, TensorSpec
 
@@ -155,6 +155,30 @@ class TensorRTBackend(InferenceBackend):
                        self.engine_path, trt_version(trt_mod), self._gpu.name, self._gpu.compute_capability,
                        self._gpu.sm_count, self.precision, f'1..{io.max_batch}' if self._dynamic else io.max_batch,
                        self.cuda_graph)
+
+    def needs_build(self) -> bool:
+        """True when :meth:`load` would build the engine: missing, or its sidecar does not match this TensorRT,
+        GPU, ONNX or precision and a rebuild is allowed. Asks TensorRT and the GPU for their identity only (no
+        deserialization), so the node can run the build of minutes in a child process a signal ends.
+
+        False when loading would refuse instead (INT8/DLA, no ONNX) or cannot even ask: the load reports it.
+        """
+        if not self.engine_path.is_file():
+            return self.build_if_stale and self.onnx_path is not None
+        if not self.build_if_stale or self.onnx_path is None:
+            return False
+        from evit_ros.export.tensorrt_build import import_tensorrt
+        from evit_ros.export.tensorrt_precision import trt_version
+        try:
+            version = trt_version(import_tensorrt(self._trt_arg))
+            gpu = cuda_runtime.gpu_identity(self.device)
+            engine_cache.check_engine(self.engine_path, self.onnx_path, trt_version=version, gpu=gpu,
+                                      precision=self.precision)
+        except EngineCacheMismatch as exc:
+            return not (self.precision == 'int8' or '--dla-core' in str(exc))
+        except (EvitError, OSError):
+            return False
+        return False
 
     def _checked_sidecar(self, version: str) -> dict[str, Any]:
         def check() -> dict[str, Any]:

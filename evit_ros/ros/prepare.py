@@ -69,7 +69,11 @@ def pending_work(cfg: NodeConfig, head: str, max_batch: int = 1) -> Work | None:
         return None if target.is_file() else Work('onnx', target, kind, checkpoint)
     if kind == 'tensorrt' and b.onnx_path and b.engine_path:
         target = Path(b.engine_path).expanduser()
-        return None if target.is_file() else Work('engine', target, kind)
+        if not target.is_file():
+            return Work('engine', target, kind)
+        from evit_ros.backends.tensorrt_backend import TensorRTBackend
+        stale = TensorRTBackend(target, onnx_path=b.onnx_path, precision=b.precision, build_if_stale=True)
+        return Work('engine', target, kind) if stale.needs_build() else None   # a rebuild of minutes, too
     return None
 
 
