@@ -43,6 +43,8 @@ PRIVATE_INTERNALS = {
                              'executor (Humble, Jazzy); rclpy has no hook for it',
     '_parameter_overrides': "Node's overrides from params files and -p: their types name the fix for a refused "
                             'parameter, and names no parameter has are reported as typos; no public getter',
+    '_state_machine': "LifecycleNode's state machine: the transitions of the current state, named in the one "
+                      'refusal line of a transition the state lacks; under try, else the line names none',
     '_data': 'the generated slot behind sensor_msgs/Image.data: a zero-copy payload (the public setter copies '
              'when field checks are off); under hasattr, else the public setter',
 }

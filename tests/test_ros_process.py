@@ -230,6 +230,8 @@ def _unshare_mount(cache: Path, options: str) -> list[str] | None:
     return prefix
 
 
+@pytest.mark.skipif(importlib.util.find_spec('torch') is None,
+                    reason='without PyTorch no export can run: the node says so first (the torchless vehicle case)')
 @pytest.mark.parametrize('fault', ['file-in-place', 'full-disk', 'read-only'])
 def test_unwritable_cache_fails_before_the_export_with_both_fixes(tmp_path, fault) -> None:
     """Cache faults ended with one FATAL line only after the whole export and verification, and a full disk

@@ -179,8 +179,9 @@ class SegmentationNode(LifecycleNode):
 
     def _available_transitions(self) -> list[tuple[int, str]]:
         """(id, label) of the transitions of the current state ([] where rclpy does not expose them)."""
+        machine = getattr(self, '_state_machine', None)   # private in every distro: guarded
         try:
-            return [(int(t[0]), str(t[1])) for t in self._state_machine.available_transitions]
+            return [(int(t[0]), str(t[1])) for t in machine.available_transitions] if machine is not None else []
         except Exception:  # noqa: BLE001 - a private rclpy detail: fall back to rcl's check
             return []
 
@@ -505,7 +506,7 @@ class SegmentationNode(LifecycleNode):
             clock_note = ''
             if self.get_clock().clock_type == ClockType.ROS_TIME and self.get_clock().now().nanoseconds == 0:
                 clock_note = 'waiting for /clock (use_sim_time is true): no latency until a clock arrives'
-            sim_time = bool(getattr(self.get_clock(), 'ros_time_is_active', False))
+            sim_time = bool(self.get_parameter('use_sim_time').value)   # public in every distro
             for c in self.cameras.values():
                 c.stats.clock_note = clock_note
                 c.stats.sim_time = sim_time
