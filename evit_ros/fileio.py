@@ -83,14 +83,18 @@ def replace_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` runs in this PID namespace (this process included); another user's live
+    process counts as running. What every stale-file sweep asks before removing a writer's leftovers."""
     if pid <= 0:
         return False
+    if pid == os.getpid():
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:   # another user's live process
+    except OSError:   # EPERM: another user's live process
         return True
     return True
 
@@ -112,7 +116,7 @@ def remove_stale_temps(folder: str | os.PathLike[str], *,
     for entry in entries:
         m = _TEMP.match(entry.name)
         if m is not None and int(m['ns']) == ours:
-            if _pid_alive(int(m['pid'])):
+            if pid_alive(int(m['pid'])):
                 continue
             age = 0.0
         elif m is not None or _LEGACY_TEMP.match(entry.name):

@@ -2,8 +2,8 @@
 
 Every input is generated here: MCAP files are written byte by byte (so a chunk can lie about its size, or
 every chunk can span the whole drive), decompression bombs are streamed through a compressor in 1 MiB
-pieces (1 GiB of zeros is a few hundred KB of zstd), and peak memory is the child's own ``ru_maxrss`` from
-``os.wait4`` (not the cumulative RUSAGE_CHILDREN, which earlier tests' children would inflate).
+pieces (1 GiB of zeros is a few hundred KB of zstd), and peak memory is the child's own VmHWM at its exit
+(not ``ru_maxrss``, which Linux inherits from the forking pytest process).
 """
 from __future__ import annotations
 
@@ -135,20 +135,37 @@ def frames(n: int, start_log: int = 1_000_000_000, period: int = 50_000_000) -> 
     return [(IMG, start_log + i * period, cdr_image(T0 + i)) for i in range(n)]
 
 
+HWM_PROBE = """
+import atexit as _atexit, os as _os
+def _write_hwm():
+    with open('/proc/self/status') as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith('VmHWM:'))
+    with open(_os.environ['EVIT_TEST_HWM_FILE'], 'w') as out:
+        out.write(str(kb))
+_atexit.register(_write_hwm)
+"""
+
+
 def child(code: str, tmp: Path, timeout: float = 60) -> tuple[int, str, float]:
-    """Run ``code`` in a fresh interpreter: (exit status, stdout+stderr, its own peak RSS in MiB)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(tmp))
+    """Run ``code`` in a fresh interpreter: (exit status, stdout+stderr, its own peak RSS in MiB).
+
+    The peak is the interpreter's own VmHWM, read at its exit: the high-water mark of its address space alone.
+    (``ru_maxrss`` from wait4 is not: Linux carries the forking pytest process's RSS into the child's maxrss,
+    so it grew with whatever tests ran before.)
+    """
+    hwm = tmp / 'child.hwm'
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(tmp), EVIT_TEST_HWM_FILE=str(hwm))
     logf = tmp / 'child.log'
     with open(logf, 'wb') as log:
-        p = subprocess.Popen([sys.executable, '-c', textwrap.dedent(code)], env=env, stdout=log,
+        p = subprocess.Popen([sys.executable, '-c', HWM_PROBE + textwrap.dedent(code)], env=env, stdout=log,
                              stderr=subprocess.STDOUT)
         try:
-            _pid, status, usage = os.wait4(p.pid, 0)
+            p.wait(timeout)
         except BaseException:
             p.kill()
             raise
-        p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, logf.read_text(), usage.ru_maxrss / 1024.0
+    peak = int(hwm.read_text()) / 1024.0 if hwm.is_file() else float('inf')
+    return p.returncode, logf.read_text(), peak
 
 
 READ_ALL = '''

@@ -44,6 +44,7 @@ from urllib.parse import quote
 import numpy as np
 
 from evit_ros.errors import ConfigError, DataError
+from evit_ros.fileio import pid_alive
 
 if sys.version_info >= (3, 14):
     from compression import zstd  # novermin
@@ -267,16 +268,6 @@ _CACHE: dict[str, tuple[tuple[Any, ...], Path]] = {}
 _SWEPT = [False]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def sweep_stale_temp(root: str | None = None) -> list[Path]:
     """Remove decompressed bags left in the temp folder by processes that no longer run (e.g. SIGKILLed)."""
     removed = []
@@ -284,7 +275,7 @@ def sweep_stale_temp(root: str | None = None) -> list[Path]:
     with contextlib.suppress(OSError):
         for p in base.iterdir():
             m = re.fullmatch(re.escape(TEMP_PREFIX) + r'(\d+)-.*', p.name)
-            if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
     return removed

@@ -31,6 +31,7 @@ from typing import Any
 
 from evit_ros.config import NodeConfig
 from evit_ros.errors import CacheError, EvitError, ExportError
+from evit_ros.fileio import pid_alive
 from evit_ros.ros.startup import SIGNALLED, on_exit_now
 
 PRIVATE_PREFIX = '.export-'
@@ -165,7 +166,7 @@ def remove_stale_private(folder: Path) -> None:
         pid_text = p.name[len(PRIVATE_PREFIX):].split('.', 1)[0]
         if not pid_text.isdigit() or not p.is_dir():
             continue
-        if not _alive(int(pid_text)):
+        if not pid_alive(int(pid_text)):
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -180,16 +181,6 @@ def remove_orphan_tmp(target: Path) -> None:
                         tmp.unlink()
     except OSError:
         pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _PipeHandler(logging.Handler):
