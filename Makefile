@@ -73,5 +73,43 @@ README_OUTPUTS := .cache_evit first_hour drive drive1 drive2 calib heldout masks
 	heads_bench.json int8_vs_fp32.json verify_fp16.json doctor.json gpu_check_out
 
 clean:
-	rm -rf build install log .pytest_cache .mypy_cache .ruff_cache demo_out $(README_OUTPUTS)
+	rm -rf build install log .pytest_cache .mypy_cache .ruff_cache demo_out $(README_OUTPUTS) $(COMPAT_ONNX)
 	[ ! -d engines ] || find engines -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitignore -exec rm -rf {} +
+
+# ---- make test-compat: the node tests on a second ROS stack (see docs/development.md) ----------------------------
+# Python 3.10 (JetPack 6's) with ROS 2 Kilted wheels (rclpy 9, Fast DDS 3) and no PyTorch, as on a JetPack 6
+# vehicle: the node runs ONNX files the main venv exported beforehand. .ci/run calls it after `make test`.
+.PHONY: test-compat
+COMPAT_VENV ?= .venv-compat
+COMPAT_PY := $(COMPAT_VENV)/bin/python
+COMPAT_STAMP := $(COMPAT_VENV)/.installed
+COMPAT_ONNX := .compat_onnx
+COMPAT_TESTS := tests/test_ros_node.py tests/test_ros_vehicle.py tests/test_ros_lifecycle.py tests/test_ros_params.py \
+	tests/test_ros_process.py tests/test_ros_vehicle_process.py tests/test_ros_nav2.py tests/test_ros_conversions.py \
+	tests/test_ros_diagnostics.py tests/test_ros_compat.py
+
+$(COMPAT_STAMP): requirements-compat.txt tools/find_python.sh setup.py setup.cfg
+	@echo "[compat 1/4] $(COMPAT_VENV): Python 3.10 with ROS 2 Kilted wheels, no PyTorch (a first setup takes about 1 min)"
+	test -x $(COMPAT_PY) || { py=$$(bash tools/find_python.sh 3.10) && $$py -m venv $(COMPAT_VENV); }
+	$(COMPAT_PY) -m pip install --quiet --upgrade pip setuptools wheel   # a fresh 3.10 venv's setuptools cannot install -e
+	set -o pipefail; $(COMPAT_PY) -m pip install --progress-bar off -r requirements-compat.txt \
+	    | { grep --line-buffered -E '^(Installing|Successfully)' || true; }
+	PYTHONWARNINGS=ignore $(COMPAT_PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(COMPAT_STAMP)
+
+$(COMPAT_ONNX)/.exported: tests/node_onnx.py evit_ros/data/efficientvit_seg_b0_synthetic.pt \
+		$(wildcard evit_ros/export/*.py evit_ros/model/*.py) | $(STAMP)
+	@echo "[compat 2/4] exporting the node tests' ONNX files into $(COMPAT_ONNX) with $(VENV) (PyTorch)"
+	$(PY) tests/node_onnx.py $(COMPAT_ONNX)
+	touch $@
+
+test-compat: $(COMPAT_STAMP) $(COMPAT_ONNX)/.exported
+	@echo "[compat 3/4] mypy with this stack's numpy stubs (the files that need no TensorRT/CUDA/torch stubs)"
+	$(COMPAT_PY) -m mypy --config-file mypy.ini --cache-dir $(COMPAT_VENV)/.mypy_cache $$($(COMPAT_PY) -c \
+	    "import configparser; c = configparser.ConfigParser(); c.read('mypy.ini'); print(' '.join(f.strip() for f in \
+	    c['mypy']['files'].split(',') if f.strip() and not any(s in f for s in ('tensorrt', 'cuda_runtime', 'torch'))))")
+	@echo "[compat 4/4] node tests on $$($(COMPAT_PY) -V), ROS 2 Kilted (rclpy $$($(COMPAT_PY) -c 'from importlib.metadata import version; print(version("rclpy"))')), without PyTorch"
+	@$(COMPAT_PY) -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is not None)' \
+	    || { echo "error: PyTorch is installed in $(COMPAT_VENV); this leg must run without it (rm -rf $(COMPAT_VENV))"; exit 1; }
+	EVIT_ROS_TEST_ONNX_DIR=$(CURDIR)/$(COMPAT_ONNX) $(COMPAT_PY) -m pytest -q $(COMPAT_TESTS); rc=$$?; \
+	    if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc

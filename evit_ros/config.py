@@ -143,10 +143,12 @@ class OutputConfig:
     mask_resolution: str = 'camera'
     overlay_alpha: float = 0.5
     palette_overrides: tuple[tuple[int, tuple[int, int, int]], ...] = ()
+    jpeg_quality: int = 90      # color_mask/compressed and overlay/compressed
 
     def __post_init__(self) -> None:
         _choice('outputs.mask_resolution', self.mask_resolution, MASK_RESOLUTIONS)
         _range('outputs.overlay_alpha', self.overlay_alpha, 0.0, 1.0)
+        _range('outputs.jpeg_quality', self.jpeg_quality, 1, 100)
 
 
 @dataclass(frozen=True)
@@ -189,11 +191,19 @@ class DiagnosticsConfig:
     expected_rate_hz: float = 10.0
     latency_budget_ms: float = 100.0
     silence_timeout_s: float = 2.0
+    # the uncertainty signal: pixels whose max softmax probability is below low_confidence_threshold count as
+    # low; a camera whose mean confidence stays below min_mean_confidence for low_confidence_frames frames WARNs
+    low_confidence_threshold: float = 0.5
+    min_mean_confidence: float = 0.8
+    low_confidence_frames: int = 30
 
     def __post_init__(self) -> None:
         _range('diagnostics.expected_rate_hz', self.expected_rate_hz, 0.1, 1000.0)
         _range('diagnostics.latency_budget_ms', self.latency_budget_ms, 1.0, 60000.0)
         _range('diagnostics.silence_timeout_s', self.silence_timeout_s, 0.1, 3600.0)
+        _range('diagnostics.low_confidence_threshold', self.low_confidence_threshold, 0.0, 1.0)
+        _range('diagnostics.min_mean_confidence', self.min_mean_confidence, 0.0, 1.0)
+        _range('diagnostics.low_confidence_frames', self.low_confidence_frames, 1, 100000)
 
 
 @dataclass(frozen=True)

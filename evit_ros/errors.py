@@ -26,6 +26,10 @@ class ExportError(EvitError, RuntimeError):
     """ONNX export or its verification failed."""
 
 
+class CacheError(EvitError, OSError):
+    """The ONNX/engine cache folder cannot be written (read-only, a file in its place, a full disk)."""
+
+
 class EngineError(EvitError, RuntimeError):
     """A TensorRT engine could not be built, loaded, or does not match its cache key."""
 

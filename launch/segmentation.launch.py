@@ -4,17 +4,24 @@
                                                 [rviz:=true] [log_level:=debug] [autostart:=false]
 
 ``params_file`` defaults to the installed ``share/evit_ros/config/evit_ros.yaml`` (found through the ament
-index); a params file that does not exist fails the launch (the node never runs on silent defaults). Its
-parameters sit under ``/**`` so they apply inside any ``namespace``. ``use_sim_time`` and ``rviz`` take
+index); ``~`` and ``$VARIABLES`` in it are expanded (launch_ros would take them literally and run the node on
+built-in defaults); a params file that does not exist fails the launch (the node never runs on silent defaults).
+Its parameters sit under ``/**`` so they apply inside any ``namespace``. ``use_sim_time`` and ``rviz`` take
 true/false in any case (True, 1, yes). ``log_level`` applies to the node's own logger only, not to rcl/rmw.
 ``rviz:=true`` without rviz2 installed warns and runs the node alone. ``autostart`` (default true) sets the
 node's ``lifecycle.autostart`` (over the params file): false leaves the managed node unconfigured for a
 lifecycle manager (Nav2's lifecycle_manager, ``ros2 lifecycle set``).
-"""
-from pathlib import Path  # noqa: I001 - launch is the ROS package, not ./launch
 
+The launch ends when the node exits: with exit code 0 when the node ended cleanly (exit 0), with exit code 1
+and one ``[ERROR] [launch]`` line naming the node's exit code when it failed (a startup failure is the node's
+exit code 2), so a systemd unit running ``ros2 launch`` sees the failure. (launch itself returns only 0 or 1.)
+"""
+import os  # noqa: I001 - launch is the ROS package, not ./launch
+from pathlib import Path
+
+import launch.logging
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
@@ -53,8 +60,31 @@ def rviz2_installed() -> bool:
     return True
 
 
+def expand_path(value: str) -> str:
+    """``~`` and ``$VAR``/``${VAR}`` expanded, as a shell would (launch passes the argument on literally)."""
+    return os.path.expanduser(os.path.expandvars(value.strip()))
+
+
+class NodeFailed(RuntimeError):
+    """Raised from the node's exit handler: launch reports it as one error line and exits with code 1."""
+
+
+def on_node_exit(event, context):  # noqa: ANN001, ANN201 - launch's on_exit callable signature
+    """End the whole launch when the node exits; a non-zero exit code makes the launch exit non-zero.
+
+    launch returns 1 only when an action or event handler raises, so a failed node raises here (unless the
+    launch is already shutting down, e.g. after Ctrl-C, where the exit code belongs to that shutdown).
+    """
+    code = event.returncode
+    if code == 0 or context.is_shutdown:
+        return [Shutdown(reason=f'{NODE_NAME} exited with code {code}')]
+    why = 'startup failed, see its FATAL line above' if code == 2 else 'see its log above'
+    raise NodeFailed(f'{NODE_NAME} exited with code {code} ({why}); ending the launch with exit code 1')
+
+
 def _actions(context, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - launch's OpaqueFunction signature
-    params_file = LaunchConfiguration('params_file').perform(context)
+    given = LaunchConfiguration('params_file').perform(context)
+    params_file = expand_path(given)
     namespace = LaunchConfiguration('namespace').perform(context)
     use_sim_time = as_bool('use_sim_time', LaunchConfiguration('use_sim_time').perform(context))
     want_rviz = as_bool('rviz', LaunchConfiguration('rviz').perform(context))
@@ -62,8 +92,9 @@ def _actions(context, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 
     log_level = LaunchConfiguration('log_level').perform(context).strip().lower()
     if log_level not in LOG_LEVELS:
         raise RuntimeError(f'log_level:={log_level} is not valid; use one of: {", ".join(LOG_LEVELS)}')
-    if not Path(params_file).expanduser().is_file():
-        raise RuntimeError(f'params_file:={params_file} does not exist; pass an existing YAML (default: the '
+    if not Path(params_file).is_file():
+        shown = given if given == params_file else f'{given} ({params_file})'
+        raise RuntimeError(f'params_file:={shown} does not exist; pass an existing YAML (default: the '
                            'installed share/evit_ros/config/evit_ros.yaml)')
     actions = [Node(
         package=PACKAGE,
@@ -75,10 +106,11 @@ def _actions(context, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 
         arguments=['--ros-args', '--log-level', f'{node_logger_name(namespace)}:={log_level}'],
         output='screen',
         emulate_tty=True,
+        on_exit=on_node_exit,
     )]
     if want_rviz and not rviz2_installed():
-        actions.append(LogInfo(msg='[WARN] rviz:=true but rviz2 is not installed (apt install ros-$ROS_DISTRO-rviz2); '
-                                   'running the node without RViz'))
+        launch.logging.get_logger('evit_ros.launch').warning(
+            'rviz:=true but rviz2 is not installed (apt install ros-$ROS_DISTRO-rviz2); running the node without RViz')
     elif want_rviz:
         share = FindPackageShare(PACKAGE)
         actions.append(Node(

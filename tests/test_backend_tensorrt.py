@@ -498,3 +498,62 @@ def test_both_cuda_python_import_paths(tmp_path: Path, layout: str, expected: st
         assert first.endswith("(3, '')")
     else:
         assert 'unavailable: cuda-python is not installed' in out.stdout and 'cuda-python==' not in first
+
+
+def test_a_stale_engine_in_a_full_folder_fails_before_the_rebuild(engine: Path, onnx_file: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rebuild takes minutes on a Jetson: a folder it cannot write into fails first, with the path and fix."""
+    import shutil
+    from collections import namedtuple
+
+    from evit_ros import fileio
+    from evit_ros.errors import CacheError
+    from evit_ros.export import tensorrt_build
+    fake = FakeCudart(name='Other GPU', cc=(8, 9), sms=46)   # the engine was built for another GPU: stale
+    monkeypatch.setattr(cuda_runtime, 'cudart', fake)
+    usage = namedtuple('usage', 'total used free')
+    monkeypatch.setattr(fileio.shutil, 'disk_usage',
+                        lambda p: usage(1 << 30, 1 << 30, 0) if Path(p) == engine.parent else shutil.disk_usage(p))
+    monkeypatch.setattr(tensorrt_build, 'build_engine', lambda *a, **k: pytest.fail('built into a full folder'))
+    be, _ = _backend(engine, onnx_file, fake, onnx_path=onnx_file, build_if_stale=True)
+    with pytest.raises(CacheError) as info:
+        be.load()
+    text = str(info.value)
+    assert f'cannot write the rebuilt engine into {engine.parent}: no space left on device (ENOSPC, 0.0 MB free' in text
+    assert 'Set backend.engine_path to a file in a writable folder' in text and 'evit-ros build-engine' in text
+
+
+def test_needs_build_says_when_load_would_build(engine: Path, onnx_file: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node asks this before loading, to run a build of minutes in a child process a signal ends."""
+    fake = FakeCudart()
+    monkeypatch.setattr(cuda_runtime, 'cudart', fake)
+    current, _ = _backend(engine, onnx_file, fake, onnx_path=onnx_file, build_if_stale=True)
+    assert current.needs_build() is False                       # sidecar matches this GPU and TensorRT
+    monkeypatch.setattr(cuda_runtime, 'cudart', FakeCudart(name='Other GPU', cc=(8, 9), sms=46))
+    stale, _ = _backend(engine, onnx_file, fake, onnx_path=onnx_file, build_if_stale=True)
+    assert stale.needs_build() is True                          # another GPU: load would rebuild
+    int8, _ = _backend(engine, onnx_file, fake, onnx_path=onnx_file, build_if_stale=True, precision='int8')
+    assert int8.needs_build() is False                          # refused by load, never rebuilt automatically
+    missing, _ = _backend(tmp_path / 'none.engine', onnx_file, fake, onnx_path=onnx_file, build_if_stale=True)
+    assert missing.needs_build() is True
+    no_onnx, _ = _backend(tmp_path / 'none.engine', onnx_file, fake, build_if_stale=True)
+    assert no_onnx.needs_build() is False                       # nothing to build from: load reports it
+
+
+def test_configure_builds_a_stale_engine_in_the_child_process(engine: Path, onnx_file: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stale engine's rebuild (minutes) is the node's child-process work, like a missing one (issue 23 item 3)."""
+    from evit_ros.config import load_config
+    from evit_ros.contract import NODE_HEAD
+    from evit_ros.ros.prepare import pending_work
+    cfg = load_config(None, overrides={'backend.type': 'tensorrt', 'backend.engine_path': str(engine),
+                                       'backend.onnx_path': str(onnx_file), 'backend.precision': 'fp32',
+                                       'input.height': H, 'input.width': W})
+    monkeypatch.setattr(cuda_runtime, 'cudart', FakeCudart())
+    monkeypatch.setattr('evit_ros.export.tensorrt_build.import_tensorrt',
+                        lambda *a, **k: FakeTRT(FakeCudart(), onnx_file, TRT_VERSION))
+    assert pending_work(cfg, NODE_HEAD) is None                 # current: loaded in the node, no child
+    monkeypatch.setattr(cuda_runtime, 'cudart', FakeCudart(name='Other GPU', cc=(8, 9), sms=46))
+    work = pending_work(cfg, NODE_HEAD)
+    assert work is not None and work.kind == 'engine' and work.target == engine

@@ -163,3 +163,54 @@ def test_warmup_covers_every_dynamic_batch_size(ort_backend, monkeypatch: pytest
     ort_backend.warmup(1)
     assert ort_backend.io.input.shape[0] == -1
     assert seen == [(1, H, W, 3), (2, H, W, 3)]
+
+
+def test_a_disk_that_fills_up_during_the_export_names_the_cache_and_both_fixes(tmp_path, monkeypatch) -> None:
+    """The probe passes, then the export's write hits ENOSPC (no file name in the OSError): one typed error
+    with the path, EVIT_ROS_CACHE and backend.onnx_path instead of `[Errno 28] No space left on device`."""
+    import errno
+
+    import evit_ros.export.onnx_export as onnx_export
+    from evit_ros.errors import CacheError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setenv('EVIT_ROS_CACHE', str(tmp_path / 'cache'))
+    monkeypatch.setattr(onnx_export, 'export_onnx', full)
+    with pytest.raises(CacheError) as info:
+        ensure_onnx(MODEL, INPUT, 'labels', checkpoint=resolve_checkpoint(MODEL))
+    text = str(info.value)
+    assert f'cannot write the ONNX cache {tmp_path / "cache" / "onnx"}: no space left on device (ENOSPC)' in text
+    assert 'Set EVIT_ROS_CACHE to a writable folder' in text and 'backend.onnx_path' in text
+    assert '--height 128 --width 256 --head labels' in text
+
+    def elsewhere(*args, **kwargs):   # an OSError about another file is not blamed on the cache
+        raise PermissionError(errno.EACCES, 'Permission denied', '/etc/some.conf')
+
+    monkeypatch.setattr(onnx_export, 'export_onnx', elsewhere)
+    with pytest.raises(PermissionError, match='/etc/some.conf'):
+        ensure_onnx(MODEL, INPUT, 'labels', checkpoint=resolve_checkpoint(MODEL))
+
+
+def test_each_start_removes_temp_files_of_killed_exports(tmp_path, monkeypatch, caplog) -> None:
+    """A node SIGKILLed during its export left a temp file; the next start removes it even when that start
+    finds the ONNX already exported (by another process), and never one of a running writer."""
+    import os
+    import subprocess
+
+    import evit_ros.export.onnx_export as onnx_export
+    from evit_ros.fileio import pid_namespace
+    monkeypatch.setenv('EVIT_ROS_CACHE', str(tmp_path / 'cache'))
+    monkeypatch.setattr(onnx_export, 'export_onnx', lambda model, out, **kw: out.write_bytes(b'onnx'))
+    path = ensure_onnx(MODEL, INPUT, 'labels', checkpoint=resolve_checkpoint(MODEL))
+    dead = subprocess.Popen(['true'])
+    dead.wait()
+    stale = path.parent / f'.{path.name}.{dead.pid}@{pid_namespace()}.a1b2c3d4.tmp'
+    live = path.parent / f'.{path.name}.{os.getpid()}@{pid_namespace()}.e5f6g7h8.tmp'
+    for p in (stale, live):
+        p.write_bytes(b'partial')
+    with caplog.at_level(logging.INFO):
+        assert ensure_onnx(MODEL, INPUT, 'labels', checkpoint=resolve_checkpoint(MODEL)) == path
+    assert not stale.exists() and live.exists()
+    assert f'removed {stale}, left by an export that was killed' in caplog.text

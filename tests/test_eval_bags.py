@@ -248,3 +248,35 @@ def test_ctrl_c_keeps_partial_results_and_max_frames(tmp_path) -> None:
     assert rep['interrupted'] and 'Interrupted' in (tmp_path / 'rep' / 'report.md').read_text()
     st = run([bag], spec(max_frames=4))
     assert st.counters['frames'] == 4 and not st.interrupted
+
+
+def test_recorded_compressed_masks_are_read_back_exactly(tmp_path) -> None:
+    """A bag of the node's segmentation/<cam>/mask/compressed (PNG, image_transport's format string) scores as
+    the raw masks do: every class id (and 255) comes back; a JPEG mask (lossy) is counted as a bad label."""
+    import cv2
+
+    from evit_ros.eval.bags import MessageFactory
+    f = MessageFactory()
+    frames, jpeg_frames = [], []
+    for i in range(3):
+        rgb = scene(i)
+        gt = pred_of(rgb)
+        gt[:3, :5] = 255
+        ok, png = cv2.imencode('.png', gt, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        ok2, jpg = cv2.imencode('.jpg', gt, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        assert ok and ok2
+        for out, data, fmt in ((frames, png, 'mono8; png compressed '),
+                               (jpeg_frames, jpg, 'mono8; jpeg compressed mono8')):
+            out.append({'topic': IMG, 'stamp': stamp(i), 'rgb': rgb})
+            out.append({'topic': LAB, 'stamp': stamp(i), 'type': COMPRESSED,
+                        'msg': f._Compressed(header=f.header(stamp(i), 'cam'), format=fmt, data=data.reshape(-1))})
+    st = run([write_bag(tmp_path / 'png', frames)], spec())
+    assert st.counters['frames_scored'] == 3
+    s = st.cm.summary(CLASSES)
+    assert s['miou_present'] == 1.0 and s['valid_pixels'] == 3 * (48 * 64 - 15)
+    events = [e for e in iter_events(tmp_path / 'png', [IMG], [LAB]) if e.topic == LAB]
+    assert [e.data.dtype for e in events] == [np.uint8] * 3 and events[0].data[0, 0] == 255
+    st = run([write_bag(tmp_path / 'jpg', jpeg_frames)], spec())
+    assert st.counters['frames_scored'] == 0
+    events = [e for e in iter_events(tmp_path / 'jpg', [IMG], [LAB]) if e.topic == LAB]
+    assert {e.error for e in events} == {'label_encoding'} and 'lossy' in events[0].detail

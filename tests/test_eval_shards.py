@@ -87,12 +87,14 @@ def test_a_pair_farther_apart_than_the_margin_is_counted_once_unmatched(tmp_path
     frames = [{'topic': IMG, 'stamp': st, 'rgb': rgb, 'log': t0 + 29 * 10**9},        # slice 3 of 10 s
               {'topic': LAB, 'stamp': st, 'label': gt, 'log': t0 + 29 * 10**9 + far},  # slice 4
               {'topic': IMG, 'stamp': st + 1, 'rgb': rgb, 'log': t0},
-              {'topic': IMG, 'stamp': st + 2, 'rgb': rgb, 'log': t0 + 60 * 10**9}]
+              {'topic': IMG, 'stamp': st + 2, 'rgb': rgb, 'log': t0 + 60 * 10**9},
+              {'topic': IMG, 'stamp': st + 3, 'rgb': rgb, 'log': t0 + 31 * 10**9}]   # slice 4 has an image
     bag = write_bag(tmp_path / 'far', sorted(frames, key=lambda f: f['log']))
     whole, sliced = run([bag]), run([bag], shard_seconds=10.0)
     assert whole.counters['frames_scored'] == 1 and whole.counters['labels_without_image'] == 0
     c = sliced.counters
-    assert c['frames'] == 3 and c['frames_scored'] == 0 and c['frames_without_gt'] == 3
+    assert sliced.shards['total'] == 4   # slices 1, 3, 4 and 7 of 10 s hold images; the empty ones are not run
+    assert c['frames'] == 4 and c['frames_scored'] == 0 and c['frames_without_gt'] == 4
     assert c['labels_without_image'] == 1
 
 

@@ -1,6 +1,7 @@
 """The launch file's decisions, executed for real with small stand-ins for the launch/launch_ros classes (their
 wheels do not exist on PyPI): node-only log level, boolean arguments in any case, a missing params file fails,
-rviz2 missing -> warning and the node alone; and the RViz config subscribes to what the node publishes."""
+``~``/``$VAR`` in params_file are expanded, the node's exit ends the launch (non-zero on failure), rviz2 missing
+-> a WARNING and the node alone; and the RViz config subscribes to what the node publishes."""
 from __future__ import annotations
 
 import importlib.util
@@ -28,10 +29,28 @@ class _Config:
         return context[self.name]
 
 
+class _Shutdown(_Action):
+    pass
+
+
+class _Logger:
+    """launch.logging.get_logger(name): records (level, message)."""
+
+    records: list[tuple[str, str, str]] = []
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __getattr__(self, level: str):
+        return lambda msg, *args: self.records.append((self.name, level, msg % args if args else msg))
+
+
 def _load_launch(monkeypatch, rviz_installed: bool) -> types.ModuleType:
+    _Logger.records = []
     fakes = {
         'launch': {'LaunchDescription': _Action},
-        'launch.actions': {'DeclareLaunchArgument': _Action, 'LogInfo': _Action, 'OpaqueFunction': _Action},
+        'launch.actions': {'DeclareLaunchArgument': _Action, 'OpaqueFunction': _Action, 'Shutdown': _Shutdown},
+        'launch.logging': {'get_logger': _Logger},
         'launch.substitutions': {'LaunchConfiguration': _Config, 'PathJoinSubstitution': _Action},
         'launch_ros': {},
         'launch_ros.actions': {'Node': _Action},
@@ -42,6 +61,7 @@ def _load_launch(monkeypatch, rviz_installed: bool) -> types.ModuleType:
         for k, v in attrs.items():
             setattr(mod, k, v)
         monkeypatch.setitem(sys.modules, name, mod)
+    sys.modules['launch'].logging = sys.modules['launch.logging']   # what `import launch.logging` binds
     ament = types.ModuleType('ament_index_python.packages')
 
     class PackageNotFoundError(KeyError):
@@ -107,12 +127,57 @@ def test_launch_fails_on_a_missing_params_file(monkeypatch, tmp_path) -> None:
         launch._actions(_context(params_file=str(tmp_path / 'nope.yaml')))
 
 
+def test_launch_expands_home_and_variables_in_params_file(monkeypatch, tmp_path) -> None:
+    """params_file:=~/my.yaml reached launch_ros unexpanded: 'not a file', and the node ran on built-in defaults."""
+    launch = _load_launch(monkeypatch, rviz_installed=False)
+    mine = tmp_path / 'my.yaml'
+    mine.write_text('/**: {ros__parameters: {backend: {threads: 1}}}\n')
+    monkeypatch.setenv('HOME', str(tmp_path))
+    monkeypatch.setenv('EVIT_TEST_CONF', str(tmp_path))
+    for given in ('~/my.yaml', '$EVIT_TEST_CONF/my.yaml', '${EVIT_TEST_CONF}/my.yaml', f' {mine} '):
+        node = _node(launch._actions(_context(params_file=given)), 'segmentation_node')
+        assert node.kwargs['parameters'][0] == str(mine), given
+    monkeypatch.delenv('EVIT_TEST_CONF')
+    with pytest.raises(RuntimeError, match=r'\$EVIT_TEST_CONF/my.yaml does not exist'):
+        launch._actions(_context(params_file='$EVIT_TEST_CONF/my.yaml'))
+    with pytest.raises(RuntimeError, match=rf'~/other.yaml \({tmp_path}/other.yaml\) does not exist'):
+        launch._actions(_context(params_file='~/other.yaml'))
+
+
+class _Exit:
+    def __init__(self, returncode: int) -> None:
+        self.returncode = returncode
+
+
+class _LaunchContext:
+    def __init__(self, is_shutdown: bool) -> None:
+        self.is_shutdown = is_shutdown
+
+
+def test_node_exit_ends_the_launch_and_a_failure_makes_it_fail(monkeypatch) -> None:
+    """ros2 launch printed exit 0 after the node's startup failure (exit 2): a systemd unit saw success."""
+    launch = _load_launch(monkeypatch, rviz_installed=False)
+    node = _node(launch._actions(_context()), 'segmentation_node')
+    on_exit = node.kwargs['on_exit']
+    done = on_exit(_Exit(0), _LaunchContext(is_shutdown=False))
+    assert len(done) == 1 and isinstance(done[0], _Shutdown)
+    # launch turns an exception raised by an event handler into one error line and exit code 1
+    with pytest.raises(RuntimeError, match='evit_segmentation exited with code 2 \\(startup failed'):
+        on_exit(_Exit(2), _LaunchContext(is_shutdown=False))
+    with pytest.raises(RuntimeError, match='exited with code -11'):
+        on_exit(_Exit(-11), _LaunchContext(is_shutdown=False))
+    # after Ctrl-C the launch is ending anyway: no error for how the node went
+    assert isinstance(on_exit(_Exit(-15), _LaunchContext(is_shutdown=True))[0], _Shutdown)
+
+
 def test_launch_without_rviz2_warns_and_runs_the_node_alone(monkeypatch) -> None:
     launch = _load_launch(monkeypatch, rviz_installed=False)
     actions = launch._actions(_context(rviz='true'))
     assert [a.kwargs.get('executable') for a in actions if 'executable' in a.kwargs] == ['segmentation_node']
-    warnings = [a.kwargs['msg'] for a in actions if 'msg' in a.kwargs]
-    assert len(warnings) == 1 and 'rviz2 is not installed' in warnings[0]
+    assert not [a for a in actions if 'msg' in a.kwargs], 'a LogInfo logs at INFO level'
+    assert len(_Logger.records) == 1
+    name, level, msg = _Logger.records[0]
+    assert level == 'warning' and 'rviz2 is not installed' in msg and '[WARN]' not in msg
     launch = _load_launch(monkeypatch, rviz_installed=True)
     rviz = _node(launch._actions(_context(rviz='True')), 'rviz2')
     assert rviz.kwargs['parameters'] == [{'use_sim_time': False}]

@@ -172,3 +172,20 @@ def test_max_pixels_refuses_raw_and_compressed_before_decoding() -> None:
     from evit_ros.pipeline.decode import compressed_size
     assert compressed_size(np.frombuffer(png, np.uint8)) == ('png', 8, 8)
     assert compressed_size(np.frombuffer(enc.tobytes(), np.uint8)) == ('jpeg', 16, 16)
+
+
+def test_jpeg_with_more_than_64_kb_of_app_segments_before_the_frame_header_decodes() -> None:
+    """EXIF thumbnails and ICC profiles put large APPn segments before SOF; the header walk must skip them."""
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[:, :32] = (200, 40, 10)
+    ok, enc = cv2.imencode('.jpg', rgb[..., ::-1])
+    assert ok
+    jpeg = enc.tobytes()
+    app = b''.join(b'\xff\xe1' + (65533 + 2).to_bytes(2, 'big') + bytes([k]) * 65533 for k in range(3))  # ~192 KB
+    fat = jpeg[:2] + app + jpeg[2:]
+    assert len(fat) > 3 * 65536 and fat.index(b'\xff\xc0') > 65536
+    out = decode_compressed(np.frombuffer(fat, np.uint8), 'jpeg')
+    np.testing.assert_array_equal(out, decode_compressed(enc, 'jpeg'))
+    with pytest.raises(FrameError) as err:     # a segment length running past the end is still refused
+        decode_compressed(np.frombuffer(jpeg[:2] + b'\xff\xe1\xff\xff' + b'\0' * 100 + b'\xff\xd9', np.uint8))
+    assert err.value.reason == 'corrupt'

@@ -104,3 +104,25 @@ def test_numpy_to_image_refuses_mismatched_arrays() -> None:
         conv.numpy_to_image(np.zeros((4, 4, 3), np.float32), 'rgb8')
     with pytest.raises(FrameError):
         conv.numpy_to_image(np.zeros((4, 4), np.uint8), 'yuv422')
+
+
+def test_compressed_outputs_use_image_transports_format_strings_and_png_is_exact() -> None:
+    from evit_ros.pipeline.decode import decode_compressed_mask
+    # compressed_publisher.cpp: "<encoding>; <codec> compressed " + bgr8 for color, mono8 (jpeg) or nothing (png)
+    assert conv.compressed_format('mono8', 'png') == 'mono8; png compressed '
+    assert conv.compressed_format('mono8', 'jpeg') == 'mono8; jpeg compressed mono8'
+    assert conv.compressed_format('rgb8', 'jpeg') == 'rgb8; jpeg compressed bgr8'
+    assert conv.compressed_format('rgb8', 'png') == 'rgb8; png compressed bgr8'
+    ids = np.random.default_rng(0).integers(0, 19, (33, 47)).astype(np.uint8)
+    ids[0, :5] = 255
+    msg = conv.encode_compressed(ids, 'mono8', 'png')
+    np.testing.assert_array_equal(decode_compressed_mask(np.frombuffer(bytes(msg.data), np.uint8)), ids)
+    rgb = np.zeros((16, 24, 3), np.uint8)
+    rgb[..., 0] = 200                                    # red: must stay red (BGR to the codec, as image_transport)
+    scratch = np.empty_like(rgb)
+    msg = conv.encode_compressed(rgb, 'rgb8', 'jpeg', quality=95, bgr=scratch)
+    back = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_COLOR)
+    assert abs(int(back[..., 2].mean()) - 200) <= 2 and back[..., 0].max() <= 3
+    assert scratch[0, 0].tolist() == [0, 0, 200]         # the conversion went into the caller's buffer
+    with pytest.raises(FrameError, match='webp'):
+        conv.encode_compressed(ids, 'mono8', 'webp')

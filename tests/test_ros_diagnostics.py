@@ -80,6 +80,35 @@ def test_lost_frames_warning_names_the_cause_and_both_fixes() -> None:
     assert lost_frames_hint('reliable', 6 * 1024 * 1024) == ''          # reliable frames are not lost this way
     assert lost_frames_hint('best_effort', 300 * 1024) == ''            # small frames fit the segment
     assert 'larger than 512 KiB' in lost_frames_hint('best_effort', 0)  # nothing arrived yet: size unknown
+    # the variable this distro's Fast DDS reads comes first, then both per distro
+    from evit_ros.ros.diagnostics import profiles_file_variable
+    first = hint.split('fastdds_large_frames.xml')[0]
+    assert f'{profiles_file_variable()}=<share>/evit_ros/config/' in first
+    assert 'Jazzy (Fast DDS 2) read FASTRTPS_DEFAULT_PROFILES_FILE' in hint
+    assert 'Kilted and later (Fast DDS 3) read FASTDDS_DEFAULT_PROFILES_FILE' in hint
+
+
+@pytest.mark.parametrize(('rclpy_version', 'distro', 'variable'), [
+    ('3.3.15', '', 'FASTRTPS_DEFAULT_PROFILES_FILE'),     # Humble: Fast DDS 2.6
+    ('7.1.6', '', 'FASTRTPS_DEFAULT_PROFILES_FILE'),      # Jazzy: Fast DDS 2.14
+    ('9.1.2', '', 'FASTDDS_DEFAULT_PROFILES_FILE'),       # Kilted: Fast DDS 3.2
+    ('10.0.1', '', 'FASTDDS_DEFAULT_PROFILES_FILE'),      # Rolling
+    ('', 'humble', 'FASTRTPS_DEFAULT_PROFILES_FILE'),     # no rclpy metadata: $ROS_DISTRO decides
+    ('', 'kilted', 'FASTDDS_DEFAULT_PROFILES_FILE'),
+    ('', '', 'FASTRTPS_DEFAULT_PROFILES_FILE'),           # nothing known: the name every distro reads
+])
+def test_profiles_file_variable_is_the_one_each_distro_reads(rclpy_version, distro, variable) -> None:
+    from evit_ros.ros.diagnostics import profiles_file_variable
+    assert profiles_file_variable(rclpy_version, distro) == variable
+
+
+def test_profiles_file_variable_follows_the_running_rclpy() -> None:
+    from importlib.metadata import version
+
+    from evit_ros.ros.diagnostics import profiles_file_variable
+    major = int(version('rclpy').split('.')[0])
+    expected = 'FASTDDS_DEFAULT_PROFILES_FILE' if major >= 9 else 'FASTRTPS_DEFAULT_PROFILES_FILE'
+    assert profiles_file_variable() == expected
 
 
 def test_class_fractions_are_taken_once_per_report_and_groups_merge() -> None:

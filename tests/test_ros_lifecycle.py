@@ -37,7 +37,7 @@ NODE = '/evit_segmentation'
 
 @pytest.fixture(scope='module')
 def onnx(tmp_path_factory) -> Path:
-    return export_test_onnx(tmp_path_factory.mktemp('onnx') / 'b0_64x128.onnx')
+    return export_test_onnx(tmp_path_factory.mktemp('onnx'))
 
 
 class Managed(InProcessNode):

@@ -16,7 +16,10 @@ import pytest
 
 rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('onnxruntime')
-pytest.importorskip('torch')
+
+from node_onnx import needs_onnx_source, node_onnx  # noqa: E402
+
+needs_onnx_source()
 
 from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -48,12 +51,10 @@ CAM = CameraModel()
 OUTPUTS = ('mask', 'color_mask', 'overlay', 'confidence', 'drivable/drivable/mask', 'drivable/walkable/mask')
 
 
-def export_test_onnx(out: Path) -> Path:
-    """b0 with the packaged synthetic-scene weights at 64x128 (labels+confidence), as the backend would export."""
-    from evit_ros.export.onnx_export import export_onnx
-    weights = REPO / 'evit_ros' / 'data' / 'efficientvit_seg_b0_synthetic.pt'
-    export_onnx(MODEL, out, height=64, width=128, checkpoint=str(weights), head='labels+confidence')
-    return out
+def export_test_onnx(out_dir: Path) -> Path:
+    """b0 with the packaged synthetic-scene weights at 64x128 (labels+confidence), as the backend would export
+    (exported here, or beforehand where PyTorch is absent: tests/node_onnx.py)."""
+    return node_onnx('b0_64x128.onnx', out_dir)
 
 
 def wait_for(cond, timeout: float = 10.0, what: str = 'condition') -> None:
@@ -128,7 +129,7 @@ class Harness(InProcessNode):
         self._spin()
         wait_for(lambda: all(p.get_subscription_count() > 0 for p in self.pubs.values()), what='node subscriptions')
         wait_for(lambda: all(p.get_subscription_count() > 0 for c in self.node.cameras.values()
-                             for p in c.pubs.values()), what='output subscribers')
+                             for k, p in c.pubs.items() if not k.endswith('/compressed')), what='output subscribers')
         wait_for(lambda: self.info_pub.get_subscription_count() > 0, what='camera_info subscription')
         self.set_clock(CLOCK_S)
 
@@ -188,7 +189,7 @@ class Harness(InProcessNode):
 
 @pytest.fixture(scope='module')
 def h(tmp_path_factory):
-    onnx = export_test_onnx(tmp_path_factory.mktemp('onnx') / 'b0_64x128.onnx')
+    onnx = export_test_onnx(tmp_path_factory.mktemp('onnx'))
     harness = Harness(onnx)
     yield harness
     harness.close()
@@ -438,3 +439,82 @@ def test_latest_frame_wins_and_overlay_confidence_only_while_subscribed(h) -> No
     finally:
         node.segmenter.run_labels = real
         node.segmenter.derive = real_derive
+
+
+def _wait_subscribed(h: Harness, cam: str, keys: list[str], count: int) -> None:
+    wait_for(lambda: all(h.node.cameras[cam].pubs[k].get_subscription_count() == count for k in keys),
+             what=f'{keys} subscription count {count}')
+
+
+def test_compressed_outputs_decode_exactly_and_are_encoded_only_while_subscribed(h, reference, monkeypatch) -> None:
+    """<output>/compressed for recording: image_transport formats, PNG mask/confidence exact, JPEG color/overlay
+    at the live outputs.jpeg_quality; an overlay is computed for overlay/compressed alone, and nothing is
+    encoded once the compressed topics have no subscriber."""
+    import cv2
+
+    from evit_ros.pipeline.decode import decode_compressed_mask
+    from evit_ros.ros import outputs
+    encoded: list[str] = []
+    real_encode = outputs.conv.encode_compressed
+
+    def spy(arr, encoding, fmt, *args, **kwargs):
+        encoded.append(fmt)
+        return real_encode(arr, encoding, fmt, *args, **kwargs)
+
+    monkeypatch.setattr(outputs.conv, 'encode_compressed', spy)
+    base = '/segmentation/front/'
+    names = ['mask', 'confidence', 'color_mask', 'overlay']
+    for o in names:
+        h.subscribe(f'{base}{o}/compressed', CompressedImage)
+        if f'{base}{o}' not in h.subs:   # an earlier test may have unsubscribed the raw twin
+            h.subscribe(f'{base}{o}', Image)
+    _wait_subscribed(h, 'front', [f'{o}/compressed' for o in names] + names, 1)
+    rgb = generate_scene(21, *FRONT_HW, camera=CAM)[0]
+    st = _stamp(120)
+    got = h.send('front', _raw(rgb, st), [f'{base}{o}' for o in names] + [f'{base}{o}/compressed' for o in names])
+    ref = reference.process([rgb], want_color=True, want_overlay=True, want_confidence=True)[0]
+    for o in names:
+        c = got[f'{base}{o}/compressed']
+        assert c.header.stamp == st and c.header.frame_id == 'front_optical'
+    assert got[base + 'mask/compressed'].format == 'mono8; png compressed '   # image_transport's exact string
+    assert got[base + 'confidence/compressed'].format == 'mono8; png compressed '
+    assert got[base + 'color_mask/compressed'].format == 'rgb8; jpeg compressed bgr8'
+    assert got[base + 'overlay/compressed'].format == 'rgb8; jpeg compressed bgr8'
+    mask = decode_compressed_mask(np.frombuffer(bytes(got[base + 'mask/compressed'].data), np.uint8))
+    np.testing.assert_array_equal(mask, ref.labels)                    # lossless: every class id survives
+    np.testing.assert_array_equal(mask, conv.image_to_numpy(got[base + 'mask']))
+    conf = decode_compressed_mask(np.frombuffer(bytes(got[base + 'confidence/compressed'].data), np.uint8))
+    np.testing.assert_array_equal(conf, ref.confidence)
+    for o, want in (('color_mask', ref.color), ('overlay', ref.overlay)):
+        bgr = cv2.imdecode(np.frombuffer(bytes(got[f'{base}{o}/compressed'].data), np.uint8), cv2.IMREAD_COLOR)
+        assert bgr.shape == want.shape
+        assert np.abs(bgr[..., ::-1].astype(int) - want).mean() < 6.0, o   # JPEG: close, in RGB order
+    size_90 = len(got[base + 'overlay/compressed'].data)
+
+    assert h.set_params(outputs__jpeg_quality=20)[0].successful
+    assert not h.set_params(outputs__jpeg_quality=101)[0].successful
+    st2 = _stamp(121)
+    got2 = h.send('front', _raw(rgb, st2), [f'{base}overlay/compressed'])
+    assert len(got2[base + 'overlay/compressed'].data) < 0.7 * size_90
+    h.set_params(outputs__jpeg_quality=90)
+
+    # only overlay/compressed subscribed: the overlay is still computed (for the compressed form alone)
+    for o in names:
+        h.unsubscribe(f'{base}{o}')
+    for o in ('mask', 'confidence', 'color_mask'):
+        h.unsubscribe(f'{base}{o}/compressed')
+    _wait_subscribed(h, 'front', names + [f'{o}/compressed' for o in ('mask', 'confidence', 'color_mask')], 0)
+    encoded.clear()
+    st3 = _stamp(122)
+    got3 = h.send('front', _raw(rgb, st3), [f'{base}overlay/compressed', base + 'drivable/drivable/mask'])
+    assert got3[base + 'overlay/compressed'].header.stamp == st3
+    assert encoded == ['jpeg'], encoded
+    assert h.by_stamp(base + 'mask', st3) is None
+    # nothing subscribed to any compressed output: nothing encoded
+    h.unsubscribe(f'{base}overlay/compressed')
+    _wait_subscribed(h, 'front', ['overlay/compressed'], 0)
+    encoded.clear()
+    h.send('front', _raw(rgb, _stamp(123)), [base + 'drivable/drivable/mask'])
+    assert encoded == []
+    for o in names:   # leave the raw subscriptions as the other tests expect them
+        h.subscribe(f'{base}{o}', Image)

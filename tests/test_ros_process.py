@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import importlib.util
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('onnxruntime')
 
+from node_onnx import node_onnx  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from evit_ros.ros import conversions as conv  # noqa: E402
@@ -71,6 +73,15 @@ def _env(tmp: Path) -> dict[str, str]:
 @pytest.fixture(scope='module')
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp('evit_cache')
+
+
+@pytest.fixture(scope='module')
+def given_onnx(tmp_path_factory) -> list[str]:
+    """No extra arguments where PyTorch is installed: the node exports its ONNX at startup, as launched. Without
+    PyTorch (``make test-compat``, like a vehicle without it) the node is given the file exported beforehand."""
+    if importlib.util.find_spec('torch') is not None:
+        return []
+    return ['-p', f'backend.onnx_path:={node_onnx("b0_64x128.onnx", tmp_path_factory.mktemp("onnx"))}']
 
 
 def test_launch_file_declares_the_documented_arguments_and_files() -> None:
@@ -128,12 +139,12 @@ def _stop(proc: subprocess.Popen, sig: int) -> tuple[int, float]:
 
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['sigint', 'sigterm'])
-def test_node_process_as_launched_segments_and_stops_within_2s(tmp_path, cache_dir, sig) -> None:
+def test_node_process_as_launched_segments_and_stops_within_2s(tmp_path, cache_dir, given_onnx, sig) -> None:
     log = tmp_path / 'node.log'
     ns = '/car1'
     with open(log, 'w') as out:
-        proc = subprocess.Popen(node_command(tmp_path, ns, use_sim_time=False), stdout=out, stderr=subprocess.STDOUT,
-                                env=_env(cache_dir))
+        proc = subprocess.Popen(node_command(tmp_path, ns, use_sim_time=False, extra=given_onnx), stdout=out,
+                                stderr=subprocess.STDOUT, env=_env(cache_dir))
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     tester = rclpy.create_node('process_tester', context=ctx)
@@ -205,4 +216,47 @@ def test_bad_configuration_fails_fast_with_the_fix(tmp_path, cache_dir, bad, nee
     assert 'startup failed' in text
     for needle in needles:
         assert needle in text, text[-3000:]
+    assert time.monotonic() - t0 < 30
+
+
+def _unshare_mount(cache: Path, options: str) -> list[str] | None:
+    """A command prefix that runs under a private tmpfs at ``cache`` (a user+mount namespace), or None."""
+    import shutil
+    if shutil.which('unshare') is None or shutil.which('mount') is None:
+        return None
+    prefix = ['unshare', '-rm', 'sh', '-c', f'mount -t tmpfs -o {options} tmpfs "$0" && exec "$@"', str(cache)]
+    if subprocess.run([*prefix, 'true'], capture_output=True, timeout=10).returncode != 0:
+        return None
+    return prefix
+
+
+@pytest.mark.skipif(importlib.util.find_spec('torch') is None,
+                    reason='without PyTorch no export can run: the node says so first (the torchless vehicle case)')
+@pytest.mark.parametrize('fault', ['file-in-place', 'full-disk', 'read-only'])
+def test_unwritable_cache_fails_before_the_export_with_both_fixes(tmp_path, fault) -> None:
+    """Cache faults ended with one FATAL line only after the whole export and verification, and a full disk
+    said `OSError: [Errno 28] No space left on device` with no path and no fix."""
+    cache = tmp_path / 'cache'
+    prefix: list[str] = []
+    if fault == 'file-in-place':
+        cache.write_text('not a folder')
+        cause = f'{cache} is a file, not a folder'
+    else:
+        cache.mkdir()
+        got = _unshare_mount(cache, 'size=64k' if fault == 'full-disk' else 'ro,size=64k')
+        if got is None:
+            pytest.skip('no unshare/mount namespaces here for a real tmpfs')
+        prefix = got
+        cause = 'no space left on device (ENOSPC' if fault == 'full-disk' else 'read-only file system (EROFS)'
+    env = {**_env(tmp_path), 'EVIT_ROS_CACHE': str(cache)}
+    t0 = time.monotonic()
+    proc = subprocess.run([*prefix, *node_command(tmp_path, '/', use_sim_time=False)], capture_output=True,
+                          text=True, env=env, timeout=90)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2, text[-3000:]
+    fatal = [ln for ln in text.splitlines() if 'FATAL' in ln]
+    assert len(fatal) == 1 and 'Traceback' not in text, text[-3000:]
+    assert f'cannot write the ONNX cache {cache}/onnx' in fatal[0] and cause in fatal[0], fatal[0]
+    assert 'Set EVIT_ROS_CACHE to a writable folder' in fatal[0] and 'set backend.onnx_path to an existing' in fatal[0]
+    assert 'exporting' not in text, 'the check must come before the slow export'
     assert time.monotonic() - t0 < 30

@@ -22,7 +22,6 @@ import pytest
 
 rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('onnxruntime')
-pytest.importorskip('torch')
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
@@ -31,6 +30,7 @@ from test_ros_node import export_test_onnx  # noqa: E402
 from test_ros_process import _stop  # noqa: E402
 
 from evit_ros.ros import conversions as conv  # noqa: E402
+from evit_ros.ros.diagnostics import PROFILES_FILE_FASTDDS2, PROFILES_FILE_FASTDDS3  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RELIABLE = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
@@ -53,7 +53,8 @@ runpy.run_module('evit_ros.ros.segmentation_node', run_name='__main__')
 def _env(tmp: Path) -> dict[str, str]:
     env = {**os.environ, 'PYTHONPATH': str(REPO), 'EVIT_ROS_CACHE': str(tmp / 'cache'),
            'RCUTILS_LOGGING_BUFFERED_STREAM': '0'}
-    env.pop('FASTRTPS_DEFAULT_PROFILES_FILE', None)   # Fast DDS defaults: the 512 KiB shared-memory segment
+    for var in (PROFILES_FILE_FASTDDS2, PROFILES_FILE_FASTDDS3):   # Fast DDS defaults: the 512 KiB segment
+        env.pop(var, None)
     return env
 
 
@@ -68,7 +69,7 @@ def _cmd(params: dict[str, str], blocked: tuple[str, ...] = ()) -> list[str]:
 
 @pytest.fixture(scope='module')
 def onnx(tmp_path_factory) -> Path:
-    return export_test_onnx(tmp_path_factory.mktemp('onnx') / 'b0_64x128.onnx')
+    return export_test_onnx(tmp_path_factory.mktemp('onnx'))
 
 
 def _base(onnx: Path) -> dict[str, str]:
@@ -113,6 +114,7 @@ def _write(path: Path, text: str) -> Path:
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['sigint', 'sigterm'])
 def test_signal_during_startup_exits_0_without_traceback(tmp_path, sig) -> None:
     """The node exports its ONNX at startup (backend.onnx_path empty, empty cache): interrupt that."""
+    pytest.importorskip('torch', reason='interrupts the automatic ONNX export, which needs PyTorch')
     log = tmp_path / 'node.log'
     params = {'backend.type': 'onnxruntime', 'backend.threads': '1', 'input.height': '64', 'input.width': '128'}
     with open(log, 'w') as out:

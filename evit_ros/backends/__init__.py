@@ -5,6 +5,7 @@ then PyTorch; the choice and the reason are logged once.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -13,7 +14,8 @@ from evit_ros import __version__
 from evit_ros.config import BackendConfig, InputConfig, ModelConfig
 from evit_ros.contract import NODE_HEAD
 from evit_ros.deps import missing_module_error
-from evit_ros.errors import BackendUnavailableError, CheckpointError, ConfigError, EvitError
+from evit_ros.errors import BackendUnavailableError, CacheError, CheckpointError, ConfigError, EvitError
+from evit_ros.fileio import os_error_text
 from evit_ros.inference import InferenceBackend, InferenceResult, ModelIO, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,18 @@ SYNTHETIC_CHECKPOINT = Path(__file__).resolve().parents[1] / 'data' / 'efficient
 def cache_dir() -> Path:
     """Where automatically exported ONNX files live (``$EVIT_ROS_CACHE`` or ``~/.cache/evit_ros``)."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / '.cache' / 'evit_ros')
+
+
+def cache_error(folder: Path, exc: OSError, model: ModelConfig, input_cfg: InputConfig, head: str,
+                max_batch: int) -> CacheError:
+    """One message for every cache write failure: the path, the cause, and both ways out."""
+    why = os_error_text(exc)
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        why = f'{blocker} is a file, not a folder ({errno.errorcode[exc.errno]})' if blocker else why
+    return CacheError(f'cannot write the ONNX cache {folder}: {why}. Set {CACHE_ENV} to a writable folder '
+                      f'with space (now {folder.parent}), or set backend.onnx_path to an existing exported .onnx '
+                      f'(`{export_command(model, input_cfg, "/path/to/model.onnx", head, max_batch)}`)')
 
 
 def resolve_checkpoint(model: ModelConfig, logger: logging.Logger | None = None) -> str:
@@ -73,12 +87,28 @@ def ensure_onnx(model: ModelConfig, input_cfg: InputConfig, head: str, *, checkp
     """
     lg = logger or log
     path = auto_onnx_path(model, input_cfg, head, checkpoint=checkpoint, max_batch=max_batch)
+    from evit_ros.fileio import check_writable, remove_stale_temps
+    for stale in remove_stale_temps(path.parent):   # every start: also when the export is already there
+        lg.info('removed %s, left by an export that was killed', stale)
     if path.is_file():
         return path
+    try:   # before the slow export and verification: a read-only, misplaced or full cache fails in ms
+        check_writable(path.parent, need_bytes=Path(checkpoint).stat().st_size)
+    except OSError as exc:
+        raise cache_error(path.parent, exc, model, input_cfg, head, max_batch) from exc
     from evit_ros.export.onnx_export import export_onnx
     lg.info('exporting %s (%s) at %dx%d to %s', model.name, checkpoint, input_cfg.height, input_cfg.width, path)
-    export_onnx(model.name, path, height=input_cfg.height, width=input_cfg.width, checkpoint=checkpoint, head=head,
-                max_batch=max_batch if max_batch > 1 else None)
+    try:
+        export_onnx(model.name, path, height=input_cfg.height, width=input_cfg.width, checkpoint=checkpoint,
+                    head=head, max_batch=max_batch if max_batch > 1 else None)
+    except CacheError:
+        raise
+    except OSError as exc:   # the disk filled up during the export
+        if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            exc.filename = str(path)
+        if exc.filename is None or not str(exc.filename).startswith(str(path.parent)):
+            raise
+        raise cache_error(path.parent, exc, model, input_cfg, head, max_batch) from exc
     return path
 
 

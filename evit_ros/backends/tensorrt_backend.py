@@ -36,7 +36,7 @@ import numpy as np
 from evit_ros import contract
 from evit_ros.device import cuda_runtime
 from evit_ros.device.identity import GpuIdentity
-from evit_ros.errors import BackendError, BackendUnavailableError, EngineCacheMismatch
+from evit_ros.errors import BackendError, BackendUnavailableError, CacheError, EngineCacheMismatch, EvitError
 from evit_ros.export import engine_cache
 from evit_ros.inference import InferenceBackend, InferenceResult, ModelIO, TensorSpec
 
@@ -156,6 +156,30 @@ class TensorRTBackend(InferenceBackend):
                        self._gpu.sm_count, self.precision, f'1..{io.max_batch}' if self._dynamic else io.max_batch,
                        self.cuda_graph)
 
+    def needs_build(self) -> bool:
+        """True when :meth:`load` would build the engine: missing, or its sidecar does not match this TensorRT,
+        GPU, ONNX or precision and a rebuild is allowed. Asks TensorRT and the GPU for their identity only (no
+        deserialization), so the node can run the build of minutes in a child process a signal ends.
+
+        False when loading would refuse instead (INT8/DLA, no ONNX) or cannot even ask: the load reports it.
+        """
+        if not self.engine_path.is_file():
+            return self.build_if_stale and self.onnx_path is not None
+        if not self.build_if_stale or self.onnx_path is None:
+            return False
+        from evit_ros.export.tensorrt_build import import_tensorrt
+        from evit_ros.export.tensorrt_precision import trt_version
+        try:
+            version = trt_version(import_tensorrt(self._trt_arg))
+            gpu = cuda_runtime.gpu_identity(self.device)
+            engine_cache.check_engine(self.engine_path, self.onnx_path, trt_version=version, gpu=gpu,
+                                      precision=self.precision)
+        except EngineCacheMismatch as exc:
+            return not (self.precision == 'int8' or '--dla-core' in str(exc))
+        except (EvitError, OSError):
+            return False
+        return False
+
     def _checked_sidecar(self, version: str) -> dict[str, Any]:
         def check() -> dict[str, Any]:
             return engine_cache.check_engine(self.engine_path, self.onnx_path, trt_version=version, gpu=self._gpu,
@@ -171,6 +195,7 @@ class TensorRTBackend(InferenceBackend):
                                           'calibration frames or DLA options; run the command above)') from exc
             self._log.warning('tensorrt: %s; rebuilding from %s (this takes minutes on a Jetson)', exc,
                               onnx_path)
+        self._check_engine_folder(Path(onnx_path))
         from evit_ros.export.tensorrt_build import build_engine
         build_engine(onnx_path, self.engine_path, precision=self.precision, trt_module=self._trt,
                      gpu=self._gpu, timing_cache=self.engine_path.parent / 'timing.cache',
@@ -187,6 +212,19 @@ class TensorRTBackend(InferenceBackend):
             return int(shapes['profile']['opt'][0])
         except (EngineCacheMismatch, OSError, KeyError, TypeError, ValueError, IndexError):
             return None
+
+    def _check_engine_folder(self, onnx_path: Path) -> None:
+        """CacheError before a rebuild of minutes when the engine cannot be written (read-only, full, a file)."""
+        from evit_ros.fileio import check_writable, os_error_text
+        folder = self.engine_path.parent
+        try:
+            check_writable(folder, need_bytes=onnx_path.stat().st_size)
+        except OSError as exc:
+            command = engine_cache.build_command(onnx_path, '/writable/folder/' + self.engine_path.name,
+                                                 self.precision)
+            raise CacheError(f'cannot write the rebuilt engine into {folder}: {os_error_text(exc)}. Set '
+                             'backend.engine_path to a file in a writable folder with space, or build it there '
+                             f'beforehand: {command}') from exc
 
     def _recorded_opt_batch(self) -> int | None:
         """The profile's opt batch of the stale engine (the user's camera count), kept by a rebuild."""

@@ -20,9 +20,9 @@ Ratio = median(node end-to-end) / median(bare inference); the target is <= 1.10.
 medians (from ``/diagnostics``) are reported to show where the overhead goes.
 
 Transport: Fast DDS's default shared-memory segment (512 KiB) cannot carry best-effort samples of a few MB
-(every 1024x2048 raw frame is lost). ``--transport shm-large`` (default) points
-``FASTRTPS_DEFAULT_PROFILES_FILE`` at ``config/fastdds_large_frames.xml`` (a 64 MiB shared-memory segment) for
-both processes, as a
+(every 1024x2048 raw frame is lost). ``--transport shm-large`` (default) points the profiles-file variable of
+this distro's Fast DDS (``FASTRTPS_DEFAULT_PROFILES_FILE`` up to Jazzy, ``FASTDDS_DEFAULT_PROFILES_FILE`` from
+Kilted) at ``config/fastdds_large_frames.xml`` (a 64 MiB shared-memory segment) for both processes, as a
 vehicle with raw megapixel cameras needs; ``--transport default`` keeps the RMW defaults (then use
 ``--input-reliability reliable``).
 """
@@ -302,7 +302,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not LARGE_FRAMES_PROFILE.is_file():
             raise ConfigError(f'{LARGE_FRAMES_PROFILE} is missing; run from the source checkout '
                               'or use --transport default')
-        os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = str(LARGE_FRAMES_PROFILE)
+        from evit_ros.ros.diagnostics import profiles_file_variable
+        os.environ[profiles_file_variable()] = str(LARGE_FRAMES_PROFILE)
     frame = _frame(cam_h, cam_w)
     copy_ms = memcpy_ms(frame)
     plain = '' if args.no_plain else plain_onnx(input_cfg)

@@ -34,6 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument('--cityscapes', nargs='?', const=CITYSCAPES_FROM_ENV, default='', metavar='DIR',
                      help='evaluate a Cityscapes folder instead of bags (leftImg8bit/<split> + gtFine/<split>, or the '
                           'unzipped leftImg8bit_trainvaltest/ + gtFine_trainvaltest/); no DIR: $CITYSCAPES_DATASET')
+    src.add_argument('--max-decompressed-mb', type=float, default=128.0, metavar='MB',
+                     help='refuse a bag whose MCAP chunk or compressed message decompresses to more than MB (never '
+                          'more than the size it declares; default 128): memory a hostile bag can take')
+    src.add_argument('--max-temp-mb', type=float, default=8192.0, metavar='MB',
+                     help='refuse a file-compressed bag (rosbag2 compression_mode file) larger than MB decompressed '
+                          '(default 8192; never over 1000x its compressed size, floor 256): temp disk per worker')
     src.add_argument('--split', default='val', help='Cityscapes split (default: val; test has no public labels)')
     m = p.add_argument_group('model (defaults from --params-file, as the node)')
     m.add_argument('--params-file', default='', metavar='YAML', help='the node params file, e.g. config/evit_ros.yaml')
@@ -202,6 +208,7 @@ def _summary_lines(report: dict[str, Any], report_dir: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from evit_ros.config import load_config
     from evit_ros.datasets import dataset_for_model
+    from evit_ros.eval.bag_reader import ReadLimits
     from evit_ros.eval.executors import ExecutionOptions
     from evit_ros.eval.report import write_report
     from evit_ros.eval.runner import PipelineFactory, evaluate_bags, group_class_ids, run_events
@@ -216,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
     execution = ExecutionOptions(args.executor, args.jobs, args.ray_address, args.shard_seconds, args.max_retries,
                                  args.task_cpus, args.task_gpus, progress=not args.no_progress,
                                  ray_timeout=args.ray_timeout)
+    limits = ReadLimits(args.max_decompressed_mb, args.max_temp_mb)
     check_outputs(args)
     pairs = None
     if args.cityscapes and not args.live:   # the dataset layout is checked before the model is loaded
@@ -246,7 +254,8 @@ def run(args: argparse.Namespace) -> int:
                              params_file=args.params_file, node_timeout_s=args.node_timeout,
                              max_frames=args.max_frames, progress=not args.no_progress,
                              node_params=_overrides(args) if args.start_node else None,
-                             num_classes=dataset.num_classes, samples=args.samples, node_info=node_info)
+                             num_classes=dataset.num_classes, samples=args.samples, node_info=node_info,
+                             read_limits=limits)
             meta.update(node_info)   # what the node really runs, read from it (not the evaluator's defaults)
             meta['rate'] = args.rate
         elif pairs is not None:
@@ -262,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             spec = EvalSpec(tuple(args.image_topic), tuple(args.label_topic), args.labels_dir, args.label_format,
                             args.max_frames, args.out_bag, samples=args.samples, progress=not args.no_progress,
-                            save_predictions=args.save_predictions)
+                            save_predictions=args.save_predictions, read_limits=limits)
             state = evaluate_bags(args.bag, spec, PipelineFactory(cfg), dataset.num_classes, execution=execution)
             meta['executor'] = args.executor
     from evit_ros.eval.report import build_report

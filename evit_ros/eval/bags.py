@@ -1,8 +1,9 @@
 """ROS 2 bag reading and writing with ``rosbags`` (sqlite3 ``.db3`` and MCAP; no ROS installation needed).
 
-Messages are streamed one at a time (constant memory). Every message is turned into an event; a message
-that cannot be deserialized or decoded becomes an event carrying the error ``reason`` instead of a frame,
-so the evaluator counts it and moves on.
+Messages are streamed one at a time; decompression, file types and temporary copies are capped by
+:mod:`evit_ros.eval.bag_reader` (memory and temp disk bounded whatever the bag claims). Every message is
+turned into an event; a message that cannot be deserialized or decoded becomes an event carrying the error
+``reason`` instead of a frame, so the evaluator counts it and moves on.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from evit_ros.errors import DataError, FrameError
+from evit_ros.eval.bag_reader import ReadLimits
 
 IMAGE = 'sensor_msgs/msg/Image'
 COMPRESSED = 'sensor_msgs/msg/CompressedImage'
@@ -68,7 +70,10 @@ def _decode_image_msg(msg: Any, msgtype: str) -> np.ndarray:
 
 
 def decode_label_msg(msg: Any) -> np.ndarray:
-    """(H, W) uint8 label image from a mono8 (or 8UC1) Image message."""
+    """(H, W) uint8 label image from a mono8 (or 8UC1) Image, or a PNG CompressedImage (``.../mask/compressed``)."""
+    if hasattr(msg, 'format'):   # CompressedImage: PNG is lossless, the ids come back exactly
+        from evit_ros.pipeline.decode import decode_compressed_mask
+        return decode_compressed_mask(np.asarray(msg.data, dtype=np.uint8), str(msg.format))
     if msg.encoding not in ('mono8', '8UC1'):
         raise FrameError(f'label encoding {msg.encoding!r} is not supported; publish labels as mono8', 'label_encoding')
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
@@ -80,15 +85,17 @@ def decode_label_msg(msg: Any) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def open_reader(path: str | Path) -> Iterator[Any]:
-    """An open rosbags Reader; an empty, random or truncated bag is one DataError naming the file, not a traceback."""
-    from rosbags.rosbag2 import Reader
+def open_reader(path: str | Path, limits: ReadLimits | None = None) -> Iterator[Any]:
+    """An open Reader with the caps of :mod:`evit_ros.eval.bag_reader` (bounded decompression, regular files
+    only); an empty, random, truncated or hostile bag is one DataError naming the file, not a traceback."""
+    from evit_ros.eval.bag_reader import open_bag
     p = Path(path)
-    if not p.exists():
+    if not p.exists() and not p.is_symlink():
         raise DataError(f'bag {p} does not exist; pass a ROS 2 bag directory (with metadata.yaml) or a .mcap/.db3 file')
     try:
-        reader = Reader(p)
-        reader.open()
+        reader = open_bag(p, limits or ReadLimits())
+    except DataError:
+        raise
     except Exception as exc:  # rosbags raises several unrelated types for unreadable bags
         raise DataError(f'bag {p} cannot be opened ({_short(exc)}); it is empty, truncated or not a ROS 2 bag') \
             from exc
@@ -114,6 +121,8 @@ def read_messages(reader: Any, connections: Sequence[Any], path: str | Path, sta
             item = next(it)
         except StopIteration:
             return
+        except DataError:   # the caps of bag_reader (a bomb, a size lie) word their own refusal
+            raise
         except Exception as exc:  # rosbags' MCAP/sqlite readers raise assorted types on truncated data
             raise DataError(f'bag {path} is truncated or corrupt ({_short(exc)})') from exc
         yield item
@@ -121,17 +130,18 @@ def read_messages(reader: Any, connections: Sequence[Any], path: str | Path, sta
 
 def iter_events(path: str | Path, image_topics: Sequence[str], label_topics: Sequence[str] = (), *,
                 start_ns: int | None = None, stop_ns: int | None = None,
-                labels_only: bool = False) -> Iterator[BagEvent]:
+                labels_only: bool = False, limits: ReadLimits | None = None) -> Iterator[BagEvent]:
     """Yield decoded image and label events of the wanted topics in log order; bad messages as error events.
 
     ``start_ns``/``stop_ns`` restrict to log times in ``[start_ns, stop_ns)`` (a time slice of the bag);
-    ``labels_only`` reads the label topics alone (the pairing margins of a slice).
+    ``labels_only`` reads the label topics alone (the pairing margins of a slice); ``limits`` caps
+    decompression (memory) and a file-compressed bag's temporary copy (disk).
     """
     ts = typestore()
     wanted = set(image_topics) | set(label_topics)
     if labels_only:
         wanted = set(label_topics) - set(image_topics)
-    with open_reader(path) as reader:
+    with open_reader(path, limits) as reader:
         conns = [c for c in reader.connections if c.topic in wanted]
         found = {c.topic for c in reader.connections}
         have = ', '.join(sorted(found)) or 'none'

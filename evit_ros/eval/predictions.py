@@ -24,6 +24,7 @@ import numpy as np
 
 from evit_ros.datasets import CITYSCAPES_LABEL_TO_TRAIN, IGNORE_ID
 from evit_ros.errors import DataError
+from evit_ros.fileio import pid_alive
 
 LEFT_SUFFIX = '_leftImg8bit'
 
@@ -58,20 +59,6 @@ def _host() -> str:
 _PARTIAL = re.compile(r'\.partial-(?:(?P<host>[A-Za-z0-9_]+)-)?(?P<pid>\d+)(?:-[^/]*)?$')
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # someone else's live process
-        return True
-    except OSError:
-        return True
-    return True
-
-
 def remove_stale_partials(folder: str | Path, prefix: str = '') -> list[Path]:
     """Remove ``<prefix>...partial-[<host>-]<pid>[-...]`` entries of ``folder`` left by processes that are gone.
 
@@ -90,7 +77,7 @@ def remove_stale_partials(folder: str | Path, prefix: str = '') -> list[Path]:
         if not e.name.startswith(prefix or '.'):
             continue
         m = _PARTIAL.search(e.name)
-        if m is None or (m.group('host') and m.group('host') != _host()) or _alive(int(m.group('pid'))):
+        if m is None or (m.group('host') and m.group('host') != _host()) or pid_alive(int(m.group('pid'))):
             continue
         if e.is_dir() and not e.is_symlink():
             shutil.rmtree(e, ignore_errors=True)

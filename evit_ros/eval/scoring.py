@@ -28,6 +28,7 @@ import numpy as np
 
 from evit_ros.datasets import IGNORE_ID, cityscapes_label_lut
 from evit_ros.errors import ConfigError, FrameError
+from evit_ros.eval.bag_reader import ReadLimits
 from evit_ros.eval.bags import IMAGE, BagEvent, BagWriter
 from evit_ros.eval.metrics import ConfusionMatrix, LatencyStats
 
@@ -97,6 +98,7 @@ class EvalSpec:
     samples: int = 8
     progress: bool = True
     save_predictions: str = ''
+    read_limits: ReadLimits = ReadLimits()   # decompression and temp-disk caps of bag reading
 
     def __post_init__(self) -> None:
         if not self.image_topics:

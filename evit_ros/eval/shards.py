@@ -4,13 +4,15 @@ A shard is one bag, or one time slice of a long bag (``--shard-seconds``). Both 
 and Ray actors) run :func:`run_shard` on every shard and :func:`merge_results` on what comes back, so a run
 gives the same report whichever executor and however many workers evaluated it.
 
-Slices own the images whose *log time* lies in ``[start, stop)`` (half-open, consecutive, the first and last
-open-ended): every image message belongs to exactly one shard. Labels are paired with images by header stamp,
-so a pair may straddle a slice edge; each slice therefore also reads the label topics ``PAIR_MARGIN_S``
-seconds beyond both of its edges (labels only, no image decoding) and pairs its own images with them. Only
-the shard owning a label counts it as seen; ``labels_without_image`` is computed once, in the merge, as
-labels seen minus labels paired. A label and its image more than ``PAIR_MARGIN_S`` apart in log time across a
-slice edge are counted unmatched (in any real recording a label follows its image by milliseconds).
+Slices are planned over the image topics' log times (empty slices skipped) and own the images whose *log time*
+lies in ``[start, stop)`` (half-open, consecutive, the first and last open-ended): every image message belongs
+to exactly one shard. A file-compressed bag is decompressed once per worker process (the slices and label
+margins after the first reuse that copy, see :mod:`evit_ros.eval.bag_reader`). Labels are paired with images
+by header stamp, so a pair may straddle a slice edge; each slice therefore also reads the label topics
+``PAIR_MARGIN_S`` seconds beyond both of its edges (labels only, no image decoding) and pairs its own images
+with them. Only the shard owning a label counts it as seen; ``labels_without_image`` is computed once, in the
+merge, as labels seen minus labels paired. A label and its image more than ``PAIR_MARGIN_S`` apart in log time
+across a slice edge are counted unmatched (in any real recording a label follows its image by milliseconds).
 
 Everything a shard returns merges exactly: integer confusion matrices (overall and per camera, from which the
 drivable groups are derived), integer latency histograms (``LatencyStats``), integer counters, and overlay
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from evit_ros.errors import ConfigError, DataError
+from evit_ros.eval.bag_reader import file_compressed_counts, image_log_times, release_temp
 from evit_ros.eval.bags import BagEvent, iter_events, open_reader
 from evit_ros.eval.scoring import EvalSpec, EvalState, Scorer, default_palette, feed_events
 
@@ -112,11 +115,19 @@ def check_bags_reachable(bags: Sequence[str]) -> None:
                         'storage every worker sees at the same path')
 
 
-def plan_shards(bags: Sequence[str], spec: EvalSpec, shard_seconds: float = 0.0) -> ShardPlan:
-    """One shard per bag, or consecutive log-time slices of ``shard_seconds`` when a bag is longer.
+MAX_SHARDS = 100_000   # a plan larger than this is a mistake (a tiny --shard-seconds or a time outlier)
 
-    Reads only bag metadata. A bag that cannot be opened or lacks an image topic is rejected here (listed in
-    the report) and the others are planned.
+
+def plan_shards(bags: Sequence[str], spec: EvalSpec, shard_seconds: float = 0.0) -> ShardPlan:
+    """One shard per bag, or with ``shard_seconds`` consecutive slices over where the bag's images are.
+
+    Reads bag metadata and, when slicing, the log times of the image topics (from the MCAP message indexes or
+    the sqlite3 index: no image is read). Slices are planned over the first to the last image (not the bag's
+    whole log span, which a single stray message stamped 1 ns would stretch over decades); slices without
+    images are not run: a shard owns the log times from its slice start to the next non-empty slice's start
+    (the first and last open-ended), so every image still belongs to exactly one shard and ``frames`` is
+    exact. A bag that cannot be opened or lacks an image topic is rejected here (listed in the report) and
+    the others are planned; a plan of more than MAX_SHARDS shards is refused.
     """
     check_bags_reachable(bags)
     if shard_seconds < 0 or not math.isfinite(shard_seconds):
@@ -124,15 +135,20 @@ def plan_shards(bags: Sequence[str], spec: EvalSpec, shard_seconds: float = 0.0)
     if 0 < shard_seconds < 2 * PAIR_MARGIN_S:
         raise ConfigError(f'--shard-seconds {shard_seconds} is shorter than {2 * PAIR_MARGIN_S:g} s, twice the label '
                           'pairing margin; use a longer slice (a few minutes keeps scheduling overhead small)')
+    step = int(round(shard_seconds * NS))
     shards: list[Shard] = []
     rejected: list[ShardFailure] = []
     for bi, bag in enumerate(bags):
+        times = None
         try:
-            with open_reader(bag) as reader:
-                counts: dict[str, int] = {}
-                for c in reader.connections:
-                    counts[c.topic] = counts.get(c.topic, 0) + int(c.msgcount)
-                start, end = int(reader.start_time), int(reader.end_time)
+            counts = file_compressed_counts(Path(bag)) if step == 0 else None
+            if counts is None:
+                with open_reader(bag, spec.read_limits) as reader:
+                    counts = {}
+                    for c in reader.connections:
+                        counts[c.topic] = counts.get(c.topic, 0) + int(c.msgcount)
+                    if step > 0 and all(t in counts for t in spec.image_topics):
+                        times = image_log_times(reader, spec.image_topics)
         except DataError as exc:
             rejected.append(ShardFailure(bag, bag, one_line(str(exc)), 0))
             continue
@@ -140,8 +156,10 @@ def plan_shards(bags: Sequence[str], spec: EvalSpec, shard_seconds: float = 0.0)
             rejected.append(ShardFailure(bag, bag, one_line(f'bag {bag} cannot be opened ({type(exc).__name__}: '
                                                             f'{exc}); it is empty, truncated or not a ROS 2 bag'), 0))
             continue
-        missing = [t for t in spec.image_topics if t not in counts]
+        finally:
+            release_temp()   # the driver's copy of a file-compressed bag: workers decompress their own
         have = ', '.join(sorted(counts)) or 'none'
+        missing = [t for t in spec.image_topics if t not in counts]
         if missing:
             rejected.append(ShardFailure(bag, bag, f'bag {bag} has no topic {missing[0]!r}; its topics are: {have}', 0))
             continue
@@ -150,16 +168,29 @@ def plan_shards(bags: Sequence[str], spec: EvalSpec, shard_seconds: float = 0.0)
                                          f'its topics are: {have}', 0))
             continue
         images = sum(counts[t] for t in spec.image_topics)
-        step = int(round(shard_seconds * NS))
-        parts = max(1, math.ceil((end - start) / step)) if step > 0 and end > start else 1
+        if times is None or times.size == 0:
+            shards.append(Shard(len(shards), bag, bi, frames=images))
+            continue
+        starts, frames = slice_plan(times, step)
+        if len(shards) + len(starts) > MAX_SHARDS:
+            raise ConfigError(f'--shard-seconds {shard_seconds:g} plans more than {MAX_SHARDS} shards (bag {bag} '
+                              f'alone: {len(starts)}); use a longer slice, e.g. --shard-seconds 600')
+        parts = len(starts)
         for k in range(parts):
-            lo = None if k == 0 else start + k * step
-            hi = None if k == parts - 1 else start + (k + 1) * step
-            frames = images if parts == 1 else round(images * ((hi or end) - (lo or start)) / max(end - start, 1))
-            shards.append(Shard(len(shards), bag, bi, k, parts, lo, hi, frames))
+            lo = None if k == 0 else starts[k]
+            hi = None if k == parts - 1 else starts[k + 1]
+            shards.append(Shard(len(shards), bag, bi, k, parts, lo, hi, frames[k]))
     for f in rejected:
         LOG.error('skipped: %s', f.error)
     return ShardPlan(shards, rejected)
+
+
+def slice_plan(times: np.ndarray, step: int) -> tuple[list[int], list[int]]:
+    """Start times and image counts of the non-empty ``step``-long slices over sorted image log times."""
+    first = int(times[0])
+    index = (times.astype(np.int64) - first) // step
+    slots, counts = np.unique(index, return_counts=True)
+    return [first + int(k) * step for k in slots], [int(n) for n in counts]
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -231,14 +262,14 @@ def _shard_events(shard: Shard, spec: EvalSpec, scorer: _ShardScorer) -> Iterato
     margin = int(PAIR_MARGIN_S * NS)
     if spec.label_topics and shard.start_ns is not None:
         for ev in iter_events(shard.bag, spec.image_topics, spec.label_topics, start_ns=shard.start_ns - margin,
-                              stop_ns=shard.start_ns, labels_only=True):
+                              stop_ns=shard.start_ns, labels_only=True, limits=spec.read_limits):
             yield ev, False
     for ev in iter_events(shard.bag, spec.image_topics, spec.label_topics, start_ns=shard.start_ns,
-                          stop_ns=shard.stop_ns):
+                          stop_ns=shard.stop_ns, limits=spec.read_limits):
         yield ev, True
     if spec.label_topics and shard.stop_ns is not None and scorer.waiting_for_labels():
         for ev in iter_events(shard.bag, spec.image_topics, spec.label_topics, start_ns=shard.stop_ns,
-                              stop_ns=shard.stop_ns + margin, labels_only=True):
+                              stop_ns=shard.stop_ns + margin, labels_only=True, limits=spec.read_limits):
             yield ev, False
             if not scorer.waiting_for_labels():
                 return

@@ -236,7 +236,8 @@ def compare(engine: InferenceBackend, reference: InferenceBackend, frames: Itera
     return VerifyReport(engine=engine_label, reference=reference_label, precision=precision, frames=n, pixels=pixels,
                         label_agreement=agreement, miou_vs_reference=miou, per_class_iou=per_class, outputs=outputs,
                         latency_ms={k: _pct(v) for k, v in lat.items()},
-                        latency_ratio_p50=float(np.median(lat['engine']) / max(1e-9, np.median(lat['reference']))),
+                        latency_ratio_p50=float(np.median(lat['engine']))
+                        / max(1e-9, float(np.median(lat['reference']))),
                         thresholds={'min_label_agreement': thresholds.min_label_agreement,
                                     'max_miou_delta': thresholds.max_miou_delta},
                         passed=not failures, failures=failures, engine_info=dict(engine.describe()))

@@ -114,10 +114,16 @@ _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}   # start-of-fr
 
 
 def _jpeg_size(buf: np.ndarray) -> tuple[int, int] | None:
-    """(width, height) from the first start-of-frame segment of a JPEG, None if there is none."""
-    data = buf.tobytes() if buf.size < 65536 else bytes(buf[:65536])   # SOF comes before the scan data
+    """(width, height) from the first start-of-frame segment of a JPEG, None if there is none.
+
+    Walks the segment headers (each step skips a whole segment, so the walk reads a few bytes per segment
+    however large the APP/COM segments before the frame header are: EXIF thumbnails and ICC profiles easily
+    exceed 64 KB); stops at the start of scan.
+    """
+    data = memoryview(np.ascontiguousarray(buf).reshape(-1))
+    n = len(data)
     i = 2
-    while i + 4 <= len(data):
+    while i + 4 <= n:
         if data[i] != 0xFF:
             return None
         marker = data[i + 1]
@@ -127,9 +133,9 @@ def _jpeg_size(buf: np.ndarray) -> tuple[int, int] | None:
         if marker in (0x01, *range(0xD0, 0xD8)):   # markers without a length
             i += 2
             continue
-        (length,) = struct.unpack('>H', data[i + 2:i + 4])
+        length = (data[i + 2] << 8) | data[i + 3]
         if marker in _SOF_MARKERS:
-            if i + 9 > len(data):
+            if i + 9 > n:
                 return None
             height, width = struct.unpack('>HH', data[i + 5:i + 9])
             return width, height
@@ -155,6 +161,36 @@ def compressed_size(buf: np.ndarray) -> tuple[str, int, int]:
         return 'jpeg', size[0], size[1]
     raise FrameError(f'compressed image of {buf.size} bytes starting {b[:4].hex()} is neither JPEG nor PNG (the '
                      'formats of image_transport\'s compressed plugin); corrupt or unsupported', 'corrupt')
+
+
+def decode_compressed_mask(data: bytes | bytearray | memoryview | np.ndarray, format: str = '',  # noqa: A002
+                           max_pixels: int = DEFAULT_MAX_DECODED_PIXELS) -> np.ndarray:
+    """A PNG ``CompressedImage`` of a mono8 mask (``segmentation/<cam>/mask/compressed``) -> ``[H, W]`` uint8 ids.
+
+    PNG is lossless, so the class ids come back exactly; a JPEG mask (lossy: ids blur at every edge) is refused
+    as FrameError 'label_encoding', and so is a PNG that is not 8-bit gray. The header size is checked before
+    decoding, as for camera frames.
+    """
+    buf = _as_bytes_array(data)
+    if buf.size == 0:
+        raise FrameError('compressed mask is empty; expected PNG bytes', 'truncated')
+    kind, width, height = compressed_size(buf)
+    if kind != 'png':
+        raise FrameError(f'compressed mask is {kind} ({format or "no format"}): lossy, the class ids are not '
+                         'exact; record segmentation/<cam>/mask/compressed (PNG) or the raw mask', 'label_encoding')
+    if width <= 0 or height <= 0 or width * height > max_pixels:
+        raise FrameError(f'PNG mask header claims {width}x{height} pixels (limit {max_pixels}); not decoded', 'size')
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise FrameError(f'PNG mask of {buf.size} bytes could not be decoded: '
+                         f'{str(exc).strip().splitlines()[-1]}', 'corrupt') from exc
+    if img is None:
+        raise FrameError(f'PNG mask of {buf.size} bytes could not be decoded', 'corrupt')
+    if img.dtype != np.uint8 or img.ndim != 2:
+        raise FrameError(f'PNG mask is {img.dtype} with {1 if img.ndim == 2 else img.shape[2]} channels; a mask '
+                         'is 8-bit gray (mono8) class ids', 'label_encoding')
+    return img
 
 
 def decode_compressed(data: bytes | bytearray | memoryview | np.ndarray, format: str = '',  # noqa: A002

@@ -60,6 +60,9 @@ class FrameResult:
     model_rgb: np.ndarray | None = field(default=None, repr=False)
     labels_model: np.ndarray | None = field(default=None, repr=False)
     slot: _Slot | None = field(default=None, repr=False)
+    # (mean max-softmax probability, fraction of pixels below the threshold), at the confidence's own (1/8)
+    # resolution, when run_labels was given a confidence_threshold and the head yields confidence
+    confidence_stats: tuple[float, float] | None = None
 
 
 def _message_buffer(shape: tuple[int, ...], dtype: type) -> np.ndarray:
@@ -110,6 +113,17 @@ def confidence_lowres(logits: np.ndarray) -> np.ndarray:
     mx = logits.max(axis=0)
     denom = np.exp(logits - mx).sum(axis=0)
     return np.clip(np.rint(255.0 / denom), 0, 255).astype(np.uint8)
+
+
+def confidence_stats(confidence: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(mean, fraction of pixels below ``threshold``) of a uint8 confidence map (probability x 255).
+
+    The uncertainty signal of a camera: a scene unlike what the model learned (a covered lens, night for a day
+    model, the demo weights on a real camera) lowers the max softmax probability over the whole frame.
+    """
+    n = max(1, confidence.size)
+    below = np.count_nonzero(confidence < threshold * 255.0)
+    return float(confidence.mean(dtype=np.float64)) / 255.0, float(below) / n
 
 
 def _named(which: bool | Container[str], name: str) -> bool:
@@ -200,12 +214,15 @@ class Segmenter:
 
     def run_labels(self, frames: Sequence[np.ndarray], *,
                    want_confidence: bool | Sequence[bool] = False,
-                   keys: Sequence[Hashable] | None = None) -> list[FrameResult]:
+                   keys: Sequence[Hashable] | None = None,
+                   confidence_threshold: float | None = None) -> list[FrameResult]:
         """Phase 1: class ids (and confidence when wanted) at the output size; the rest is left to :meth:`derive`.
 
         ``want_confidence``: one flag for all frames or one per frame (per camera subscribers).
         ``keys``: one per frame (the camera), so each key keeps its own output buffers whatever its position in
         this call (a node running its cameras one per call); None: buffers by position.
+        ``confidence_threshold`` (0..1): also fill each result's ``confidence_stats`` (from the 1/8 confidence;
+        well under a millisecond).
         ``timings_ms``: ``preprocess``/``infer`` of the chunk, ``postprocess`` of this frame's labels.
         :attr:`runs` lists every engine run of the call: (frames, preprocess ms, infer ms).
         """
@@ -247,8 +264,12 @@ class Segmenter:
                 tp = time.perf_counter()
                 if slots[start + i].fit(frame.shape[:2]):
                     self._forget_other_sizes()
+                conf_raw = self._confidence_from(res, i) \
+                    if conf_flags[start + i] or confidence_threshold is not None else None
                 fr = self._labels_out(slots[start + i], frame, batch[i], plans[i], labels_b[i],
-                                      self._confidence_from(res, i) if conf_flags[start + i] else None)
+                                      conf_raw if conf_flags[start + i] else None)
+                if confidence_threshold is not None and conf_raw is not None:
+                    fr.confidence_stats = confidence_stats(conf_raw, confidence_threshold)
                 fr.timings_ms = {'preprocess': pre_ms, 'infer': inf_ms,
                                  'postprocess': (time.perf_counter() - tp) * 1e3}
                 results.append(fr)
@@ -391,4 +412,5 @@ class Segmenter:
         return fr
 
 
-__all__ = ['FrameResult', 'GroupResult', 'Segmenter', 'confidence_lowres', 'logits_to_labels', 'IGNORE_ID']
+__all__ = ['FrameResult', 'GroupResult', 'Segmenter', 'confidence_lowres', 'confidence_stats', 'logits_to_labels',
+           'IGNORE_ID']

@@ -16,6 +16,7 @@ from evit_ros.config import NodeConfig
 from evit_ros.contract import NODE_HEAD
 from evit_ros.deps import missing_module_error
 from evit_ros.errors import EngineError, EvitError
+from evit_ros.ros.prepare import prepare_files
 
 
 class RosLogHandler(logging.Handler):
@@ -53,10 +54,13 @@ def load_backend(cfg: NodeConfig, logger: logging.Logger) -> Any:
                           f'so it cannot be built here. Build it on this machine with: {build_hint(cfg)}')
     backend = None
     try:
-        # an automatic export takes every camera in one run (1..cameras, at most 8); the batching policy
+        # an export/build runs in a child process that a signal ends at once (the 2 s shutdown promise); an
+        # automatic export takes every camera in one run (1..cameras, at most 8), and the batching policy
         # (evit_ros.pipeline.batching) then decides from measured costs how many frames a run takes
+        max_batch = max(1, min(len(cfg.cameras), MAX_AUTO_BATCH))
+        prepare_files(cfg, logger, head=NODE_HEAD, max_batch=max_batch)
         backend = create_backend(cfg.backend, model=cfg.model, input_cfg=cfg.input, head=NODE_HEAD,
-                                 logger=logger, max_batch=max(1, min(len(cfg.cameras), MAX_AUTO_BATCH)))
+                                 logger=logger, max_batch=max_batch)
         backend.load()
         if not cfg.backend.build_only:
             backend.warmup(2)

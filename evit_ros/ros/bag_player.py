@@ -104,7 +104,8 @@ def run_live(bag: str, *, image_topics: tuple[str, ...], label_topics: tuple[str
              node_timeout_s: float = 60.0, max_frames: int = 0, progress: bool = True,
              mask_topic: str = '/segmentation/{cam}/mask', settle_s: float = 3.0, num_classes: int = 19,
              node_params: dict[str, Any] | None = None, samples: int = 0, node_name: str = 'evit_segmentation',
-             node_info: dict[str, Any] | None = None, node_process: subprocess.Popen | None = None) -> EvalState:
+             node_info: dict[str, Any] | None = None, node_process: subprocess.Popen | None = None,
+             read_limits: Any = None) -> EvalState:
     """Play ``bag`` into the node (optionally started here), record its masks, and return the scored state.
 
     Counters: ``frames`` published, ``frames_received``, ``dropped`` (published, no mask by the end),
@@ -133,7 +134,7 @@ def run_live(bag: str, *, image_topics: tuple[str, ...], label_topics: tuple[str
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()
     try:
-        with open_reader(bag) as reader:
+        with open_reader(bag, read_limits) as reader:
             conns = [c for c in reader.connections if c.topic in set(image_topics) | set(label_topics)]
             found = {c.topic: c.msgtype for c in conns}
             for t in image_topics:

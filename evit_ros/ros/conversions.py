@@ -10,6 +10,7 @@ from __future__ import annotations
 import array
 from typing import Any
 
+import cv2
 import numpy as np
 
 from evit_ros.config import DEFAULT_MAX_DECODED_PIXELS
@@ -106,21 +107,62 @@ def image_to_numpy(msg: Any) -> np.ndarray:
     return rows.reshape(h, w) if ch == 1 else rows.reshape(h, w, ch)
 
 
-def numpy_to_compressed(rgb: np.ndarray, header: Any = None, fmt: str = 'jpeg', quality: int = 90) -> Any:
-    """RGB uint8 -> sensor_msgs/CompressedImage (jpeg or png), as image_transport's compressed plugin names it."""
-    import cv2
+# PNG zlib level and row filter of the compressed mask/confidence outputs. Class-id masks are long runs and
+# confidence is smooth: the "up" filter with level 1 measured 3-4x faster than libpng's adaptive filter choice
+# at about the same size, and higher levels cost time for a few percent fewer bytes (python -m
+# evit_ros.bench.compressed; docs/node.md). OpenCV < 4.10 has no filter option and uses libpng's default.
+PNG_LEVEL = 1
+_PNG_FILTER = getattr(cv2, 'IMWRITE_PNG_FILTER', None)
+_PNG_FILTER_UP = getattr(cv2, 'IMWRITE_PNG_FILTER_UP', None)
+PNG_PARAMS: tuple[int, ...] = (_PNG_FILTER, _PNG_FILTER_UP) if _PNG_FILTER is not None and \
+    _PNG_FILTER_UP is not None else ()
+
+
+def compressed_format(encoding: str, fmt: str) -> str:
+    """The ``format`` string image_transport's compressed plugin writes for ``encoding`` as ``fmt``.
+
+    ``<encoding>; jpeg compressed bgr8`` / ``<encoding>; png compressed bgr8`` for color images;
+    ``mono8; jpeg compressed mono8`` and ``mono8; png compressed `` (its trailing space included) for gray
+    ones (compressed_publisher.cpp): RViz's compressed transport and Foxglove read these.
+    """
+    color = _CHANNELS.get(encoding, 1) == 3
+    if fmt == 'jpeg':
+        return f'{encoding}; jpeg compressed {"bgr8" if color else "mono8"}'
+    return f'{encoding}; png compressed {"bgr8" if color else ""}'
+
+
+def encode_compressed(arr: np.ndarray, encoding: str, fmt: str, header: Any = None, *, quality: int = 90,
+                      png_level: int = PNG_LEVEL, bgr: np.ndarray | None = None) -> Any:
+    """mono8 ``[H, W]`` or rgb8 ``[H, W, 3]`` -> sensor_msgs/CompressedImage as image_transport names it.
+
+    PNG is lossless (a class-id mask decodes to the same ids); JPEG takes ``quality`` 1..100. Color goes to
+    the codec as BGR (what image_transport sends); ``bgr`` is an optional ``[H, W, 3]`` scratch buffer for
+    that conversion, so a camera's stream reuses one buffer instead of a new frame each time.
+    """
     from sensor_msgs.msg import CompressedImage
-    ext = '.jpg' if fmt == 'jpeg' else '.png'
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if fmt == 'jpeg' else []
-    ok, enc = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if fmt not in ('jpeg', 'png'):
+        raise FrameError(f'compressed format {fmt!r}: use jpeg or png', 'encoding')
+    img = arr
+    if arr.ndim == 3:
+        if bgr is None or bgr.shape != arr.shape:
+            bgr = np.empty_like(arr)
+        img = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR, dst=bgr)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if fmt == 'jpeg' else [cv2.IMWRITE_PNG_COMPRESSION,
+                                                                              int(png_level), *PNG_PARAMS]
+    ok, enc = cv2.imencode('.jpg' if fmt == 'jpeg' else '.png', img, params)
     if not ok:
-        raise FrameError(f'could not encode {rgb.shape} as {fmt}', 'encoding')
+        raise FrameError(f'could not encode {arr.shape} {encoding} as {fmt}', 'encoding')
     msg = CompressedImage()
     if header is not None:
         msg.header = header
-    msg.format = f'rgb8; {fmt} compressed bgr8'
+    msg.format = compressed_format(encoding, fmt)
     msg.data = _payload(enc.reshape(-1))
     return msg
+
+
+def numpy_to_compressed(rgb: np.ndarray, header: Any = None, fmt: str = 'jpeg', quality: int = 90) -> Any:
+    """RGB uint8 -> sensor_msgs/CompressedImage (jpeg or png), as image_transport's compressed plugin names it."""
+    return encode_compressed(rgb, 'rgb8', fmt, header, quality=quality)
 
 
 def occupancy_grid(cells: np.ndarray, *, resolution: float, origin_xy: tuple[float, float], frame_id: str,

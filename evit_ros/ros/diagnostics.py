@@ -12,10 +12,13 @@ greenwave-monitor compatible ``frame_rate_node``, ``frame_rate_msg``,
 """
 from __future__ import annotations
 
+import importlib.metadata
+import os
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -73,6 +76,11 @@ class CameraStats:
         self.clock_note = ''                # 'waiting for /clock ...' under use_sim_time without a clock
         self.stamps: Counter[str] = Counter()   # frames left out of latency: future / zero stamps, no clock
         self.max_future_ms = 0.0
+        self.sim_time = False               # use_sim_time: a stamp ahead of /clock is not a camera clock fault
+        self.clock_jumps = 0                # /clock jumps seen (use_sim_time); each restarts the latency window
+        self.low_streak = 0                 # consecutive frames with mean confidence below min_mean_confidence
+        self._conf_sum = self._low_sum = 0.0   # since the last report: sums of per-frame mean / low fraction
+        self._conf_n = 0
         self._stamp_mark = 0
         self._rx_mark = 0
         self._out_mark = 0
@@ -118,6 +126,23 @@ class CameraStats:
         with self.lock:
             self.stamps[issue] += 1
             self.max_future_ms = max(self.max_future_ms, ahead_ms)
+
+    def on_confidence(self, mean: float, low_fraction: float, min_mean: float, frames: int) -> bool:
+        """One frame's uncertainty signal; True when the low-confidence streak has reached ``frames``."""
+        with self.lock:
+            self._conf_sum += mean
+            self._low_sum += low_fraction
+            self._conf_n += 1
+            self.low_streak = self.low_streak + 1 if mean < min_mean else 0
+            return self.low_streak >= frames
+
+    def on_clock_jump(self) -> None:
+        """The node clock jumped: restart the end-to-end window and the delay (they would read the jump)."""
+        with self.lock:
+            self.clock_jumps += 1
+            self.stages['end_to_end'] = StageStats()
+            self.last_delay_ms = None
+            self.max_future_ms = 0.0
 
     def on_drop(self, n: int = 1) -> None:
         with self.lock:
@@ -180,6 +205,8 @@ class CameraStats:
             self._incompatible_mark = self.output_events['incompatible_qos']
             values += [(f'bad_frames.{r}', str(n)) for r, n in sorted(self.bad.items())]
             values += [(f'stamps_excluded.{r}', str(n)) for r, n in sorted(self.stamps.items())]
+            if self.clock_jumps:
+                values.append(('clock_jumps', str(self.clock_jumps)))
             for s in STAGES:
                 sm = lat[s]
                 for q in ('p50', 'p95', 'max'):
@@ -192,6 +219,14 @@ class CameraStats:
                     name = self.class_names[i] if i < len(self.class_names) else str(i)
                     values.append((f'class_fraction.{name.replace(" ", "_")}', f'{f:.4f}'))
             values.append(('grid', self.grid_status))
+            n_conf = self._conf_n
+            conf_mean = self._conf_sum / n_conf if n_conf else float('nan')
+            low_mean = self._low_sum / n_conf if n_conf else float('nan')
+            low_streak = self.low_streak
+            self._conf_sum = self._low_sum = 0.0
+            self._conf_n = 0
+            values += [('confidence.mean', f'{conf_mean:.3f}'), ('confidence.low_fraction', f'{low_mean:.3f}'),
+                       ('confidence.low_streak_frames', str(low_streak))]
             values += [('frame_rate_node', f'{in_rate:.2f}'), ('frame_rate_msg', f'{out_rate:.2f}'),
                        ('current_delay_from_realtime_ms',
                         'nan' if self.last_delay_ms is None else f'{self.last_delay_ms:.2f}'),
@@ -199,6 +234,7 @@ class CameraStats:
                        ('expected_frequency', f'{cfg.expected_rate_hz:.2f}')]
             last_rx, received = self.last_rx, self.received
             frame_bytes, future_ms, clock_note = self.last_frame_bytes, self.max_future_ms, self.clock_note
+            sim_time = self.sim_time
         level = OK
         msgs: list[str] = []
         silent_for = now - (last_rx if last_rx is not None else self.created)
@@ -223,10 +259,10 @@ class CameraStats:
             level = max(level, WARN)
             msgs.append(clock_note)
         elif last_rx is not None and silent_for <= cfg.silence_timeout_s and window_s > 0 \
-                and in_rate < 0.5 * cfg.expected_rate_hz:   # window_s 0: fewer than two frames, no rate yet
+                and rate_below_half(in_rate, cfg.expected_rate_hz):   # window_s 0: fewer than two frames, no rate
             level = max(level, WARN)
-            msgs.append(f'input rate {in_rate:.1f} Hz below half the expected {cfg.expected_rate_hz:.1f} Hz'
-                        + lost_frames_hint(self.input_qos, frame_bytes))
+            msgs.append(f'input rate {in_rate:.2f} Hz below {0.5 * cfg.expected_rate_hz:.2f} Hz, half the expected '
+                        f'{cfg.expected_rate_hz:.2f} Hz' + lost_frames_hint(self.input_qos, frame_bytes))
         if new_missing > 0:
             level = max(level, WARN)
             msgs.append(missing_frames_message(new_missing, missing, received, self.input_qos, self.input_depth))
@@ -237,22 +273,72 @@ class CameraStats:
                         'best effort, volatile (qos.output_reliability)')
         if new_stamp_issues:
             level = max(level, WARN)
+            fix = ('under use_sim_time: is /clock from the same source (bag) as the camera stamps?' if sim_time else
+                   'sync the camera clock (chrony/PTP) or fix the driver\'s stamps')
             msgs.append(f'{new_stamp_issues} frame(s) with a header stamp in the future (up to {future_ms:.0f} ms '
-                        'ahead) or zero, left out of the latency statistics: sync the camera clock (chrony/PTP) or '
-                        'fix the driver\'s stamps')
+                        f'ahead) or zero, left out of the latency statistics: {fix}')
         if new_bad:
             level = max(level, WARN)
             msgs.append(f'{new_bad} bad frame(s) since the last report')
+        min_mean, streak_frames = getattr(cfg, 'min_mean_confidence', 0.0), getattr(cfg, 'low_confidence_frames', 0)
+        if streak_frames and low_streak >= streak_frames:
+            level = max(level, WARN)
+            msgs.append(f'mean confidence {conf_mean:.2f} below {min_mean:.2f} for the last {low_streak} frames '
+                        f'({100 * low_mean:.0f} % of pixels below {cfg.low_confidence_threshold:.2f}): the scene is '
+                        'unlike what the model learned (covered or dirty lens, night, weights for another domain)')
         st = DiagnosticStatus(level=_LEVEL_BYTES[level], name=f'{node_name}: camera {self.name}',
                               message='; '.join(msgs) or 'ok', hardware_id=self.name)
         st.values = [KeyValue(key=k, value=v) for k, v in values]
         return st
 
 
-LOST_FRAMES_FIX = ('Fix: start the camera and the node with the shipped Fast DDS profile '
-                   '(FASTRTPS_DEFAULT_PROFILES_FILE=<share>/evit_ros/config/fastdds_large_frames.xml), or use '
-                   'compressed transport (cameras.<cam>.transport: compressed), or publish the camera reliable '
-                   '(qos.input_reliability auto follows it)')
+def rate_below_half(rate_hz: float, expected_hz: float) -> bool:
+    """The rate check on the values the message prints (2 decimals), so it never reads "5.00 below 5.00"."""
+    return round(rate_hz, 2) < round(0.5 * expected_hz, 2)
+
+
+# Fast DDS reads its XML profiles file from an environment variable whose name changed with Fast DDS 3
+PROFILES_FILE_FASTDDS2 = 'FASTRTPS_DEFAULT_PROFILES_FILE'   # Fast DDS 2: Humble, Jazzy (and Foxy, Galactic, Iron)
+PROFILES_FILE_FASTDDS3 = 'FASTDDS_DEFAULT_PROFILES_FILE'    # Fast DDS 3: Kilted and later
+FASTDDS2_DISTROS = ('foxy', 'galactic', 'humble', 'iron', 'jazzy')
+FASTDDS3_RCLPY_MAJOR = 9   # rclpy's major version in Kilted, the first distro on Fast DDS 3
+PROFILES_FILE_PER_DISTRO = (f'Humble and Jazzy (Fast DDS 2) read {PROFILES_FILE_FASTDDS2}, Kilted and later '
+                            f'(Fast DDS 3) read {PROFILES_FILE_FASTDDS3}')
+
+
+def profiles_file_variable(rclpy_version: str | None = None, ros_distro: str | None = None) -> str:
+    """The variable the running distro's Fast DDS reads its profiles file from.
+
+    Fast DDS 3 (Kilted) reads only ``FASTDDS_DEFAULT_PROFILES_FILE``; its RMW still honours the old name but
+    prints a deprecation warning at every start, and Fast DDS 2 (Jazzy, Humble) reads only the old name.
+    The rclpy that runs decides (its package metadata; defaults: the installed one), else ``$ROS_DISTRO``;
+    neither known: the old name, which every distro reads.
+    """
+    version = _installed_rclpy_version() if rclpy_version is None else rclpy_version
+    major = version.split('.')[0]
+    if major.isdigit():
+        return PROFILES_FILE_FASTDDS3 if int(major) >= FASTDDS3_RCLPY_MAJOR else PROFILES_FILE_FASTDDS2
+    distro = (os.environ.get('ROS_DISTRO', '') if ros_distro is None else ros_distro).strip().lower()
+    if not distro or distro in FASTDDS2_DISTROS:
+        return PROFILES_FILE_FASTDDS2
+    return PROFILES_FILE_FASTDDS3
+
+
+@cache
+def _installed_rclpy_version() -> str:
+    """rclpy's version from its package metadata (PyPI wheels and ROS installations both carry it), '' if none."""
+    try:
+        return importlib.metadata.version('rclpy')
+    except importlib.metadata.PackageNotFoundError:
+        return ''
+
+
+def lost_frames_fix() -> str:
+    """The fixes for lost best-effort frames, naming the profile variable of this distro (and of the others)."""
+    return ('Fix: start the camera and the node with the shipped Fast DDS profile '
+            f'({profiles_file_variable()}=<share>/evit_ros/config/fastdds_large_frames.xml; '
+            f'{PROFILES_FILE_PER_DISTRO}), or use compressed transport (cameras.<cam>.transport: compressed), or '
+            'publish the camera reliable (qos.input_reliability auto follows it)')
 
 
 def latency_breakdown(lat: dict[str, dict[str, float] | None], q: str) -> str:
@@ -271,11 +357,11 @@ def missing_frames_message(new: int, total: int, received: int, input_qos: str, 
     pct = 100.0 * total / max(1, total + received)
     now = f'now {depth}; ' if depth else ''
     fix = (f'Fix: raise qos.input_depth ({now}a reliable reader of depth 1 replaces a frame still in flight), '
-           'start the camera and the node with the shipped Fast DDS profile (FASTRTPS_DEFAULT_PROFILES_FILE='
+           f'start the camera and the node with the shipped Fast DDS profile ({profiles_file_variable()}='
            '<share>/evit_ros/config/fastdds_large_frames.xml), publish each camera from its own process, or use '
            'compressed transport')
     if input_qos == 'best_effort':
-        fix = LOST_FRAMES_FIX
+        fix = lost_frames_fix()
     return (f'{new} frame(s) missing since the last report ({total} in all, {pct:.1f} % of the stream), from gaps '
             'between header stamps: lost in the transport before the node\'s callback (the node\'s own drops are '
             f'dropped_frames). {fix}')
@@ -290,7 +376,7 @@ def lost_frames_hint(input_qos: str, frame_bytes: int) -> str:
         return ''
     size = f'frames of {frame_bytes // 1024} KiB' if frame_bytes else 'frames larger than 512 KiB'
     return (f': the camera publishes best effort and Fast DDS loses best-effort {size} (over its '
-            f'{SHM_SEGMENT_BYTES // 1024} KiB shared-memory segment). {LOST_FRAMES_FIX}')
+            f'{SHM_SEGMENT_BYTES // 1024} KiB shared-memory segment). {lost_frames_fix()}')
 
 
 class EngineStats:

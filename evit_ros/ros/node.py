@@ -24,7 +24,8 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PolygonStamped
 from nav_msgs.msg import OccupancyGrid
-from rclpy.clock import Clock, ClockType
+from rclpy.clock import Clock, ClockType, JumpThreshold
+from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -38,9 +39,10 @@ from evit_ros.pipeline import ClassGroups, Segmenter
 from evit_ros.ros import conversions as conv
 from evit_ros.ros.backend_loader import RosLogHandler, load_backend
 from evit_ros.ros.diagnostics import CameraStats, EngineStats, diagnostic_array, lifecycle_status
-from evit_ros.ros.outputs import OutputStage, pipeline_threads
+from evit_ros.ros.outputs import COMPRESSED_CODECS, OutputStage, compressed_key, pipeline_threads
 from evit_ros.ros.params import ParameterGuard, all_specs, declare_all, declare_one, unknown_overrides
-from evit_ros.ros.qos import InputSubscription, qos_profile
+from evit_ros.ros.prepare import ExportInterrupted
+from evit_ros.ros.qos import InputSubscription, policy_name, qos_profile
 from evit_ros.ros.startup import one_line, startup_error
 from evit_ros.ros.worker import Camera, FrameWorker
 
@@ -52,6 +54,7 @@ except ImportError:  # Humble
 NODE_NAME = 'evit_segmentation'
 QOS_POLL_S = 0.5            # how often auto-QoS subscriptions look at the publishers of their topic
 DRAIN_TIMEOUT_S = 30.0      # deactivate waits this long for the frame in flight to be published
+CLOCK_JUMP_S = 1.0          # a /clock step this large either way (use_sim_time) is a jump, not time passing
 # vision_msgs/LabelInfo as Nav2's semantic_segmentation_layer subscribes it: reliable, transient local, depth 1
 LABEL_INFO_QOS = qos_profile('reliable', 1, transient_local=True)
 
@@ -82,6 +85,7 @@ class SegmentationNode(LifecycleNode):
         self._label_info_off_logged = False
         self._label_info: tuple[Any, Any] | None = None   # (LabelInfo, VisionClass) once configured
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._jump_handle = self._watch_clock_jumps()
         self._guard_change_state_service()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         if hasattr(self, 'add_post_set_parameters_callback'):   # Jazzy+; Humble applies in on-set
@@ -94,6 +98,7 @@ class SegmentationNode(LifecycleNode):
             if autostart:
                 raise
             self._log.error(f'parameters: {one_line(exc)}; fix them (ros2 param set / params file) and configure')
+        self._declared = True   # from here on, a parameter request is a change (a debug line each)
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', QoSProfile(depth=10))
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics, clock=self._steady)
         if not autostart:
@@ -104,24 +109,45 @@ class SegmentationNode(LifecycleNode):
 
     def _autostart(self) -> None:
         """configure + activate at once (plain ``ros2 run``); a failure raises its original error."""
-        from lifecycle_msgs.msg import Transition
         self._quiet_failures = True   # main() prints the one FATAL line
         try:
-            for public, tid, reached in (('trigger_configure', Transition.TRANSITION_CONFIGURE, 'inactive'),
-                                         ('trigger_activate', Transition.TRANSITION_ACTIVATE, 'active')):
+            for name, trigger, reached in (('configure', self.trigger_configure, 'inactive'),
+                                           ('activate', self.trigger_activate, 'active')):
                 if self.build_only:
                     return
-                try:
-                    getattr(self, public)()
-                except AttributeError:   # early Humble rclpy: trigger_* name a constant that does not exist
-                    self._LifecycleNodeMixin__change_state(tid)
-                # success is read from our own state: Humble's trigger_* return nothing
+                trigger()   # public in Humble, Jazzy and Kilted alike
+                # success is read from our own state, which the transition callbacks set
                 if self.lifecycle_state != reached:
-                    raise self.transition_error or EvitError(f'lifecycle transition {public[8:]} failed')
+                    raise self.transition_error or EvitError(f'lifecycle transition {name} failed')
         finally:
             self._quiet_failures = False
 
     _quiet_failures = False
+    _declared = False
+
+    def _watch_clock_jumps(self) -> Any:
+        """rcl's time-jump callback on the node clock (it fires when /clock, under use_sim_time, steps by
+        :data:`CLOCK_JUMP_S` or more either way, e.g. ``ros2 bag play --loop``); None where rclpy lacks it."""
+        try:
+            threshold = JumpThreshold(min_forward=Duration(nanoseconds=int(CLOCK_JUMP_S * 1e9)),
+                                      min_backward=Duration(nanoseconds=-int(CLOCK_JUMP_S * 1e9)),
+                                      on_clock_change=False)
+            return self.get_clock().create_jump_callback(threshold, post_callback=self._on_clock_jump)
+        except Exception as exc:  # noqa: BLE001 - an rclpy without jump callbacks: latency may read a jump
+            self._log.debug(f'no clock jump callbacks in this rclpy ({type(exc).__name__}: {exc})')
+            return None
+
+    def _on_clock_jump(self, jump: Any) -> None:
+        """Frames in flight across the jump leave latency, the latency windows restart; one line per jump."""
+        delta_ns = int(jump.delta.nanoseconds)
+        now_ns = self.get_clock().now().nanoseconds
+        if now_ns - delta_ns <= 0:   # the first /clock message after start (from time 0): not a jump
+            return
+        self._worker.on_clock_jump(now_ns, delta_ns)
+        for cam in list(self.cameras.values()):
+            cam.stats.on_clock_jump()
+        self._log.info(f'clock jumped by {delta_ns / 1e9:+.1f} s (/clock, use_sim_time): frames stamped before '
+                       'the jump are left out of latency and the latency windows restart')
 
     def _guard_change_state_service(self) -> None:
         """rclpy raises out of the change_state service for a transition the current state does not have (e.g.
@@ -132,15 +158,33 @@ class SegmentationNode(LifecycleNode):
             return
 
         def change_state(request: Any, response: Any) -> Any:
+            t = request.transition
+            available = self._available_transitions()
+            if available and not any((t.label == label) if t.label else (t.id == tid) for tid, label in available):
+                # refused here, before rcl: one line whether asked by id or by label (rcl would log its own
+                # error with a C source location by id, and nothing of ours by label)
+                names = sorted({label for _, label in available})
+                self._log.warning(f'lifecycle transition {t.label or _transition_label(t.id)} refused in state '
+                                  f'{self.lifecycle_state}: from {self.lifecycle_state} only '
+                                  f'{", ".join(names)}')
+                response.success = False
+                return response
             try:
                 return inner(request, response)
             except Exception as exc:  # noqa: BLE001 - rcl's "Transition is not registered"
-                t = request.transition
                 self._log.warning(f'lifecycle transition {t.label or t.id} refused in state {self.lifecycle_state}: '
                                   f'{one_line(exc)}')
                 response.success = False
                 return response
         service.callback = change_state
+
+    def _available_transitions(self) -> list[tuple[int, str]]:
+        """(id, label) of the transitions of the current state ([] where rclpy does not expose them)."""
+        machine = getattr(self, '_state_machine', None)   # private in every distro: guarded
+        try:
+            return [(int(t[0]), str(t[1])) for t in machine.available_transitions] if machine is not None else []
+        except Exception:  # noqa: BLE001 - a private rclpy detail: fall back to rcl's check
+            return []
 
     # -- lifecycle transitions -------------------------------------------------------------------------
     def _transition(self, name: str, work: Any, success_state: str, failure_state: str) -> Any:
@@ -150,7 +194,7 @@ class SegmentationNode(LifecycleNode):
         except Exception as exc:  # noqa: BLE001 - a failing transition is reported, never a crash
             self.transition_error = exc
             self.lifecycle_state = failure_state
-            if not self._quiet_failures:
+            if not self._quiet_failures and not isinstance(exc, ExportInterrupted):   # a signal: shutting down
                 self._log.error(f'{name} failed: {startup_error(exc)}')
             return TransitionCallbackReturn.FAILURE
         self.transition_error = None
@@ -216,6 +260,9 @@ class SegmentationNode(LifecycleNode):
         self.dataset = dataset_for_model(cfg.model.name)
         self._check_config(cfg)   # unknown class names / palette ids fail before loading
         self.backend = load_backend(cfg, self._pylog)
+        b = cfg.backend
+        self._log.debug(f'engine selected: {self.backend.describe()} (backend.type={b.type}, '
+                        f'engine_path={b.engine_path!r}, onnx_path={b.onnx_path!r}, precision={b.precision})')
         if cfg.backend.build_only:
             self.build_only = True
             self._log.info('backend.build_only=true: the engine is ready; exiting without subscribing')
@@ -246,6 +293,8 @@ class SegmentationNode(LifecycleNode):
                         'color_mask': pub(Image, base + 'color_mask', out_qos),
                         'overlay': pub(Image, base + 'overlay', out_qos),
                         'confidence': pub(Image, base + 'confidence', out_qos)}
+            for name in COMPRESSED_CODECS:   # <output>/compressed: image_transport's compressed naming
+                cam.pubs[compressed_key(name)] = pub(CompressedImage, base + compressed_key(name), out_qos)
             for g, _ in cfg.drivable.groups:
                 gb = f'{base}drivable/{g}/'
                 cam.group_pubs[g] = {'mask': pub(Image, gb + 'mask', out_qos),
@@ -281,7 +330,6 @@ class SegmentationNode(LifecycleNode):
             if cam.label_info_pub is not None and self._label_info is not None:
                 label_info, vision_class = self._label_info
                 cam.label_info_pub.publish(conv.label_info(label_info, vision_class, self.dataset.class_names, stamp))
-        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
         mode, depth = cfg.qos.input_reliability, cfg.qos.input_depth
         self._worker.accept()
         for cam in self.cameras.values():
@@ -289,14 +337,17 @@ class SegmentationNode(LifecycleNode):
             compressed = cam_cfg.transport == 'compressed'
             topic = cam_cfg.subscribed_topic   # <topic>/compressed for compressed transport
             cam.image_sub = InputSubscription(self, CompressedImage if compressed else Image, topic,
-                                              self._make_callback(cam), mode, depth, self._image_events(cam),
-                                              self._log.info)
-            cam.stats.input_qos = cam.image_sub.reliability or 'auto: waiting for a publisher'
+                                              self._make_callback(cam), mode, depth, self._qos_events(topic, cam.stats),
+                                              self._log.info, self._log.debug)
+            cam.stats.input_qos = cam.image_sub.reliability if cam.image_sub.decided else \
+                f'auto: waiting for a publisher (subscribed {cam.image_sub.reliability})'
             cam.stats.input_depth = depth
             if cam_cfg.camera_info_topic:
                 cam.stats.grid_status = f'waiting for CameraInfo on {cam_cfg.camera_info_topic}'
                 cam.info_sub = InputSubscription(self, CameraInfo, cam_cfg.camera_info_topic,
-                                                 self._make_info_callback(cam), mode, depth, events, self._log.info)
+                                                 self._make_info_callback(cam), mode, depth,
+                                                 self._qos_events(cam_cfg.camera_info_topic), self._log.info,
+                                                 self._log.debug)
             out_ns = self.resolve_topic(f'segmentation/{cam_cfg.name}/mask').rsplit('/', 1)[0]
             self._log.info(f'camera {cam_cfg.name}: {cam_cfg.transport} on {topic} (qos.input_reliability={mode}) '
                            f'-> {out_ns}/...')
@@ -353,11 +404,18 @@ class SegmentationNode(LifecycleNode):
 
     # -- parameters -----------------------------------------------------------------------------------------
     def _on_set_parameters(self, params: list[Any]) -> Any:
-        """Unconfigured: every value is accepted (read at configure); configured: the guard decides."""
+        """Unconfigured: every value is accepted (read at configure; rclpy has already refused one outside its
+        declared range); configured: the guard decides."""
         if self._guard is None:
             from rcl_interfaces.msg import SetParametersResult
-            return SetParametersResult(successful=True)
-        return self._guard.on_set(params)
+            result = SetParametersResult(successful=True)
+        else:
+            result = self._guard.on_set(params)
+        if self._declared:
+            self._log.debug(f'parameters requested in state {self.lifecycle_state}: '
+                            + ', '.join(f'{p.name}={p.value!r}' for p in params)
+                            + (' -> accepted' if result.successful else f' -> refused: {result.reason}'))
+        return result
 
     def _on_post_set_parameters(self, params: list[Any]) -> None:
         if self._guard is not None:
@@ -399,23 +457,38 @@ class SegmentationNode(LifecycleNode):
         except TypeError:   # Humble: no matched event
             return PublisherEventCallbacks(incompatible_qos=incompatible)
 
-    def _image_events(self, cam: Camera) -> Any:
-        """Event callbacks of a camera's image subscription: incompatible QoS (logged) and the reader's own
-        message_lost count (diagnostics ``message_lost_events``; the stamp gaps count the rest)."""
-        stats = cam.stats
+    def _qos_events(self, topic: str, stats: CameraStats | None = None) -> Any:
+        """Event callbacks of one input subscription (they name its topic); for a camera image, also the reader's
+        own message_lost count (diagnostics ``message_lost_events``; the stamp gaps count the rest)."""
+        def on_incompatible(event: Any) -> None:
+            self._on_incompatible_qos(topic, event)
+        if stats is None:
+            return SubscriptionEventCallbacks(incompatible_qos=on_incompatible)
 
         def lost(event: Any) -> None:
             stats.on_message_lost(int(getattr(event, 'total_count_change', 0)))
         try:
-            return SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos, message_lost=lost)
+            return SubscriptionEventCallbacks(incompatible_qos=on_incompatible, message_lost=lost)
         except TypeError:   # an rclpy without the message_lost event
-            return SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
+            return SubscriptionEventCallbacks(incompatible_qos=on_incompatible)
 
-    def _on_incompatible_qos(self, event: Any) -> None:
-        self._log.warning(f'a camera publisher has an incompatible QoS ({event}); the node subscribes with '
-                          f'qos.input_reliability={self.cfg.qos.input_reliability}. Use auto (the default) to follow '
-                          'the camera, or best_effort to match both reliable and best-effort cameras',
-                          throttle_duration_sec=10.0)
+    def _on_incompatible_qos(self, topic: str, event: Any) -> None:
+        """A publisher the subscription cannot match: the policy and count, and the fix only where one applies."""
+        policy = policy_name(getattr(event, 'last_policy_kind', '?'))
+        count = getattr(event, 'total_count', '?')
+        mode = self.cfg.qos.input_reliability
+        what = f'{topic}: a publisher offers a QoS incompatible with the subscription ({policy} policy, {count} so far)'
+        if mode == 'auto':   # auto re-subscribes at its next look at the publishers: nothing to fix
+            self._log.info(f'{what}; auto QoS re-subscribes to match every publisher within {QOS_POLL_S:g} s',
+                           throttle_duration_sec=10.0)
+        elif policy == 'RELIABILITY':
+            self._log.warning(f'{what}: qos.input_reliability={mode} cannot receive a best-effort publisher; set '
+                              'qos.input_reliability to auto (follows the publishers) or best_effort (matches both)',
+                              throttle_duration_sec=10.0)
+        else:
+            self._log.warning(f'{what}; compare the offered profile (ros2 topic info -v {topic}) with the '
+                              f'subscription (qos.input_reliability={mode}, depth {self.cfg.qos.input_depth})',
+                              throttle_duration_sec=10.0)
 
     def _poll_qos(self) -> None:
         """auto QoS: (re)subscribe each camera topic as its publishers offer (see evit_ros.ros.qos)."""
@@ -429,7 +502,7 @@ class SegmentationNode(LifecycleNode):
                     if self._worker.stop_event.is_set():
                         return
                     self._log.warning(f'auto QoS on {sub.topic}: {exc}', throttle_duration_sec=10.0)
-            if cam.image_sub is not None and cam.image_sub.reliability:
+            if cam.image_sub is not None and cam.image_sub.decided:
                 cam.stats.input_qos = cam.image_sub.reliability
 
     def _check_config(self, cfg: NodeConfig) -> None:
@@ -463,8 +536,10 @@ class SegmentationNode(LifecycleNode):
             clock_note = ''
             if self.get_clock().clock_type == ClockType.ROS_TIME and self.get_clock().now().nanoseconds == 0:
                 clock_note = 'waiting for /clock (use_sim_time is true): no latency until a clock arrives'
+            sim_time = bool(self.get_parameter('use_sim_time').value)   # public in every distro
             for c in self.cameras.values():
                 c.stats.clock_note = clock_note
+                c.stats.sim_time = sim_time
             diag = self.cfg.diagnostics
             statuses = [c.stats.status(name, dataclasses.replace(
                 diag, expected_rate_hz=c.cfg.expected_rate(diag.expected_rate_hz))) for c in self.cameras.values()]
@@ -495,6 +570,12 @@ class SegmentationNode(LifecycleNode):
 
     def destroy_node(self) -> None:
         self.shutdown(timeout_s=0.5)
+        if self._jump_handle is not None:
+            try:
+                self._jump_handle.unregister()
+            except Exception:  # noqa: BLE001 - the clock may be gone already
+                pass
+            self._jump_handle = None
         for cam in getattr(self, 'cameras', {}).values():
             for sub in (cam.image_sub, cam.info_sub):
                 if sub is not None:
@@ -506,6 +587,15 @@ def _expect_period(cam: Camera) -> None:
     """The stamp-gap estimate of missing frames knows the camera's own expected rate, when it has one."""
     hz = cam.cfg.expected_rate_hz
     cam.stats.gaps.expected_period_ns = 1e9 / hz if hz > 0 else None
+
+
+def _transition_label(tid: int) -> str:
+    """'activate' for Transition.TRANSITION_ACTIVATE, else the id as text."""
+    from lifecycle_msgs.msg import Transition
+    for name in dir(Transition):
+        if name.startswith('TRANSITION_') and getattr(Transition, name) == tid:
+            return name[len('TRANSITION_'):].lower()
+    return str(tid)
 
 
 __all__ = ['DRAIN_TIMEOUT_S', 'LABEL_INFO_QOS', 'NODE_NAME', 'QOS_POLL_S', 'SegmentationNode']

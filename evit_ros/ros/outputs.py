@@ -6,6 +6,11 @@ published, each only while it has a subscriber. Message payloads are the pipelin
 (``array.array``-backed, see :func:`evit_ros.ros.conversions.backing_array`): nothing is copied before
 ``publish``, which serializes synchronously.
 
+Each image output also has ``<output>/compressed`` (sensor_msgs/CompressedImage, image_transport's naming and
+``format`` strings): mask and confidence as PNG (lossless: class ids survive), color mask and overlay as JPEG
+(``outputs.jpeg_quality``). A compressed output counts as a subscriber of what it encodes (an overlay is
+computed when only ``overlay/compressed`` is subscribed) and is encoded only while subscribed itself.
+
 Timings per frame (ms): ``postprocess`` (labels + derived outputs), ``publish`` (all publish calls) and
 ``host`` = decode + preprocess + postprocess + publish, the node's own work besides inference.
 """
@@ -50,6 +55,19 @@ class Wants:
     grids: frozenset[str]
     boundaries: frozenset[str]
     fractions: bool = True      # class fractions for the next diagnostics report
+    compressed: frozenset[str] = frozenset()   # of mask, color_mask, overlay, confidence: <output>/compressed
+    # of the same four: the raw Image subscribed (color/overlay/confidence above say computed, for either form)
+    raw: frozenset[str] = frozenset({'mask', 'color_mask', 'overlay', 'confidence'})
+
+
+# <output>/compressed: codec of each image output (PNG keeps class ids and confidence exact)
+COMPRESSED_CODECS = {'mask': ('mono8', 'png'), 'confidence': ('mono8', 'png'), 'color_mask': ('rgb8', 'jpeg'),
+                     'overlay': ('rgb8', 'jpeg')}
+
+
+def compressed_key(output: str) -> str:
+    """The publisher key (and relative topic suffix) of an output's compressed twin: ``mask/compressed``."""
+    return f'{output}/compressed'
 
 
 def camera_wants(cam: Any, cfg: NodeConfig) -> Wants:
@@ -68,10 +86,14 @@ def camera_wants(cam: Any, cfg: NodeConfig) -> Wants:
                 gg.add(g)
             if sub(gp['boundary']):
                 gb.add(g)
-    return Wants(mask=out.mask and sub(p['mask']), color=out.color_mask and sub(p['color_mask']),
-                 overlay=out.overlay and sub(p['overlay']), confidence=out.confidence and sub(p['confidence']),
+    enabled = {'mask': out.mask, 'color_mask': out.color_mask, 'overlay': out.overlay, 'confidence': out.confidence}
+    raw = frozenset(o for o, on in enabled.items() if on and sub(p[o]))
+    compressed = frozenset(o for o, on in enabled.items()
+                           if on and compressed_key(o) in p and sub(p[compressed_key(o)]))
+    return Wants(mask='mask' in raw, color=bool({'color_mask'} & (raw | compressed)),
+                 overlay=bool({'overlay'} & (raw | compressed)), confidence=bool({'confidence'} & (raw | compressed)),
                  group_masks=frozenset(gm), grids=frozenset(gg), boundaries=frozenset(gb),
-                 fractions=cam.stats.fractions_due())
+                 fractions=cam.stats.fractions_due(), compressed=compressed, raw=raw)
 
 
 class OutputStage:
@@ -80,13 +102,33 @@ class OutputStage:
     def __init__(self, segmenter: Segmenter, stop: Any) -> None:
         self.segmenter = segmenter
         self.stop = stop
+        self._bgr: dict[tuple[str, str], np.ndarray] = {}   # per camera and output: RGB->BGR scratch for JPEG
+
+    def _publish_image(self, cam: Any, name: str, arr: np.ndarray, header: Any, want: Wants, cfg: NodeConfig,
+                       raw: bool) -> None:
+        """Publish ``arr`` on the output ``name`` (if ``raw``) and on ``name/compressed`` (if subscribed)."""
+        encoding = 'mono8' if arr.ndim == 2 else 'rgb8'
+        if raw:
+            cam.pubs[name].publish(conv.numpy_to_image(arr, encoding, header, share=True))
+        if name not in want.compressed:
+            return
+        _, codec = COMPRESSED_CODECS[name]
+        scratch = None
+        if arr.ndim == 3:
+            key = (cam.cfg.name, name)
+            scratch = self._bgr.get(key)
+            if scratch is None or scratch.shape != arr.shape:
+                scratch = self._bgr[key] = np.empty_like(arr)
+        cam.pubs[compressed_key(name)].publish(conv.encode_compressed(
+            arr, encoding, codec, header, quality=cfg.outputs.jpeg_quality, bgr=scratch))
 
     def run(self, cams: list[Any], msgs: list[Any], frames: list[np.ndarray], decode_ms: list[float],
             cfg: NodeConfig, engine_stats: Any, record: Callable[[Any, Any, Any, dict[str, float]], None]) -> None:
         """Process one batch; ``record(cam, msg, result, timings)`` is called after each camera's last publish."""
         wants = [camera_wants(c, cfg) for c in cams]
         results = self.segmenter.run_labels(frames, want_confidence=[w.confidence for w in wants],
-                                            keys=[c.cfg.name for c in cams])
+                                            keys=[c.cfg.name for c in cams],
+                                            confidence_threshold=cfg.diagnostics.low_confidence_threshold)
         for n, pre_ms, infer_ms in self.segmenter.runs:   # every engine run (more than one above its max batch)
             engine_stats.on_batch(n, {'preprocess': pre_ms, 'infer': infer_ms})
         for cam, msg, res, dec, want in zip(cams, msgs, results, decode_ms, wants, strict=True):
@@ -94,10 +136,10 @@ class OutputStage:
                 return
             header = msg.header
             t0 = time.perf_counter()
-            if want.mask:
-                cam.pubs['mask'].publish(conv.numpy_to_image(res.labels, 'mono8', header, share=True))
+            if want.mask or 'mask' in want.compressed:
+                self._publish_image(cam, 'mask', res.labels, header, want, cfg, want.mask)
             if want.confidence and res.confidence is not None:
-                cam.pubs['confidence'].publish(conv.numpy_to_image(res.confidence, 'mono8', header, share=True))
+                self._publish_image(cam, 'confidence', res.confidence, header, want, cfg, 'confidence' in want.raw)
             pub_ms = (time.perf_counter() - t0) * 1e3
             need_masks = want.group_masks | want.grids
             # the diagnostics report fractions of one frame per report; between reports only groups that
@@ -115,11 +157,10 @@ class OutputStage:
             record(cam, msg, res, timings)
 
     def _publish_rest(self, cam: Any, header: Any, res: Any, want: Wants, cfg: NodeConfig) -> None:
-        p = cam.pubs
         if want.color and res.color is not None:
-            p['color_mask'].publish(conv.numpy_to_image(res.color, 'rgb8', header, share=True))
+            self._publish_image(cam, 'color_mask', res.color, header, want, cfg, 'color_mask' in want.raw)
         if want.overlay and res.overlay is not None:
-            p['overlay'].publish(conv.numpy_to_image(res.overlay, 'rgb8', header, share=True))
+            self._publish_image(cam, 'overlay', res.overlay, header, want, cfg, 'overlay' in want.raw)
         projector = None
         for g, gr in res.groups.items():
             gp = cam.group_pubs.get(g)
@@ -185,5 +226,5 @@ def camera_projector(cam: Any, mask_hw: tuple[int, int], cfg: NodeConfig) -> Gro
     return cam.projector
 
 
-__all__ = ['BOUNDARY_MAX_POINTS', 'OPENCV_THREADS', 'OutputStage', 'Wants', 'boundary_polygon',
-           'camera_projector', 'camera_wants', 'pipeline_threads']
+__all__ = ['BOUNDARY_MAX_POINTS', 'COMPRESSED_CODECS', 'OPENCV_THREADS', 'OutputStage', 'Wants', 'boundary_polygon',
+           'camera_projector', 'camera_wants', 'compressed_key', 'pipeline_threads']

@@ -111,6 +111,8 @@ GLOBAL_SPECS: tuple[ParamSpec, ...] = (
               'size) or model (network input size)', True, choices=MASK_RESOLUTIONS),
     ParamSpec('outputs.overlay_alpha', DOUBLE, _O.overlay_alpha, 'Overlay blend weight of the color mask',
               True, range=(0.0, 1.0, 0.0)),
+    ParamSpec('outputs.jpeg_quality', INT, _O.jpeg_quality, 'JPEG quality of segmentation/<cam>/color_mask/'
+              'compressed and overlay/compressed (mask and confidence are PNG, lossless)', True, range=(1, 100, 1)),
     ParamSpec('outputs.palette_overrides', STRING_ARRAY, None, 'Color overrides "classid:r,g,b", e.g. '
               '"13:255,0,0"', True),
     ParamSpec('drivable.groups', STRING_ARRAY, ['drivable'], 'Class group names; each gets '
@@ -132,6 +134,14 @@ GLOBAL_SPECS: tuple[ParamSpec, ...] = (
               'when p95 exceeds it, ERROR when the median does', True, range=(1.0, 60000.0, 0.0)),
     ParamSpec('diagnostics.silence_timeout_s', DOUBLE, _D.silence_timeout_s, 'A camera without frames for '
               'this long is reported silent (ERROR)', True, range=(0.1, 3600.0, 0.0)),
+    ParamSpec('diagnostics.low_confidence_threshold', DOUBLE, _D.low_confidence_threshold, 'A pixel whose max '
+              'softmax probability is below this is low-confidence (diagnostics confidence.low_fraction)', True,
+              range=(0.0, 1.0, 0.0)),
+    ParamSpec('diagnostics.min_mean_confidence', DOUBLE, _D.min_mean_confidence, 'WARN when a camera\'s mean '
+              'confidence stays below this for diagnostics.low_confidence_frames frames (0: never)', True,
+              range=(0.0, 1.0, 0.0)),
+    ParamSpec('diagnostics.low_confidence_frames', INT, _D.low_confidence_frames, 'Consecutive low-confidence '
+              'frames before the WARN', True, range=(1, 100000, 1)),
     ParamSpec('qos.input_reliability', STRING, _Q.input_reliability, 'Camera/CameraInfo subscription reliability; '
               'auto: reliable when every publisher of the topic offers reliable, else best_effort (re-decided '
               'when publishers change)', False, choices=INPUT_RELIABILITIES),

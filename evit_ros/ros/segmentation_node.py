@@ -2,7 +2,7 @@
 
 This module is the process entry point (``main``): the ``segmentation_node`` console script and
 ``python -m evit_ros.ros.segmentation_node`` run it. It starts rclpy, builds the node, spins it until
-SIGINT/SIGTERM and tears it down within the shutdown promise; every startup failure is one ``FATAL`` line and
+SIGINT/SIGTERM/SIGHUP and tears it down within the shutdown promise; every startup failure is one ``FATAL`` line and
 exit code 2. The node itself is in three modules, each importing only the ones below it:
 
 * :mod:`evit_ros.ros.node`: :class:`SegmentationNode`, the lifecycle shell (transitions, parameters,
@@ -48,14 +48,17 @@ def _fatal(message: str) -> int:
 
 
 def main(args: list[str] | None = None) -> int:
-    """Console entry point (``segmentation_node``): run until SIGINT/SIGTERM (exit 0); exit 2 on any startup failure.
+    """Console entry point (``segmentation_node``): run until SIGINT/SIGTERM/SIGHUP (exit 0, one log line);
+    exit 2 on any startup failure.
 
-    rclpy's own signal handlers are off: SIGINT/SIGTERM during startup end the process at once (exit 0), and
-    while running they end the spin loop within 0.1 s. Shutdown keeps to 2 s at any uptime: when the worker
-    is still inside a long inference after its grace time, the process exits without waiting for it.
+    rclpy's own signal handlers are off: SIGINT/SIGTERM/SIGHUP during startup end the process at once (exit 0),
+    and while running they end the spin loop within 0.1 s (an export or engine build in progress runs in a
+    child process, which is ended, see :mod:`evit_ros.ros.prepare`). Shutdown keeps to 2 s at any uptime: when
+    the worker is still inside a long inference after its grace time, the process exits without waiting for it.
     """
     argv = list(sys.argv if args is None else args)
     flag = SignalFlag().install()
+    flag.log = rclpy.logging.get_logger(NODE_NAME).info
     # process-wide: frame-sized messages reuse heap memory instead of fresh pages (see evit_ros/heap.py)
     heap_kept = keep_frame_buffers()
     node: SegmentationNode | None = None
@@ -86,6 +89,8 @@ def main(args: list[str] | None = None) -> int:
         node.get_logger().error(f'executor failed: {type(exc).__name__}: {one_line(exc)}')
     finally:
         t_stop = time.monotonic()
+        if flag.signum:
+            node.get_logger().info(f'{flag.name} received: shutting down')
         node.shutdown(timeout_s=1.0)
         worker_alive = node.worker_alive()
         try:

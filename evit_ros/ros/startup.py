@@ -1,8 +1,9 @@
 """Startup of the node process: check the ROS arguments before rcl sees them, and handle signals ourselves.
 
 Every startup failure ends as one ``FATAL`` line and exit code 2 (rcl's own parser answers a bad params
-file with a multi-line ``RCLError``); SIGINT/SIGTERM at any moment, including while the model loads or
-exports, ends the process with exit code 0 and no traceback.
+file with a multi-line ``RCLError``); SIGINT, SIGTERM and SIGHUP (the terminal or SSH session closing) at any
+moment, including while the model loads or exports, end the process with exit code 0, one log line and no
+traceback.
 """
 from __future__ import annotations
 
@@ -19,9 +20,33 @@ from typing import Any
 from evit_ros.deps import missing_module_message
 from evit_ros.errors import ConfigError, EvitError
 
+# The signals that end the node in order (SIGHUP: the terminal or SSH session that started it closed).
+SHUTDOWN_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Set by any installed SignalFlag: slow work in the main thread (an export in a child process) polls it.
+SIGNALLED = threading.Event()
+_exit_hooks: list[Any] = []
+
+
+def on_exit_now(hook: Any) -> Any:
+    """Run ``hook()`` before :func:`exit_now` ends the process (e.g. end a child process, remove its files);
+    returns a callable that unregisters it."""
+    _exit_hooks.append(hook)
+
+    def remove() -> None:
+        if hook in _exit_hooks:
+            _exit_hooks.remove(hook)
+    return remove
+
 
 def exit_now(code: int) -> None:
-    """Flush Python and C stdio (rcutils logs through C streams), then end the process without finalization."""
+    """Flush Python and C stdio (rcutils logs through C streams), then end the process without finalization.
+
+    Registered exit hooks run first (an export child is ended and its private folder removed)."""
+    for hook in list(_exit_hooks):
+        try:
+            hook()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -35,7 +60,8 @@ def exit_now(code: int) -> None:
 
 
 class SignalFlag:
-    """SIGINT/SIGTERM handler: sets :attr:`event`; while ``exit_on_signal`` is true (startup) ends the process.
+    """SIGINT/SIGTERM/SIGHUP handler: sets :attr:`event` (and :data:`SIGNALLED`); while ``exit_on_signal`` is
+    true (startup) logs one line (``log``) and ends the process.
 
     During startup the process exits from the handler (code 0) instead of raising: an exception raised
     asynchronously can land in Python code that a C++ extension called (a nanobind module's import, rclpy's
@@ -47,17 +73,30 @@ class SignalFlag:
         self.event = threading.Event()
         self.exit_on_signal = True
         self.signum = 0
+        self.log: Any = None     # called with one line when a signal ends startup
         self._previous: dict[int, Any] = {}
 
     def install(self) -> SignalFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in SHUTDOWN_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
+    @property
+    def name(self) -> str:
+        """Name of the signal received ('' before one)."""
+        return signal.Signals(self.signum).name if self.signum else ''
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        first = not self.event.is_set()
         self.signum = signum
         self.event.set()
+        SIGNALLED.set()
         if self.exit_on_signal:
+            if first and self.log is not None:
+                try:
+                    self.log(f'{self.name} during startup: exiting')
+                except Exception:  # noqa: BLE001 - exiting anyway
+                    pass
             exit_now(0)
 
     def restore(self) -> None:
@@ -148,4 +187,5 @@ def startup_error(exc: BaseException) -> str:
     return f'{type(exc).__name__}: {one_line(exc)}'
 
 
-__all__ = ['SignalFlag', 'exit_now', 'check_params_file', 'check_ros_args', 'one_line', 'startup_error']
+__all__ = ['SHUTDOWN_SIGNALS', 'SIGNALLED', 'SignalFlag', 'check_params_file', 'check_ros_args', 'exit_now',
+           'on_exit_now', 'one_line', 'startup_error']

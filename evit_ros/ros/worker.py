@@ -32,7 +32,7 @@ from evit_ros.heap import release_free_heap
 from evit_ros.pipeline import GroundProjector, Segmenter
 from evit_ros.pipeline.batching import BatchPolicy, calibrate
 from evit_ros.ros import conversions as conv
-from evit_ros.ros.diagnostics import CameraStats, EngineStats
+from evit_ros.ros.diagnostics import STAGES, CameraStats, EngineStats
 from evit_ros.ros.outputs import OutputStage
 
 if TYPE_CHECKING:   # qos imports rclpy; only the annotation is needed here
@@ -41,6 +41,10 @@ if TYPE_CHECKING:   # qos imports rclpy; only the annotation is needed here
 THREAD_NAME = 'evit_segmentation_worker'
 GATHER_S = 0.010          # the longest the worker waits for the rest of a synchronised set
 IN_STEP_NS = 1_000_000    # frames stamped this close together are of the same instant
+# After a /clock jump (use_sim_time), frames stamped in the timeline the clock left are left out of latency for
+# this long: the frames in flight across the jump (the mailbox holds one per camera, so a few at most).
+CLOCK_JUMP_GRACE_S = 5.0
+DEBUG = 10   # rclpy.logging.LoggingSeverity.DEBUG (this module imports no rclpy)
 
 
 class Camera:
@@ -93,13 +97,14 @@ class FrameWorker:
         self.busy = False              # the worker is between taking frames and having published them
         self._start = 0                # the camera the next set starts with (rotates)
         self.policy: BatchPolicy | None = None
+        self._jump: tuple[int, int, float] | None = None   # last clock jump: (clock after it ns, delta ns, monotonic s)
 
     # -- callers on other threads ------------------------------------------------------------------------
     def offer(self, cam: Camera, msg: Any) -> None:
         """A camera callback (executor thread): the newest frame replaces the one not yet taken."""
         stamp_ns = conv.stamp_to_ns(msg.header.stamp)
         now_ns = self._clock.now().nanoseconds
-        receive_ms = (now_ns - stamp_ns) / 1e6 if 0 < stamp_ns <= now_ns else None
+        receive_ms = (now_ns - stamp_ns) / 1e6 if 0 < stamp_ns <= now_ns and not self.across_jump(stamp_ns) else None
         with self.cond:
             if not self._accepting:   # a callback already dispatched when deactivate unsubscribed
                 return
@@ -108,6 +113,20 @@ class FrameWorker:
                 cam.stats.on_drop()
             cam.pending = msg
             self.cond.notify()
+
+    def on_clock_jump(self, to_ns: int, delta_ns: int) -> None:
+        """The node clock jumped by ``delta_ns`` to ``to_ns`` (a /clock jump): frames stamped before it are not
+        latency samples (the executor thread calls this; the worker reads the one tuple)."""
+        self._jump = (int(to_ns), int(delta_ns), time.monotonic())
+
+    def across_jump(self, stamp_ns: int) -> bool:
+        """True for a frame stamped in the timeline the clock left at its last jump (within the grace time): its
+        stamp is nearer to where the clock was than to where it jumped."""
+        jump = self._jump
+        if jump is None or time.monotonic() - jump[2] > CLOCK_JUMP_GRACE_S:
+            return False
+        to_ns, delta_ns, _ = jump
+        return abs(stamp_ns - (to_ns - delta_ns)) < abs(stamp_ns - to_ns)
 
     def request_update(self, cfg: NodeConfig) -> None:
         """Hand ``outputs.*``/``drivable.*`` changes to the worker, which applies them before its next batch."""
@@ -297,12 +316,33 @@ class FrameWorker:
             cam.stats.on_stamp('no_clock')
         elif stamp_ns == 0:
             cam.stats.on_stamp('zero')
+        elif self.across_jump(stamp_ns):   # in flight across a /clock jump: neither latency nor skew
+            cam.stats.on_stamp('clock_jump')
         elif stamp_ns > now_ns:  # stamped in the future: clock skew or a broken driver; never a negative latency
             cam.stats.on_stamp('future', (stamp_ns - now_ns) / 1e6)
         else:
             timings['end_to_end'] = (now_ns - stamp_ns) / 1e6
         cam.stats.on_result(timings, res.class_fractions,
                             {g: (r.fraction, r.roi_fraction) for g, r in res.groups.items()})
+        stats = getattr(res, 'confidence_stats', None)
+        if stats is not None:
+            diag = self._config().diagnostics
+            if cam.stats.on_confidence(stats[0], stats[1], diag.min_mean_confidence, diag.low_confidence_frames):
+                self._log.warning(
+                    f'camera {cam.cfg.name}: mean confidence {stats[0]:.2f} below {diag.min_mean_confidence:.2f} for '
+                    f'{cam.stats.low_streak} frames, {100 * stats[1]:.0f} % of pixels below '
+                    f'{diag.low_confidence_threshold:.2f}: the scene is unlike what the model learned (covered or '
+                    'dirty lens, night for a day model, weights for another domain)', throttle_duration_sec=10.0)
+        if self._debug():   # per-frame timing only at --log-level debug: nothing is formatted otherwise
+            self._log.debug(f'camera {cam.cfg.name}: frame {stamp_ns / 1e9:.3f}: '
+                            + ', '.join(f'{k} {timings[k]:.1f}' for k in STAGES if k in timings) + ' ms')
+
+    def _debug(self) -> bool:
+        enabled = getattr(self._log, 'is_enabled_for', None)
+        try:
+            return bool(enabled(DEBUG)) if enabled is not None else False
+        except Exception:  # noqa: BLE001 - a logger without levels: no debug lines
+            return False
 
 
 __all__ = ['GATHER_S', 'IN_STEP_NS', 'THREAD_NAME', 'Camera', 'FrameWorker', 'in_step']
