@@ -107,12 +107,19 @@ class CameraConfig:
     transport: str = 'raw'
     camera_info_topic: str = ''
     mount: MountConfig = field(default_factory=MountConfig)
+    expected_rate_hz: float = 0.0   # 0: diagnostics.expected_rate_hz
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace('_', 'a').isalnum():
             raise ConfigError(f'camera name {self.name!r} must be a non-empty [A-Za-z0-9_] word '
                               '(it becomes part of topic names)')
         _choice(f'cameras.{self.name}.transport', self.transport, TRANSPORTS)
+        if self.expected_rate_hz != 0.0:
+            _range(f'cameras.{self.name}.expected_rate_hz', self.expected_rate_hz, 0.1, 1000.0)
+
+    def expected_rate(self, default_hz: float) -> float:
+        """This camera's expected rate: its own ``expected_rate_hz``, else ``diagnostics.expected_rate_hz``."""
+        return self.expected_rate_hz or default_hz
 
     @property
     def resolved_topic(self) -> str:
@@ -202,9 +209,10 @@ class DiagnosticsConfig:
 @dataclass(frozen=True)
 class QosConfig:
     input_reliability: str = 'auto'
-    input_depth: int = 1
+    # 5: a steady stream of several cameras from one process reaches the callback (docs/performance.md#surround-rig)
+    input_depth: int = 5
     output_reliability: str = 'reliable'
-    output_depth: int = 1
+    output_depth: int = 5   # the ROS sensor-data depth; 1 loses masks in bursts of several cameras
 
     def __post_init__(self) -> None:
         _choice('qos.input_reliability', self.input_reliability, INPUT_RELIABILITIES)

@@ -390,6 +390,16 @@ def test_close_twice_is_safe_and_reload_works(engine: Path, onnx_file: Path, cud
     be.close()
 
 
+def test_opt_batch_comes_from_the_engine_sidecar(engine: Path, onnx_file: Path, cudart: FakeCudart,
+                                                 tmp_path: Path) -> None:
+    backend, _ = _backend(engine, onnx_file, cudart)
+    opt = engine_cache.read_sidecar(engine)['fields']['shapes']['profile']['opt'][0]
+    assert backend.opt_batch == opt and opt >= 1        # what the node's batching policy stays at or below
+    bare = tmp_path / 'nosidecar.engine'
+    bare.write_bytes(engine.read_bytes())
+    assert _backend(bare, onnx_file, cudart)[0].opt_batch is None
+
+
 def test_numpy_dtype_mapping() -> None:
     assert [numpy_dtype(d) for d in (DataType.UINT8, DataType.FLOAT, DataType.INT32, DataType.HALF)] == [
         'uint8', 'float32', 'int32', 'float16']

@@ -202,3 +202,30 @@ def test_real_onnxruntime_session() -> None:
     frames = [_frame(9), _frame(10)]
     for f, r in zip(frames, seg.process(frames), strict=True):
         np.testing.assert_array_equal(r.labels, f[..., 0] >> 4)
+
+
+def test_every_engine_run_is_listed_whatever_the_split() -> None:
+    """Four cameras through an engine of max batch 2: two runs of two, each in ``runs`` (the engine diagnostics
+    count runs from it), and the per-frame infer time is the time of the frame's own run."""
+    backend = FakeBackend('labels', max_batch=2)
+    seg = Segmenter(backend, input_cfg=InputConfig(height=MODEL_HW[0], width=MODEL_HW[1]), outputs=OutputConfig(),
+                    drivable=DrivableConfig(), dataset=CITYSCAPES)
+    frames = [_frame(i) for i in range(4)]
+    results = seg.run_labels(frames)
+    assert [n for n, _, _ in seg.runs] == [2, 2] and len(backend.calls) == 2
+    assert [r.timings_ms['infer'] for r in results] == [seg.runs[0][2]] * 2 + [seg.runs[1][2]] * 2
+    seg.run_labels(frames[:3])
+    assert [n for n, _, _ in seg.runs] == [2, 1]
+
+
+def test_keyed_buffers_follow_the_camera_not_its_position() -> None:
+    """A node running its cameras one per call keeps each camera's output buffers (no reallocation per frame)."""
+    seg = Segmenter(FakeBackend('labels'), input_cfg=InputConfig(height=MODEL_HW[0], width=MODEL_HW[1]),
+                    outputs=OutputConfig(), drivable=DrivableConfig(), dataset=CITYSCAPES)
+    small = _frame(1)[:64, :96].copy()
+    a = seg.run_labels([_frame(0)], keys=['front'])[0].labels
+    b = seg.run_labels([small], keys=['rear'])[0].labels
+    a2 = seg.run_labels([_frame(2)], keys=['front'])[0].labels
+    assert a2 is a and b.shape == small.shape[:2]            # front's buffer survived rear's other size
+    with pytest.raises(FrameError):
+        seg.run_labels([_frame(0)], keys=['front', 'rear'])

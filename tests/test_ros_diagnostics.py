@@ -21,14 +21,14 @@ def test_camera_status_rates_percentiles_and_ok() -> None:
     t0 = st.created
     st._t_mark = t0
     for i in range(20):
-        st.on_receive()
+        st.on_receive(now=t0 + 0.1 * i)
         st.on_result({'decode': 1.0, 'infer': 10.0 + i, 'end_to_end': 40.0 + i}, np.array([0.75, 0.25]),
-                      {'drivable': (0.75, 0.5)})
-    st.last_rx = t0 + 1.9
+                      {'drivable': (0.75, 0.5)}, now=t0 + 0.1 * i + 0.02)
     s = st.status('evit_segmentation', CFG, now=t0 + 2.0)
     v = _values(s)
     assert s.level == b'\x00' and s.message == 'ok'
     assert float(v['input_rate_hz']) == pytest.approx(10.0) and float(v['output_rate_hz']) == pytest.approx(10.0)
+    assert v['rate_window_s'] == '1.9' and v['frames_missing'] == '0'
     assert float(v['latency.infer.p50_ms']) == pytest.approx(19.5) and float(v['latency.infer.max_ms']) == 29.0
     assert float(v['latency.end_to_end.p95_ms']) == pytest.approx(np.percentile(np.arange(40, 60), 95), abs=0.01)
     assert v['latency.preprocess.p50_ms'] == 'nan'          # a stage never reported stays nan

@@ -426,13 +426,16 @@ def test_latest_frame_wins_and_overlay_confidence_only_while_subscribed(h) -> No
         h.send('front', _raw(generate_scene(9, *FRONT_HW, camera=CAM)[0], _stamp(60)), ['/segmentation/front/mask'])
         assert not calls[-1]['want_overlay'] and not calls[-1]['want_confidence']
 
-        # both cameras pending together -> one process() call with both frames
+        # both cameras pending together -> one set, run in chunks of the batching policy's size: this engine takes
+        # one frame per run (static batch 1), so two calls of one frame (evit_ros.pipeline.batching)
         cb_left = node._make_callback(node.cameras['left'])
+        before = len(calls)
         with node._worker.cond:
             cb(_raw(generate_scene(10, *FRONT_HW, camera=CAM)[0], _stamp(70)))
             cb_left(_jpeg(generate_scene(11, *LEFT_HW, camera=CAM)[0], _stamp(71)))
-        wait_for(lambda: h.by_stamp('/segmentation/left/mask', _stamp(71)) is not None, what='batched output')
-        assert calls[-1]['n'] == 2
+        wait_for(lambda: all(h.by_stamp(f'/segmentation/{c}/mask', _stamp(s)) is not None
+                             for c, s in (('front', 70), ('left', 71))), what='both outputs')
+        assert [c['n'] for c in calls[before:]] == [1, 1] and node._worker.policy.model.max_batch == 1
     finally:
         node.segmenter.run_labels = real
         node.segmenter.derive = real_derive

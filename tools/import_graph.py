@@ -24,11 +24,11 @@ PACKAGE = 'evit_ros'
 # bottom to top: each room may import only itself and the rooms before it
 LAYERS: tuple[str, ...] = ('foundation', 'model', 'device', 'pipeline', 'export', 'backends', 'synthetic', 'eval',
                            'ros', 'bench', 'cli', 'entry')
-# ROS client libraries and message packages: the node's room imports them; so do the node benchmarks, which
+# ROS client libraries and message packages: the node's room imports them; so do the node benchmarks (node, rig), which
 # drive a node over DDS. Everything else imports without a ROS installation.
 ROS_MODULES = ('rclpy', 'rosidl_runtime_py', 'rpyutils', 'builtin_interfaces', 'std_msgs', 'sensor_msgs',
                'nav_msgs', 'geometry_msgs', 'diagnostic_msgs', 'lifecycle_msgs', 'rcl_interfaces', 'vision_msgs')
-ROS_IMPORTERS = ('evit_ros.ros', 'evit_ros.bench.node', 'evit_ros.bench.node_baselines')
+ROS_IMPORTERS = ('evit_ros.ros', 'evit_ros.bench.node', 'evit_ros.bench.node_baselines', 'evit_ros.bench.rig')
 
 
 def modules(root: Path = REPO) -> dict[str, Path]:

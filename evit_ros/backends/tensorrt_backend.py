@@ -203,6 +203,16 @@ class TensorRTBackend(InferenceBackend):
         self.rebuilt = True
         return check()
 
+    @property
+    def opt_batch(self) -> int | None:
+        """The batch the engine's optimization profile was tuned for (its sidecar's ``opt``), None if unknown; the
+        node's batching policy (:mod:`evit_ros.pipeline.batching`) uses no larger runs."""
+        try:
+            shapes = engine_cache.read_sidecar(self.engine_path)['fields'].get('shapes', {})
+            return int(shapes['profile']['opt'][0])
+        except (EngineCacheMismatch, OSError, KeyError, TypeError, ValueError, IndexError):
+            return None
+
     def _check_engine_folder(self, onnx_path: Path) -> None:
         """CacheError before a rebuild of minutes when the engine cannot be written (read-only, full, a file)."""
         from evit_ros.fileio import check_writable, os_error_text

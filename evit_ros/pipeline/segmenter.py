@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import array
 import time
-from collections.abc import Container, Sequence
+from collections.abc import Container, Hashable, Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -174,6 +174,8 @@ class Segmenter:
         self._float_input = self.io.input_format == 'float-nchw'
         self._nchw: np.ndarray | None = None
         self._slots: list[_Slot] = []
+        self._keyed: dict[Hashable, _Slot] = {}   # buffers per caller key (camera), see run_labels
+        self.runs: list[tuple[int, float, float]] = []   # engine runs of the last run_labels call
         self.update(outputs=outputs, drivable=drivable)
 
     # -- configuration -------------------------------------------------------------------------------
@@ -212,23 +214,31 @@ class Segmenter:
 
     def run_labels(self, frames: Sequence[np.ndarray], *,
                    want_confidence: bool | Sequence[bool] = False,
+                   keys: Sequence[Hashable] | None = None,
                    confidence_threshold: float | None = None) -> list[FrameResult]:
         """Phase 1: class ids (and confidence when wanted) at the output size; the rest is left to :meth:`derive`.
 
         ``want_confidence``: one flag for all frames or one per frame (per camera subscribers).
+        ``keys``: one per frame (the camera), so each key keeps its own output buffers whatever its position in
+        this call (a node running its cameras one per call); None: buffers by position.
         ``confidence_threshold`` (0..1): also fill each result's ``confidence_stats`` (from the 1/8 confidence;
         well under a millisecond).
         ``timings_ms``: ``preprocess``/``infer`` of the chunk, ``postprocess`` of this frame's labels.
+        :attr:`runs` lists every engine run of the call: (frames, preprocess ms, infer ms).
         """
         n = len(frames)
+        self.runs = []
         if n == 0:
             return []
         conf_flags = [bool(want_confidence)] * n if isinstance(want_confidence, bool) else \
             [bool(v) for v in want_confidence]
         if len(conf_flags) != n:
             raise FrameError(f'want_confidence has {len(conf_flags)} flags for {n} frames', 'size')
+        if keys is not None and len(keys) != n:
+            raise FrameError(f'keys has {len(keys)} entries for {n} frames', 'size')
         while len(self._slots) < n:
             self._slots.append(_Slot())
+        slots = self._slots[:n] if keys is None else [self._keyed.setdefault(k, _Slot()) for k in keys]
         static_batch = int(self.io.input.shape[0]) if self.io.input.shape and self.io.input.shape[0] > 0 else 0
         chunk = min(self.max_batch, static_batch) if static_batch else self.max_batch
         results: list[FrameResult] = []
@@ -249,13 +259,14 @@ class Segmenter:
             t2 = time.perf_counter()
             labels_b = self._labels_from(res, len(part))
             pre_ms, inf_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
+            self.runs.append((len(part), pre_ms, inf_ms))
             for i, frame in enumerate(part):
                 tp = time.perf_counter()
-                if self._slots[start + i].fit(frame.shape[:2]):
+                if slots[start + i].fit(frame.shape[:2]):
                     self._forget_other_sizes()
                 conf_raw = self._confidence_from(res, i) \
                     if conf_flags[start + i] or confidence_threshold is not None else None
-                fr = self._labels_out(self._slots[start + i], frame, batch[i], plans[i], labels_b[i],
+                fr = self._labels_out(slots[start + i], frame, batch[i], plans[i], labels_b[i],
                                       conf_raw if conf_flags[start + i] else None)
                 if confidence_threshold is not None and conf_raw is not None:
                     fr.confidence_stats = confidence_stats(conf_raw, confidence_threshold)
@@ -266,7 +277,7 @@ class Segmenter:
 
     def _forget_other_sizes(self) -> None:
         """Size-keyed caches keep only the sizes the slots hold now (bounded memory after an outlier frame)."""
-        sizes = {s.hw for s in self._slots if s.hw is not None}
+        sizes = {s.hw for s in (*self._slots, *self._keyed.values()) if s.hw is not None}
         sizes |= {self.preprocessor.out_hw}
         self.roi.retain(sizes)
 

@@ -23,8 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from evit_ros.ros.rates import RATE_WINDOW_S, RateWindow, StampGaps
+
 SHM_SEGMENT_BYTES = 512 * 1024   # Fast DDS's default shared-memory segment size
-STAGES: tuple[str, ...] = ('decode', 'preprocess', 'infer', 'postprocess', 'publish', 'host', 'end_to_end')
+# receive: header stamp -> the subscription callback (node clock): the transport's share of end_to_end
+STAGES: tuple[str, ...] = ('receive', 'decode', 'preprocess', 'infer', 'postprocess', 'publish', 'host', 'end_to_end')
 WINDOW = 256
 OK, WARN, ERROR = 0, 1, 2
 _LEVEL_BYTES = {OK: b'\x00', WARN: b'\x01', ERROR: b'\x02'}
@@ -68,6 +71,7 @@ class CameraStats:
         self.grid_status = 'no camera_info_topic configured: no ground grid/boundary'
         self.last_delay_ms: float | None = None
         self.input_qos = ''                 # reliability of the camera subscription (auto QoS decides it)
+        self.input_depth = 0                # its history depth (qos.input_depth; 0: unknown)
         self.last_frame_bytes = 0
         self.clock_note = ''                # 'waiting for /clock ...' under use_sim_time without a clock
         self.stamps: Counter[str] = Counter()   # frames left out of latency: future / zero stamps, no clock
@@ -82,12 +86,40 @@ class CameraStats:
         self._out_mark = 0
         self._bad_mark = 0
         self._t_mark = time.monotonic()
+        self.rx_rate = RateWindow(RATE_WINDOW_S)
+        self.out_rate = RateWindow(RATE_WINDOW_S)
+        self.gaps = StampGaps()             # frames the transport lost, from header stamp gaps (rates.py)
+        self.message_lost = 0               # the DDS reader's own message_lost events (few of the losses)
+        self.output_events: Counter[str] = Counter()   # publisher-side events of the camera's mask publisher
+        self.output_subscribers = 0          # subscriptions matched to the mask (matched events)
+        self._incompatible_mark = 0
+        self._missing_mark = 0
 
-    def on_receive(self, nbytes: int = 0) -> None:
+    def on_receive(self, nbytes: int = 0, stamp_ns: int = 0, now: float | None = None,
+                   receive_ms: float | None = None) -> None:
+        """A frame reached the callback: ``nbytes`` of data, header stamp ``stamp_ns``, at monotonic ``now``,
+        ``receive_ms`` after its stamp (node clock; None when not measurable)."""
         with self.lock:
             self.received += 1
-            self.last_rx = time.monotonic()
+            if receive_ms is not None:
+                self.stages['receive'].add(receive_ms)
+            self.last_rx = time.monotonic() if now is None else now
+            self.rx_rate.add(self.last_rx)
             self.last_frame_bytes = nbytes
+            self.gaps.add(stamp_ns)
+
+    def on_output_event(self, kind: str, n: int) -> None:
+        """A publisher event of the camera's mask: 'incompatible_qos' (count) or 'matched' (change)."""
+        with self.lock:
+            if kind == 'matched':
+                self.output_subscribers += n
+                self.output_events['matched' if n >= 0 else 'unmatched'] += abs(n)
+            else:
+                self.output_events[kind] += max(0, n)
+
+    def on_message_lost(self, n: int) -> None:
+        with self.lock:
+            self.message_lost += max(0, int(n))
 
     def on_stamp(self, issue: str, ahead_ms: float = 0.0) -> None:
         """A frame whose latency cannot be measured: 'future' stamp, 'zero' stamp or 'no_clock' (sim time)."""
@@ -121,9 +153,10 @@ class CameraStats:
             self.bad[reason] += 1
 
     def on_result(self, timings_ms: dict[str, float], class_fractions: np.ndarray | None,
-                  groups: dict[str, tuple[float, float]]) -> None:
+                  groups: dict[str, tuple[float, float]], now: float | None = None) -> None:
         with self.lock:
             self.processed += 1
+            self.out_rate.add(time.monotonic() if now is None else now)
             for k, v in timings_ms.items():
                 if k in self.stages:
                     self.stages[k].add(v)
@@ -147,9 +180,12 @@ class CameraStats:
         from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
         now = time.monotonic() if now is None else now
         with self.lock:
-            dt = max(1e-6, now - self._t_mark)
-            in_rate = (self.received - self._rx_mark) / dt
-            out_rate = (self.processed - self._out_mark) / dt
+            in_rate, window_s = self.rx_rate.rate(now)
+            out_rate, _ = self.out_rate.rate(now)
+            missing = self.gaps.missing
+            new_missing = missing - self._missing_mark
+            self._missing_mark = missing
+            period_ns = self.gaps.period_ns()
             new_bad = sum(self.bad.values()) - self._bad_mark
             stamp_issues = self.stamps['future'] + self.stamps['zero']
             new_stamp_issues = stamp_issues - self._stamp_mark
@@ -160,7 +196,13 @@ class CameraStats:
                 ('topic', self.topic), ('input_rate_hz', f'{in_rate:.2f}'), ('output_rate_hz', f'{out_rate:.2f}'),
                 ('frames_received', str(self.received)), ('frames_processed', str(self.processed)),
                 ('dropped_frames', str(self.dropped)), ('bad_frames', str(sum(self.bad.values()))),
-                ('input_qos', self.input_qos)]
+                ('input_qos', self.input_qos), ('rate_window_s', f'{window_s:.1f}'),
+                ('frames_missing', str(missing)), ('message_lost_events', str(self.message_lost)),
+                ('stamp_period_ms', 'nan' if period_ns is None else f'{period_ns / 1e6:.1f}'),
+                ('stamp_pauses', str(self.gaps.pauses)), ('output_subscribers', str(self.output_subscribers))]
+            values += [(f'output_events.{k}', str(v)) for k, v in sorted(self.output_events.items())]
+            new_incompatible = self.output_events['incompatible_qos'] - self._incompatible_mark
+            self._incompatible_mark = self.output_events['incompatible_qos']
             values += [(f'bad_frames.{r}', str(n)) for r, n in sorted(self.bad.items())]
             values += [(f'stamps_excluded.{r}', str(n)) for r, n in sorted(self.stamps.items())]
             if self.clock_jumps:
@@ -207,18 +249,28 @@ class CameraStats:
         if e2e is not None and received:
             if e2e['p50'] > cfg.latency_budget_ms:
                 level = ERROR
-                msgs.append(f'end-to-end latency p50 {e2e["p50"]:.0f} ms over budget {cfg.latency_budget_ms:.0f} ms')
+                msgs.append(f'end-to-end latency p50 {e2e["p50"]:.0f} ms over budget {cfg.latency_budget_ms:.0f} ms'
+                            + latency_breakdown(lat, 'p50'))
             elif e2e['p95'] > cfg.latency_budget_ms:
                 level = max(level, WARN)
-                msgs.append(f'end-to-end latency p95 {e2e["p95"]:.0f} ms over budget {cfg.latency_budget_ms:.0f} ms')
+                msgs.append(f'end-to-end latency p95 {e2e["p95"]:.0f} ms over budget {cfg.latency_budget_ms:.0f} ms'
+                            + latency_breakdown(lat, 'p95'))
         if clock_note:
             level = max(level, WARN)
             msgs.append(clock_note)
-        elif last_rx is not None and silent_for <= cfg.silence_timeout_s \
-                and rate_below_half(in_rate, cfg.expected_rate_hz):
+        elif last_rx is not None and silent_for <= cfg.silence_timeout_s and window_s > 0 \
+                and rate_below_half(in_rate, cfg.expected_rate_hz):   # window_s 0: fewer than two frames, no rate
             level = max(level, WARN)
             msgs.append(f'input rate {in_rate:.2f} Hz below {0.5 * cfg.expected_rate_hz:.2f} Hz, half the expected '
                         f'{cfg.expected_rate_hz:.2f} Hz' + lost_frames_hint(self.input_qos, frame_bytes))
+        if new_missing > 0:
+            level = max(level, WARN)
+            msgs.append(missing_frames_message(new_missing, missing, received, self.input_qos, self.input_depth))
+        if new_incompatible > 0:
+            level = max(level, WARN)
+            msgs.append(f'{new_incompatible} subscriber(s) of segmentation/{self.name}/mask asked for a QoS it '
+                        'do not offer (e.g. transient local or a deadline) and receive nothing: subscribe reliable or '
+                        'best effort, volatile (qos.output_reliability)')
         if new_stamp_issues:
             level = max(level, WARN)
             fix = ('under use_sim_time: is /clock from the same source (bag) as the camera stamps?' if sim_time else
@@ -289,6 +341,32 @@ def lost_frames_fix() -> str:
             'publish the camera reliable (qos.input_reliability auto follows it)')
 
 
+def latency_breakdown(lat: dict[str, dict[str, float] | None], q: str) -> str:
+    """Where an over-budget latency goes: before the callback (transport, executor), inference, the node's own work."""
+    parts = []
+    for stage, what in (('receive', 'stamp to callback (camera, transport, executor)'), ('infer', 'inference'),
+                        ('host', 'the node\'s own work')):
+        sm = lat.get(stage)
+        if sm is not None:
+            parts.append(f'{what} {sm[q]:.0f} ms')
+    return f' ({q} of its parts: ' + ', '.join(parts) + '; the rest is waiting for the worker)' if parts else ''
+
+
+def missing_frames_message(new: int, total: int, received: int, input_qos: str, depth: int = 0) -> str:
+    """The WARN for frames lost before the node's callback: how many, the cause (the transport) and the fixes."""
+    pct = 100.0 * total / max(1, total + received)
+    now = f'now {depth}; ' if depth else ''
+    fix = (f'Fix: raise qos.input_depth ({now}a reliable reader of depth 1 replaces a frame still in flight), '
+           f'start the camera and the node with the shipped Fast DDS profile ({profiles_file_variable()}='
+           '<share>/evit_ros/config/fastdds_large_frames.xml), publish each camera from its own process, or use '
+           'compressed transport')
+    if input_qos == 'best_effort':
+        fix = lost_frames_fix()
+    return (f'{new} frame(s) missing since the last report ({total} in all, {pct:.1f} % of the stream), from gaps '
+            'between header stamps: lost in the transport before the node\'s callback (the node\'s own drops are '
+            f'dropped_frames). {fix}')
+
+
 def lost_frames_hint(input_qos: str, frame_bytes: int) -> str:
     """Why frames go missing and the fixes, when the subscription is best effort and frames are large.
 
@@ -302,7 +380,12 @@ def lost_frames_hint(input_qos: str, frame_bytes: int) -> str:
 
 
 class EngineStats:
-    """Batches through the backend: sizes, preprocess/infer latency, failures."""
+    """Engine runs: how many, of how many frames, preprocess/infer latency per run, failures; the batching policy.
+
+    One :meth:`on_batch` per engine run (a set of cameras larger than the engine's max batch is several runs).
+    ``batches``/``frames``/``mean_batch_size``/``batch_sizes`` count since start (one window for all of them);
+    ``window.*`` and the latencies cover the last :data:`WINDOW` runs.
+    """
 
     def __init__(self, describe: dict[str, str]) -> None:
         self.describe = dict(describe)
@@ -312,16 +395,24 @@ class EngineStats:
         self.errors = 0
         self.last_error = ''
         self.batch_sizes: deque[int] = deque(maxlen=WINDOW)
+        self.size_counts: Counter[int] = Counter()
         self.stages = {s: StageStats() for s in ('preprocess', 'infer', 'postprocess')}
+        self.policy: dict[str, str] = {}    # the batching policy's numbers (evit_ros.pipeline.batching)
 
     def on_batch(self, n: int, timings_ms: dict[str, float]) -> None:
+        """One engine run of ``n`` frames and its ``preprocess``/``infer`` times (ms)."""
         with self.lock:
             self.batches += 1
             self.frames += n
             self.batch_sizes.append(n)
+            self.size_counts[n] += 1
             for k, v in timings_ms.items():
                 if k in self.stages:
                     self.stages[k].add(v)
+
+    def set_policy(self, values: dict[str, str]) -> None:
+        with self.lock:
+            self.policy = dict(values)
 
     def on_error(self, message: str) -> None:
         with self.lock:
@@ -333,8 +424,13 @@ class EngineStats:
         with self.lock:
             values = [(k, v) for k, v in sorted(self.describe.items())]
             values += [('batches', str(self.batches)), ('frames', str(self.frames)),
-                       ('mean_batch_size', f'{(np.mean(self.batch_sizes) if self.batch_sizes else 0.0):.2f}'),
-                       ('errors', str(self.errors))]
+                       ('mean_batch_size', f'{self.frames / self.batches if self.batches else 0.0:.2f}'),
+                       ('batch_sizes', ','.join(f'{n}:{c}' for n, c in sorted(self.size_counts.items()))),
+                       ('counts_window', 'since start'), ('window.batches', str(len(self.batch_sizes))),
+                       ('window.mean_batch_size',
+                        f'{(np.mean(self.batch_sizes) if self.batch_sizes else 0.0):.2f}'),
+                       ('latency_window', f'last {WINDOW} engine runs'), ('errors', str(self.errors))]
+            values += sorted(self.policy.items())
             for s, stats in self.stages.items():
                 sm = stats.summary()
                 for q in ('p50', 'p95', 'max'):

@@ -17,6 +17,7 @@ camera subscriptions and their ``qos.input_reliability: auto`` polling (:mod:`ev
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -46,9 +47,9 @@ from evit_ros.ros.startup import one_line, startup_error
 from evit_ros.ros.worker import Camera, FrameWorker
 
 try:  # Jazzy and later
-    from rclpy.event_handler import SubscriptionEventCallbacks
+    from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 except ImportError:  # Humble
-    from rclpy.qos_event import SubscriptionEventCallbacks
+    from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks
 
 NODE_NAME = 'evit_segmentation'
 QOS_POLL_S = 0.5            # how often auto-QoS subscriptions look at the publishers of their topic
@@ -283,9 +284,12 @@ class SegmentationNode(LifecycleNode):
         self.cameras = cameras
         for cam_cfg in cfg.cameras:
             cam = Camera(cam_cfg, CameraStats(cam_cfg.name, cam_cfg.subscribed_topic, self.dataset.class_names))
+            _expect_period(cam)
             base = f'segmentation/{cam_cfg.name}/'
             pub = self.create_lifecycle_publisher
-            cam.pubs = {'mask': pub(Image, base + 'mask', out_qos),
+            # the mask's publisher events are counted (each event handler is one more entity the executor
+            # waits on per spin, so not for every output; the others keep rclpy's default QoS warning)
+            cam.pubs = {'mask': pub(Image, base + 'mask', out_qos, event_callbacks=self._output_events(cam)),
                         'color_mask': pub(Image, base + 'color_mask', out_qos),
                         'overlay': pub(Image, base + 'overlay', out_qos),
                         'confidence': pub(Image, base + 'confidence', out_qos)}
@@ -333,10 +337,11 @@ class SegmentationNode(LifecycleNode):
             compressed = cam_cfg.transport == 'compressed'
             topic = cam_cfg.subscribed_topic   # <topic>/compressed for compressed transport
             cam.image_sub = InputSubscription(self, CompressedImage if compressed else Image, topic,
-                                              self._make_callback(cam), mode, depth, self._qos_events(topic),
+                                              self._make_callback(cam), mode, depth, self._qos_events(topic, cam.stats),
                                               self._log.info, self._log.debug)
             cam.stats.input_qos = cam.image_sub.reliability if cam.image_sub.decided else \
                 f'auto: waiting for a publisher (subscribed {cam.image_sub.reliability})'
+            cam.stats.input_depth = depth
             if cam_cfg.camera_info_topic:
                 cam.stats.grid_status = f'waiting for CameraInfo on {cam_cfg.camera_info_topic}'
                 cam.info_sub = InputSubscription(self, CameraInfo, cam_cfg.camera_info_topic,
@@ -437,11 +442,35 @@ class SegmentationNode(LifecycleNode):
             cam.info = (tuple(float(v) for v in msg.k), int(msg.height), int(msg.width))
         return callback
 
-    def _qos_events(self, topic: str) -> Any:
-        """Event callbacks of one input subscription (they name its topic)."""
+    def _output_events(self, cam: Camera) -> Any:
+        """Event callbacks of a camera's mask publisher: what the publisher side can see (a subscriber with an
+        incompatible QoS, subscribers matched and unmatched), counted in the camera's diagnostics."""
+        stats = cam.stats
+
+        def incompatible(event: Any) -> None:
+            stats.on_output_event('incompatible_qos', int(getattr(event, 'total_count_change', 1)))
+
+        def matched(event: Any) -> None:
+            stats.on_output_event('matched', int(getattr(event, 'current_count_change', 0)))
+        try:
+            return PublisherEventCallbacks(incompatible_qos=incompatible, matched=matched)
+        except TypeError:   # Humble: no matched event
+            return PublisherEventCallbacks(incompatible_qos=incompatible)
+
+    def _qos_events(self, topic: str, stats: CameraStats | None = None) -> Any:
+        """Event callbacks of one input subscription (they name its topic); for a camera image, also the reader's
+        own message_lost count (diagnostics ``message_lost_events``; the stamp gaps count the rest)."""
         def on_incompatible(event: Any) -> None:
             self._on_incompatible_qos(topic, event)
-        return SubscriptionEventCallbacks(incompatible_qos=on_incompatible)
+        if stats is None:
+            return SubscriptionEventCallbacks(incompatible_qos=on_incompatible)
+
+        def lost(event: Any) -> None:
+            stats.on_message_lost(int(getattr(event, 'total_count_change', 0)))
+        try:
+            return SubscriptionEventCallbacks(incompatible_qos=on_incompatible, message_lost=lost)
+        except TypeError:   # an rclpy without the message_lost event
+            return SubscriptionEventCallbacks(incompatible_qos=on_incompatible)
 
     def _on_incompatible_qos(self, topic: str, event: Any) -> None:
         """A publisher the subscription cannot match: the policy and count, and the fix only where one applies."""
@@ -490,6 +519,7 @@ class SegmentationNode(LifecycleNode):
         for c in cfg.cameras:
             if c.name in self.cameras:
                 self.cameras[c.name].cfg = c
+                _expect_period(self.cameras[c.name])
         if any(k.startswith(('outputs.', 'drivable.')) for k in changes):
             self._worker.request_update(cfg)
         self._log.info(f'applied {", ".join(f"{k}={v!r}" for k, v in changes.items())}')
@@ -510,7 +540,9 @@ class SegmentationNode(LifecycleNode):
             for c in self.cameras.values():
                 c.stats.clock_note = clock_note
                 c.stats.sim_time = sim_time
-            statuses = [c.stats.status(name, self.cfg.diagnostics) for c in self.cameras.values()]
+            diag = self.cfg.diagnostics
+            statuses = [c.stats.status(name, dataclasses.replace(
+                diag, expected_rate_hz=c.cfg.expected_rate(diag.expected_rate_hz))) for c in self.cameras.values()]
         else:
             error = startup_error(self.transition_error) if self.transition_error is not None else ''
             statuses.append(lifecycle_status(name, state, error))
@@ -549,6 +581,12 @@ class SegmentationNode(LifecycleNode):
                 if sub is not None:
                     sub.close()
         super().destroy_node()
+
+
+def _expect_period(cam: Camera) -> None:
+    """The stamp-gap estimate of missing frames knows the camera's own expected rate, when it has one."""
+    hz = cam.cfg.expected_rate_hz
+    cam.stats.gaps.expected_period_ns = 1e9 / hz if hz > 0 else None
 
 
 def _transition_label(tid: int) -> str:

@@ -127,10 +127,10 @@ class OutputStage:
         """Process one batch; ``record(cam, msg, result, timings)`` is called after each camera's last publish."""
         wants = [camera_wants(c, cfg) for c in cams]
         results = self.segmenter.run_labels(frames, want_confidence=[w.confidence for w in wants],
+                                            keys=[c.cfg.name for c in cams],
                                             confidence_threshold=cfg.diagnostics.low_confidence_threshold)
-        first = results[0].timings_ms
-        engine_stats.on_batch(len(frames), {'preprocess': first.get('preprocess', 0.0),
-                                            'infer': first.get('infer', 0.0)})
+        for n, pre_ms, infer_ms in self.segmenter.runs:   # every engine run (more than one above its max batch)
+            engine_stats.on_batch(n, {'preprocess': pre_ms, 'infer': infer_ms})
         for cam, msg, res, dec, want in zip(cams, msgs, results, decode_ms, wants, strict=True):
             if self.stop.is_set():
                 return

@@ -128,7 +128,8 @@ GLOBAL_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec('grid.frame_id', STRING, _G.frame_id, 'Frame of the grid and boundary (vehicle frame on the '
               'ground)', True),
     ParamSpec('diagnostics.expected_rate_hz', DOUBLE, _D.expected_rate_hz, 'Expected camera rate; WARN below '
-              'half of it', True, range=(0.1, 1000.0, 0.0)),
+              'half of it (a camera\'s own cameras.<cam>.expected_rate_hz overrides it)', True,
+              range=(0.1, 1000.0, 0.0)),
     ParamSpec('diagnostics.latency_budget_ms', DOUBLE, _D.latency_budget_ms, 'End-to-end latency budget; WARN '
               'when p95 exceeds it, ERROR when the median does', True, range=(1.0, 60000.0, 0.0)),
     ParamSpec('diagnostics.silence_timeout_s', DOUBLE, _D.silence_timeout_s, 'A camera without frames for '
@@ -144,11 +145,13 @@ GLOBAL_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec('qos.input_reliability', STRING, _Q.input_reliability, 'Camera/CameraInfo subscription reliability; '
               'auto: reliable when every publisher of the topic offers reliable, else best_effort (re-decided '
               'when publishers change)', False, choices=INPUT_RELIABILITIES),
-    ParamSpec('qos.input_depth', INT, _Q.input_depth, 'Camera subscription queue depth', False,
+    ParamSpec('qos.input_depth', INT, _Q.input_depth, 'Camera subscription queue depth (reader history; 1 loses '
+              'frames of a steady multi-camera stream in the transport)', False,
               range=(1, 100, 1)),
     ParamSpec('qos.output_reliability', STRING, _Q.output_reliability, 'Output publishers reliability', False,
               choices=RELIABILITIES),
-    ParamSpec('qos.output_depth', INT, _Q.output_depth, 'Output publishers queue depth', False, range=(1, 100, 1)),
+    ParamSpec('qos.output_depth', INT, _Q.output_depth, 'Output publishers queue depth (5: the sensor-data '
+              'convention; 1 loses masks to reliable subscribers in bursts)', False, range=(1, 100, 1)),
     ParamSpec('lifecycle.autostart', BOOL, _L.autostart, 'Configure and activate at startup (plain ros2 run); '
               'false: stay unconfigured until a lifecycle manager or `ros2 lifecycle set` drives the node', False),
 )
@@ -164,6 +167,8 @@ def camera_specs(cam: str) -> tuple[ParamSpec, ...]:
                   '<topic>/compressed)', False, choices=TRANSPORTS),
         ParamSpec(p + 'camera_info_topic', STRING, '', 'CameraInfo topic for intrinsics (K); empty: no ground '
                   'grid/boundary', False),
+        ParamSpec(p + 'expected_rate_hz', DOUBLE, 0.0, 'This camera\'s expected rate (WARN below half of it); '
+                  '0.0: diagnostics.expected_rate_hz', True, range=(0.0, 1000.0, 0.0)),
         ParamSpec(p + 'mount.height_m', DOUBLE, _MT.height_m, 'Camera height above the ground (m)', True,
                   range=(0.05, 20.0, 0.0)),
         ParamSpec(p + 'mount.pitch_deg', DOUBLE, _MT.pitch_deg, 'Camera pitch, positive looks down (deg)', True,

@@ -6,13 +6,18 @@ with the executor thread, while :mod:`evit_ros.ros.node` (the lifecycle shell) o
 rclpy, so the node's threading contract (one condition, one update lock, one stop event) reads in one place.
 
 Threading: a subscription callback (:meth:`FrameWorker.offer`) only stores the newest message in its camera's
-one-slot mailbox (:attr:`Camera.pending`) under :attr:`FrameWorker.cond` (a frame replaced before the worker
-took it is counted as dropped), so callbacks never block and nothing queues without bound. The worker thread
-takes every pending frame, decodes them, runs them through :class:`~evit_ros.pipeline.Segmenter` as one batch
-(the output stage publishes the results) and records each camera's statistics. ``outputs.*``/``drivable.*``
-changes arrive through :meth:`FrameWorker.request_update` and are applied between batches. Deactivate stops
-accepting frames, :meth:`FrameWorker.drain` waits until the frames already taken are published, then
-:meth:`FrameWorker.stop` ends the thread.
+one-slot mailbox (:attr:`Camera.pending`) under :attr:`FrameWorker.cond` (a frame replaced before the worker took
+it is counted as dropped), so callbacks never block and nothing queues without bound. The worker thread takes
+every pending frame (a set; when a camera in step with a pending one, a synchronised rig's, has not delivered its
+frame of the same instant yet, it waits for it up to GATHER_S; oldest header stamp first; frames of the same
+instant in an order that rotates from set to set, so no camera is always last), and runs the set through
+:class:`~evit_ros.pipeline.Segmenter` in chunks whose size the batching policy (:mod:`evit_ros.pipeline.batching`,
+from the engine's measured cost per run) chooses: each chunk is decoded, inferred and published (the output stage)
+before the next, and a frame that arrived meanwhile for a camera of a later chunk replaces the one taken (counted
+as dropped). It records each camera's statistics. ``outputs.*``/``drivable.*`` changes arrive through
+:meth:`FrameWorker.request_update` and are applied between chunks. Deactivate stops accepting frames,
+:meth:`FrameWorker.drain` waits until the frames already taken are published, then :meth:`FrameWorker.stop` ends
+the thread.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from evit_ros.config import CameraConfig, NodeConfig
 from evit_ros.errors import FrameError
 from evit_ros.heap import release_free_heap
 from evit_ros.pipeline import GroundProjector, Segmenter
+from evit_ros.pipeline.batching import BatchPolicy, calibrate
 from evit_ros.ros import conversions as conv
 from evit_ros.ros.diagnostics import STAGES, CameraStats, EngineStats
 from evit_ros.ros.outputs import OutputStage
@@ -33,6 +39,8 @@ if TYPE_CHECKING:   # qos imports rclpy; only the annotation is needed here
     from evit_ros.ros.qos import InputSubscription
 
 THREAD_NAME = 'evit_segmentation_worker'
+GATHER_S = 0.010          # the longest the worker waits for the rest of a synchronised set
+IN_STEP_NS = 1_000_000    # frames stamped this close together are of the same instant
 # After a /clock jump (use_sim_time), frames stamped in the timeline the clock left are left out of latency for
 # this long: the frames in flight across the jump (the mailbox holds one per camera, so a few at most).
 CLOCK_JUMP_GRACE_S = 5.0
@@ -55,6 +63,17 @@ class Camera:
         self.image_sub: InputSubscription | None = None
         self.info_sub: InputSubscription | None = None
         self.last_pixels = 0
+        self.last_stamp_ns: int | None = None   # header stamp of the last frame the worker took
+
+
+def in_step(cameras: Iterable[Camera]) -> list[Camera]:
+    """Cameras without a pending frame whose last frame was stamped at the same instant (within
+    :data:`IN_STEP_NS`) as the last frame of a camera that has one now: a synchronised rig's frames of the next
+    instant are on their way, so the worker waits (at most :data:`GATHER_S`) to take them as one set."""
+    cams = list(cameras)
+    pending = [c.last_stamp_ns for c in cams if c.pending is not None and c.last_stamp_ns is not None]
+    return [c for c in cams if c.pending is None and c.last_stamp_ns is not None
+            and any(abs(c.last_stamp_ns - s) <= IN_STEP_NS for s in pending)]
 
 
 class FrameWorker:
@@ -76,15 +95,20 @@ class FrameWorker:
         self._thread: threading.Thread | None = None
         self._accepting = False        # camera callbacks store frames only while active
         self.busy = False              # the worker is between taking frames and having published them
+        self._start = 0                # the camera the next set starts with (rotates)
+        self.policy: BatchPolicy | None = None
         self._jump: tuple[int, int, float] | None = None   # last clock jump: (clock after it ns, delta ns, monotonic s)
 
     # -- callers on other threads ------------------------------------------------------------------------
     def offer(self, cam: Camera, msg: Any) -> None:
         """A camera callback (executor thread): the newest frame replaces the one not yet taken."""
+        stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+        now_ns = self._clock.now().nanoseconds
+        receive_ms = (now_ns - stamp_ns) / 1e6 if 0 < stamp_ns <= now_ns and not self.across_jump(stamp_ns) else None
         with self.cond:
             if not self._accepting:   # a callback already dispatched when deactivate unsubscribed
                 return
-            cam.stats.on_receive(len(msg.data))
+            cam.stats.on_receive(len(msg.data), stamp_ns, receive_ms=receive_ms)
             if cam.pending is not None:
                 cam.stats.on_drop()
             cam.pending = msg
@@ -149,13 +173,25 @@ class FrameWorker:
     # -- the worker thread -------------------------------------------------------------------------------
     def _run(self, cameras: dict[str, Camera], segmenter: Segmenter, outputs: OutputStage,
              engine_stats: EngineStats) -> None:
+        self.policy = self._calibrated_policy(segmenter, engine_stats)
         while not self.stop_event.is_set():
             with self.cond:
                 if not any(c.pending is not None for c in cameras.values()):
                     self.cond.wait(timeout=0.2)
-                taken = [(c, c.pending) for c in cameras.values() if c.pending is not None]
-                for c, _ in taken:
+                self._gather(cameras)
+                order = list(cameras.values())
+                if order:
+                    k = self._start % len(order)
+                    order = order[k:] + order[:k]
+                taken = [(c, c.pending) for c in order if c.pending is not None]
+                # oldest stamp first (a frame the transport delivered late waits no longer); ties, a synchronised
+                # rig's frames of one instant, keep the rotation (sort is stable)
+                taken.sort(key=lambda cm: conv.stamp_to_ns(cm[1].header.stamp))
+                for c, msg in taken:
                     c.pending = None
+                    c.last_stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+                if taken:
+                    self._start += 1
                 self.busy = bool(taken)
             if not taken or self.stop_event.is_set():
                 self._idle()
@@ -171,14 +207,74 @@ class FrameWorker:
             finally:
                 self._idle()
 
+    def _gather(self, cameras: dict[str, Camera]) -> None:
+        """(``cond`` held) Wait up to :data:`GATHER_S` for the frames of cameras in step with a pending one, so the
+        rest of a synchronised set joins it instead of always waiting for the first camera to arrive."""
+        deadline = time.monotonic() + GATHER_S
+        while in_step(cameras.values()) and not self.stop_event.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.cond.wait(timeout=left)
+
     def _idle(self) -> None:
         """The frames taken are published (or failed): wake a deactivate waiting for the worker."""
         with self.cond:
             self.busy = False
             self.cond.notify_all()
 
+    def _calibrated_policy(self, segmenter: Segmenter, engine_stats: EngineStats) -> BatchPolicy:
+        """The batching policy with every batch size of the engine timed once (a failure leaves it unmeasured)."""
+        static = segmenter.io.input.shape[0] if segmenter.io.input.shape else -1
+        max_batch = min(segmenter.max_batch, static) if static and static > 0 else segmenter.max_batch
+        opt = getattr(segmenter.backend, 'opt_batch', None)
+        policy = BatchPolicy(max_batch, self._config().diagnostics.latency_budget_ms,
+                             opt if isinstance(opt, int) and opt > 0 else None)
+        try:
+            calibrate(segmenter.backend, policy.model)
+        except Exception as exc:  # noqa: BLE001 - batching then starts from one frame per run and learns
+            self._log.warning(f'batching: timing the engine failed ({type(exc).__name__}: {exc}); starting with '
+                              'one frame per run')
+        if engine_stats is not None:
+            engine_stats.set_policy(policy.describe())
+        return policy
+
     def _process(self, taken: list[tuple[Camera, Any]], segmenter: Segmenter, outputs: OutputStage,
                  engine_stats: EngineStats) -> None:
+        """One set: chunks of the policy's size, each decoded, inferred and published before the next."""
+        cfg = self._config()
+        policy = self.policy
+        size = len(taken)
+        if policy is not None:
+            policy.budget_ms = cfg.diagnostics.latency_budget_ms
+            size = policy.decide(len(taken)).batch
+        for i in range(0, len(taken), size):
+            if self.stop_event.is_set():
+                return
+            chunk = taken[i:i + size]
+            if i:
+                chunk = self._fresher(chunk)
+            segmenter.runs = []
+            self._process_chunk(chunk, segmenter, outputs, engine_stats)
+            if policy is not None:
+                for n, _, infer_ms in segmenter.runs:
+                    policy.model.add(n, infer_ms)
+        if policy is not None and engine_stats is not None:
+            engine_stats.set_policy(policy.describe())
+
+    def _fresher(self, chunk: list[tuple[Camera, Any]]) -> list[tuple[Camera, Any]]:
+        """Frames that arrived while earlier chunks ran replace the ones taken (which count as dropped)."""
+        out = []
+        with self.cond:
+            for cam, msg in chunk:
+                if cam.pending is not None:
+                    cam.stats.on_drop()
+                    msg, cam.pending = cam.pending, None
+                out.append((cam, msg))
+        return out
+
+    def _process_chunk(self, taken: list[tuple[Camera, Any]], segmenter: Segmenter, outputs: OutputStage,
+                       engine_stats: EngineStats) -> None:
         with self._update_lock:
             update, self._pending_update = self._pending_update, None
         if update is not None:
@@ -249,4 +345,4 @@ class FrameWorker:
             return False
 
 
-__all__ = ['THREAD_NAME', 'Camera', 'FrameWorker']
+__all__ = ['GATHER_S', 'IN_STEP_NS', 'THREAD_NAME', 'Camera', 'FrameWorker', 'in_step']
