@@ -15,9 +15,9 @@ import pytest
 
 from evit_ros import contract
 from evit_ros.backends import SYNTHETIC_CHECKPOINT
+from evit_ros.contract import NODE_HEAD
 from evit_ros.export.onnx_export import read_metadata
 from evit_ros.fileio import file_sha256
-from evit_ros.ros.outputs import NODE_HEAD
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
