@@ -10,7 +10,8 @@ class, annotations, and the names in :data:`RECEIVER_TYPES`. What cannot be type
 coverage check lists names it must find, so the analysis cannot silently go blind).
 
 A use is *guarded* when the code has a fallback for its absence: inside ``try:`` with an ``except ImportError``/
-``AttributeError`` (``guard='try'``; the handler's own uses get ``'except'``: the older distro's path), under
+``AttributeError``/``TypeError`` (a keyword an older rclpy lacks) (``guard='try'``; the handler's own uses get
+``'except'``: the older distro's path), under
 ``if hasattr(obj, 'name')`` (``'hasattr'``), or ``getattr(obj, 'name', default)`` (``'getattr'``).
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ SCOPE = ('evit_ros/ros/*.py', 'evit_ros/bench/node*.py')
 RECEIVER_TYPES = {'node': 'rclpy.node.Node', 'self.node': 'rclpy.node.Node'}
 # attributes every generated message class has besides its fields
 MESSAGE_CLASS_NAMES = {'get_fields_and_field_types', 'SLOT_TYPES', 'Request', 'Response', 'Event'}
-_GUARD_ERRORS = {'ImportError', 'ModuleNotFoundError', 'AttributeError'}
+_GUARD_ERRORS = {'ImportError', 'ModuleNotFoundError', 'AttributeError', 'TypeError'}   # TypeError: a keyword
 
 
 @dataclass(frozen=True)

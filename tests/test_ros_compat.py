@@ -32,8 +32,11 @@ HUMBLE_FALLBACKS = {
     'rclpy.event_handler': 'Iron+ name of rclpy.qos_event; ros/node.py imports SubscriptionEventCallbacks from '
                            'rclpy.qos_event on ImportError (Humble has it there)',
     'rclpy.event_handler.SubscriptionEventCallbacks': 'see rclpy.event_handler',
+    'rclpy.event_handler.PublisherEventCallbacks': 'see rclpy.event_handler',
     'add_post_set_parameters_callback': 'Jazzy+; under hasattr in ros/node.py and ros/params.py: on Humble the '
                                         'on-set callback applies accepted changes itself (post_set_supported=False)',
+    'rclpy.qos_event.PublisherEventCallbacks': "Humble's PublisherEventCallbacks has no matched= (Iron+); ros/node.py "
+                                               'retries without it on TypeError: no matched/unmatched counts there',
 }
 # Private internals (no public API in all three distros) -> why the node needs them. Each must exist in Humble's
 # source and on the installed rclpy's real objects (tests below); the analysis finds every private use.

@@ -20,6 +20,7 @@ import time
 import cv2
 import numpy as np
 
+from evit_ros.contract import NODE_HEAD
 from evit_ros.ros import conversions as conv
 from evit_ros.ros.outputs import COMPRESSED_CODECS, OPENCV_THREADS
 
@@ -31,7 +32,7 @@ def _segmenter(model_hw: tuple[int, int], threads: int):   # noqa: ANN202 - Segm
     from evit_ros.pipeline import Segmenter
     model, inp = ModelConfig(), InputConfig(height=model_hw[0], width=model_hw[1])
     backend = create_backend(BackendConfig(type='onnxruntime', threads=threads), model=model, input_cfg=inp,
-                             head='labels+logits')
+                             head=NODE_HEAD)
     backend.load()
     return Segmenter(backend, input_cfg=inp, outputs=OutputConfig(), drivable=DrivableConfig(),
                      dataset=dataset_for_model(model.name)), backend
