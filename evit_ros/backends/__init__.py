@@ -79,6 +79,24 @@ def auto_onnx_path(model: ModelConfig, input_cfg: InputConfig, head: str, *, che
     return cache_dir() / 'onnx' / name
 
 
+def sweep_onnx_cache(folder: Path, logger: logging.Logger) -> None:
+    """Remove the temporary files that exports killed mid-write left in ``folder`` (never a live writer's)."""
+    from evit_ros.fileio import remove_stale_temps
+    for stale in remove_stale_temps(folder):
+        logger.info('removed %s, left by an export that was killed', stale)
+
+
+def check_onnx_cache(folder: Path, model: ModelConfig, input_cfg: InputConfig, head: str, *, checkpoint: str,
+                     max_batch: int = 1) -> None:
+    """:class:`CacheError` unless ``folder`` is writable with room for an export of ``checkpoint``: run before the
+    slow export and verification, so a read-only, misplaced or full cache fails in milliseconds."""
+    from evit_ros.fileio import check_writable
+    try:
+        check_writable(folder, need_bytes=Path(checkpoint).stat().st_size if checkpoint else 0)
+    except OSError as exc:
+        raise cache_error(folder, exc, model, input_cfg, head, max_batch) from exc
+
+
 def ensure_onnx(model: ModelConfig, input_cfg: InputConfig, head: str, *, checkpoint: str, max_batch: int = 1,
                 logger: logging.Logger | None = None) -> Path:
     """An exported, verified ONNX for this model/checkpoint/size/head, exported into the cache if missing.
@@ -87,15 +105,10 @@ def ensure_onnx(model: ModelConfig, input_cfg: InputConfig, head: str, *, checkp
     """
     lg = logger or log
     path = auto_onnx_path(model, input_cfg, head, checkpoint=checkpoint, max_batch=max_batch)
-    from evit_ros.fileio import check_writable, remove_stale_temps
-    for stale in remove_stale_temps(path.parent):   # every start: also when the export is already there
-        lg.info('removed %s, left by an export that was killed', stale)
+    sweep_onnx_cache(path.parent, lg)   # every start: also when the export is already there
     if path.is_file():
         return path
-    try:   # before the slow export and verification: a read-only, misplaced or full cache fails in ms
-        check_writable(path.parent, need_bytes=Path(checkpoint).stat().st_size)
-    except OSError as exc:
-        raise cache_error(path.parent, exc, model, input_cfg, head, max_batch) from exc
+    check_onnx_cache(path.parent, model, input_cfg, head, checkpoint=checkpoint, max_batch=max_batch)
     from evit_ros.export.onnx_export import export_onnx
     lg.info('exporting %s (%s) at %dx%d to %s', model.name, checkpoint, input_cfg.height, input_cfg.width, path)
     try:
@@ -301,5 +314,5 @@ def create_backend(config: BackendConfig, *, model: ModelConfig, input_cfg: Inpu
 
 
 __all__ = ['InferenceBackend', 'InferenceResult', 'ModelIO', 'TensorSpec', 'auto_onnx_path', 'cache_dir',
-           'check_onnx_matches', 'choose_auto', 'create_backend', 'describe_weights', 'ensure_onnx', 'export_command',
-           'resolve_checkpoint']
+           'check_onnx_cache', 'check_onnx_matches', 'choose_auto', 'create_backend', 'describe_weights',
+           'ensure_onnx', 'export_command', 'resolve_checkpoint', 'sweep_onnx_cache']

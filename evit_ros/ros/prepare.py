@@ -199,16 +199,11 @@ class _PipeHandler(logging.Handler):
 
 def check_cache(folder: Path, cfg: NodeConfig, work: Work, head: str, max_batch: int,
                 logger: logging.Logger) -> None:
-    """The ONNX cache is writable and has room, and temporary files of killed writers are gone, before exporting."""
-    from evit_ros.backends import cache_error
-    from evit_ros.fileio import check_writable, remove_stale_temps
-    if folder.is_dir():
-        for stale in remove_stale_temps(folder):
-            logger.info('removed %s, left by an export that was killed', stale)
-    try:
-        check_writable(folder, need_bytes=Path(work.checkpoint).stat().st_size if work.checkpoint else 0)
-    except OSError as exc:
-        raise cache_error(folder, exc, cfg.model, cfg.input, head, max_batch) from exc
+    """The ONNX cache is writable and has room, and temporary files of killed writers are gone, before exporting
+    (the same checks ``ensure_onnx`` makes in-process; the child's export sees only its private folder)."""
+    from evit_ros.backends import check_onnx_cache, sweep_onnx_cache
+    sweep_onnx_cache(folder, logger)
+    check_onnx_cache(folder, cfg.model, cfg.input, head, checkpoint=work.checkpoint, max_batch=max_batch)
 
 
 def child_main(cfg: NodeConfig, work: Work, head: str, max_batch: int, private: str, conn: Any) -> None:
