@@ -12,7 +12,6 @@ decoded back and compared with the class ids.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -20,6 +19,7 @@ import time
 import cv2
 import numpy as np
 
+from evit_ros.bench import write_json
 from evit_ros.contract import NODE_HEAD
 from evit_ros.ros import conversions as conv
 from evit_ros.ros.outputs import COMPRESSED_CODECS, OPENCV_THREADS
@@ -121,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run_compressed_benchmark((args.height, args.width), frames=args.frames, iters=args.iters,
                                       threads=args.threads)
     sys.stdout.write(format_table(report) + '\n')
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(report, f, indent=2)
+    write_json(args.json, report)
     return 0
 
 

@@ -11,17 +11,16 @@ machine. Prints a table and writes JSON (``--json``).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from evit_ros import contract
+from evit_ros.bench import write_json
 from evit_ros.config import DEFAULT_MODEL, InputConfig, ModelConfig
 from evit_ros.errors import ConfigError, EvitError
 
@@ -185,9 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f'evit_ros.bench.heads: {exc}\n')
         return 2
     sys.stdout.write(format_table(report) + '\n')
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
-        sys.stdout.write(f'wrote {args.json}\n')
+    write_json(args.json, report)
     return 0
 
 

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from evit_ros.bench import write_json
 from evit_ros.bench.node_baselines import ECHO_NS, FLOOR_NS, PLAIN_NS
 from evit_ros.config import BackendConfig, InputConfig, ModelConfig
 from evit_ros.errors import ConfigError, EvitError
@@ -412,9 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f'evit_ros.bench.node: {exc}\n')
         return 2
     sys.stdout.write(table(res) + '\n')
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
-        sys.stdout.write(f'wrote {args.json}\n')
+    write_json(args.json, res)
     return 0
 
 

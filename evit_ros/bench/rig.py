@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from evit_ros.bench import write_json
 from evit_ros.errors import ConfigError, EvitError
 
 PUB_DEPTH = 10      # a camera driver's usual reliable history (image_transport's default profile)
@@ -338,9 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f'evit_ros.bench.rig: {exc}\n')
         return 2
     sys.stdout.write(table(res) + '\n')
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
-        sys.stdout.write(f'wrote {args.json}\n')
+    write_json(args.json, res)
     return 0
 
 

@@ -6,7 +6,6 @@ copy of the frame's bytes is the floor any decode can reach. Run ``python -m evi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from evit_ros.bench import write_json
 from evit_ros.config import GridConfig, MountConfig
 from evit_ros.datasets import CITYSCAPES
 from evit_ros.pipeline.decode import decode_image
@@ -153,9 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                                   threads=args.threads)
         reports.append(rep)
         sys.stdout.write(format_table(rep) + '\n\n')
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(reports, f, indent=2)
+    write_json(args.json, reports)
     return 0
 
 

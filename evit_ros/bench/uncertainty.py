@@ -14,7 +14,6 @@ to the share of held-out frames below it (false alarms). Prints a table and writ
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -25,6 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from evit_ros.bench import write_json
 from evit_ros.config import DEFAULT_MODEL, DiagnosticsConfig, DrivableConfig, InputConfig, ModelConfig, OutputConfig
 from evit_ros.contract import NODE_HEAD
 from evit_ros.errors import ConfigError, EvitError
@@ -160,9 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f'evit_ros.bench.uncertainty: {exc}\n')
         return 2
     sys.stdout.write(format_table(report) + '\n')
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + '\n')
-        sys.stdout.write(f'wrote {args.json}\n')
+    write_json(args.json, report)
     return 0
 
 
