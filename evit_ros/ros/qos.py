@@ -136,12 +136,8 @@ class InputSubscription:
         return deliver
 
     def _drop_retiring(self) -> None:
-        if self._retiring is not None:
-            try:
-                self.node.destroy_subscription(self._retiring)
-            except Exception:  # noqa: BLE001 - the node may be gone already
-                pass
-            self._retiring = None
+        self._destroy(self._retiring)
+        self._retiring = None
 
     def poll(self) -> bool:
         """Re-decide from the current publishers (auto mode); True when the subscription was (re)created."""
@@ -182,12 +178,15 @@ class InputSubscription:
 
     def close(self) -> None:
         self._drop_retiring()
-        if self.subscription is not None:
+        self._destroy(self.subscription)
+        self.subscription = None
+
+    def _destroy(self, subscription: Any) -> None:
+        if subscription is not None:
             try:
-                self.node.destroy_subscription(self.subscription)
+                self.node.destroy_subscription(subscription)
             except Exception:  # noqa: BLE001 - the node may be gone already
                 pass
-            self.subscription = None
 
 
 def _header_key(msg: Any) -> Any:
