@@ -86,7 +86,7 @@ COMPAT_STAMP := $(COMPAT_VENV)/.installed
 COMPAT_ONNX := .compat_onnx
 COMPAT_TESTS := tests/test_ros_node.py tests/test_ros_vehicle.py tests/test_ros_lifecycle.py tests/test_ros_params.py \
 	tests/test_ros_process.py tests/test_ros_vehicle_process.py tests/test_ros_nav2.py tests/test_ros_conversions.py \
-	tests/test_ros_diagnostics.py tests/test_ros_compat.py
+	tests/test_ros_diagnostics.py tests/test_ros_compat.py tests/test_ros_transport.py tests/test_launch_logic.py
 
 $(COMPAT_STAMP): requirements-compat.txt tools/find_python.sh setup.py setup.cfg
 	@echo "[compat 1/4] $(COMPAT_VENV): Python 3.10 with ROS 2 Kilted wheels, no PyTorch (a first setup takes about 1 min)"

@@ -2,6 +2,7 @@
 
     ros2 launch evit_ros segmentation.launch.py [params_file:=FILE] [namespace:=NS] [use_sim_time:=true]
                                                 [rviz:=true] [log_level:=debug] [autostart:=false]
+                                                [fastdds_profile:=off]
 
 ``params_file`` defaults to the installed ``share/evit_ros/config/evit_ros.yaml`` (found through the ament
 index); ``~`` and ``$VARIABLES`` in it are expanded (launch_ros would take them literally and run the node on
@@ -10,7 +11,9 @@ Its parameters sit under ``/**`` so they apply inside any ``namespace``. ``use_s
 true/false in any case (True, 1, yes). ``log_level`` applies to the node's own logger only, not to rcl/rmw.
 ``rviz:=true`` without rviz2 installed warns and runs the node alone. ``autostart`` (default true) sets the
 node's ``lifecycle.autostart`` (over the params file): false leaves the managed node unconfigured for a
-lifecycle manager (Nav2's lifecycle_manager, ``ros2 lifecycle set``).
+lifecycle manager (Nav2's lifecycle_manager, ``ros2 lifecycle set``). ``fastdds_profile`` sets
+``EVIT_ROS_FASTDDS_PROFILE`` for the node: ``node`` (its own Fast DDS participant profile, what it does anyway when
+the environment configures no Fast DDS profile) or ``off``; empty (default): the environment decides.
 
 The launch ends when the node exits: with exit code 0 when the node ended cleanly (exit 0), with exit code 1
 and one ``[ERROR] [launch]`` line naming the node's exit code when it failed (a startup failure is the node's
@@ -30,6 +33,8 @@ PACKAGE = 'evit_ros'
 NODE_NAME = 'evit_segmentation'
 TRUE, FALSE = ('true', '1', 'yes', 'on'), ('false', '0', 'no', 'off')
 LOG_LEVELS = ('debug', 'info', 'warn', 'error', 'fatal')
+FASTDDS_PROFILE_ENV = 'EVIT_ROS_FASTDDS_PROFILE'   # read by evit_ros.ros.transport before rclpy starts
+FASTDDS_PROFILE_CHOICES = ('', 'node', 'off')
 
 
 def as_bool(name: str, value: str) -> bool:
@@ -90,6 +95,9 @@ def _actions(context, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 
     want_rviz = as_bool('rviz', LaunchConfiguration('rviz').perform(context))
     autostart = as_bool('autostart', LaunchConfiguration('autostart').perform(context))
     log_level = LaunchConfiguration('log_level').perform(context).strip().lower()
+    fastdds_profile = LaunchConfiguration('fastdds_profile').perform(context).strip().lower()
+    if fastdds_profile not in FASTDDS_PROFILE_CHOICES:
+        raise RuntimeError(f'fastdds_profile:={fastdds_profile} is not valid; use node or off (or leave it empty)')
     if log_level not in LOG_LEVELS:
         raise RuntimeError(f'log_level:={log_level} is not valid; use one of: {", ".join(LOG_LEVELS)}')
     if not Path(params_file).is_file():
@@ -107,6 +115,7 @@ def _actions(context, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 
         output='screen',
         emulate_tty=True,
         on_exit=on_node_exit,
+        additional_env={FASTDDS_PROFILE_ENV: fastdds_profile} if fastdds_profile else None,
     )]
     if want_rviz and not rviz2_installed():
         launch.logging.get_logger('evit_ros.launch').warning(
@@ -141,5 +150,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument('autostart', default_value='true',
                               description='Configure and activate the (lifecycle) node at startup; false: leave it '
                                           'unconfigured for a lifecycle manager / ros2 lifecycle set'),
+        DeclareLaunchArgument('fastdds_profile', default_value='',
+                              description='node: the node\'s own Fast DDS profile (frames in over UDP; applied '
+                                          'anyway when no Fast DDS profile is configured), off: Fast DDS as the '
+                                          'environment configures it; empty: the environment decides'),
     ]
     return LaunchDescription([*arguments, OpaqueFunction(function=_actions)])

@@ -83,7 +83,7 @@ def _load_launch(monkeypatch, rviz_installed: bool) -> types.ModuleType:
 
 def _context(**overrides: str) -> dict:
     ctx = {'params_file': str(REPO / 'config' / 'evit_ros.yaml'), 'namespace': '', 'use_sim_time': 'false',
-           'rviz': 'false', 'log_level': 'info', 'autostart': 'true'}
+           'rviz': 'false', 'log_level': 'info', 'autostart': 'true', 'fastdds_profile': ''}
     ctx.update(overrides)
     return ctx
 
@@ -232,3 +232,15 @@ def test_every_rviz_display_matches_a_node_output_or_the_camera() -> None:
         if 'Update Topic' in d:   # the Map display's incremental updates: the node publishes whole grids only
             assert d['Update Topic']['Value'] == topic + '_updates'
     assert seen_camera
+
+
+def test_launch_fastdds_profile_sets_the_nodes_switch_only_when_given(monkeypatch) -> None:
+    from evit_ros.ros.transport import SWITCH, SWITCH_VALUES
+    launch = _load_launch(monkeypatch, rviz_installed=False)
+    assert launch.FASTDDS_PROFILE_ENV == SWITCH and launch.FASTDDS_PROFILE_CHOICES == SWITCH_VALUES
+    assert _node(launch._actions(_context()), 'segmentation_node').kwargs['additional_env'] is None
+    for text, value in (('off', 'off'), ('Node', 'node')):
+        node = _node(launch._actions(_context(fastdds_profile=text)), 'segmentation_node')
+        assert node.kwargs['additional_env'] == {SWITCH: value}
+    with pytest.raises(RuntimeError, match='fastdds_profile:=udp'):
+        launch._actions(_context(fastdds_profile='udp'))

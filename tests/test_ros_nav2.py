@@ -39,6 +39,7 @@ from test_ros_lifecycle import call_service, change_state  # noqa: E402
 from test_ros_vehicle_process import RELIABLE, Tester, _base, _cmd, _env, _rgb8, _stop, mask_then_sigint  # noqa: E402
 
 from evit_ros.ros.diagnostics import profiles_file_variable  # noqa: E402
+from evit_ros.ros.transport import SWITCH  # noqa: E402
 
 needs_onnx_source()
 
@@ -129,12 +130,14 @@ def test_managed_process_waits_unconfigured_then_runs_after_configure_activate(t
 
 
 def _layer_recipe(tmp_path: Path, params: dict[str, str], env: dict[str, str],
-                  layer_timeout_s: float = 120.0) -> dict[str, dict[str, Any]]:
-    """Node and stand-in layer in their own processes (``env``); the camera (this process) publishes N_FRAMES
-    reliable 1024x2048 rgb8 frames, each after the previous mask reached a reliable subscriber here."""
+                  layer_timeout_s: float = 120.0, node_env: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Node and stand-in layer in their own processes (``env``; the node's ``node_env`` if given); the camera
+    (this process) publishes N_FRAMES reliable 1024x2048 rgb8 frames, each after the previous mask reached a
+    reliable subscriber here."""
     log = tmp_path / 'node.log'
     with open(log, 'w') as out:
-        node = subprocess.Popen(_cmd(params), stdout=out, stderr=subprocess.STDOUT, env=env)
+        node = subprocess.Popen(_cmd(params), stdout=out, stderr=subprocess.STDOUT,
+                                env=env if node_env is None else node_env)
     layer = subprocess.Popen([sys.executable, '-c', LAYER, str(N_FRAMES), str(layer_timeout_s)], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, env=env)
     lines: queue.Queue[str] = queue.Queue()
@@ -187,7 +190,8 @@ def warm_up(t: Tester, pub: Any, frame: Image, lines: queue.Queue[str], node: su
 def test_layer_recipe_model_resolution_masks_arrive_best_effort_with_fast_dds_defaults(tmp_path, onnx352) -> None:
     params = {**_base(onnx352), 'input.height': '352', 'input.width': '640', 'outputs.mask_resolution': 'model',
               'outputs.confidence': 'true'}
-    got = _layer_recipe(tmp_path, params, _env(tmp_path))   # _env drops any Fast DDS profile: defaults
+    env = _env(tmp_path)   # _env drops any Fast DDS profile: defaults, and the node's own profile off too
+    got = _layer_recipe(tmp_path, params, env, node_env={**env, SWITCH: 'off'})
     for name in ('mask', 'confidence'):
         assert len(got[name]) == N_FRAMES, (name, got[name])
         assert all(v == [352, 640, 'mono8'] for v in got[name].values())
@@ -201,6 +205,17 @@ def test_layer_recipe_camera_resolution_masks_arrive_best_effort_with_the_profil
     for name in ('mask', 'confidence'):
         assert len(got[name]) == N_FRAMES, (name, got[name])
         assert all(v == [1024, 2048, 'mono8'] for v in got[name].values())   # 2 MiB each
+
+
+def test_camera_resolution_masks_arrive_best_effort_at_a_layer_on_defaults_with_the_nodes_own_profile(
+        tmp_path, onnx64) -> None:
+    """The node's own profile (segmentation_node sets it) sends masks through its 32 MiB shared-memory segment:
+    a best-effort layer at Fast DDS defaults gets 2 MiB masks (with the node at defaults too: 0 of 6)."""
+    params = {**_base(onnx64), 'outputs.mask_resolution': 'camera'}
+    got = _layer_recipe(tmp_path, params, _env(tmp_path))
+    for name in ('mask', 'confidence'):
+        assert len(got[name]) == N_FRAMES, (name, got[name])
+        assert all(v == [1024, 2048, 'mono8'] for v in got[name].values())
 
 
 def test_layer_qos_constants_match_the_layer_contract() -> None:

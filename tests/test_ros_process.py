@@ -91,7 +91,8 @@ def test_launch_file_declares_the_documented_arguments_and_files() -> None:
         if isinstance(n, ast.Call) and _call_name(n) == 'DeclareLaunchArgument':
             name = ast.literal_eval(n.args[0])
             declared[name] = {k.arg: ast.unparse(k.value) for k in n.keywords}
-    assert set(declared) == {'params_file', 'namespace', 'use_sim_time', 'rviz', 'log_level', 'autostart'}
+    assert set(declared) == {'params_file', 'namespace', 'use_sim_time', 'rviz', 'log_level', 'autostart',
+                             'fastdds_profile'}
     assert all(d.get('description') for d in declared.values())
     assert "'config', 'evit_ros.yaml'" in declared['params_file']['default_value']
     assert 'FindPackageShare' in ast.unparse(tree)   # the installed share directory via the ament index

@@ -30,7 +30,7 @@ from test_ros_node import export_test_onnx  # noqa: E402
 from test_ros_process import _stop  # noqa: E402
 
 from evit_ros.ros import conversions as conv  # noqa: E402
-from evit_ros.ros.diagnostics import PROFILES_FILE_FASTDDS2, PROFILES_FILE_FASTDDS3  # noqa: E402
+from evit_ros.ros.transport import BUILTIN_TRANSPORTS, PROFILES_FILE_FASTDDS2, PROFILES_FILE_FASTDDS3, SWITCH  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RELIABLE = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
@@ -53,7 +53,8 @@ runpy.run_module('evit_ros.ros.segmentation_node', run_name='__main__')
 def _env(tmp: Path) -> dict[str, str]:
     env = {**os.environ, 'PYTHONPATH': str(REPO), 'EVIT_ROS_CACHE': str(tmp / 'cache'),
            'RCUTILS_LOGGING_BUFFERED_STREAM': '0'}
-    for var in (PROFILES_FILE_FASTDDS2, PROFILES_FILE_FASTDDS3):   # Fast DDS defaults: the 512 KiB segment
+    # Fast DDS defaults for the cameras (this process) and the layer; the node sets its own profile at start
+    for var in (PROFILES_FILE_FASTDDS2, PROFILES_FILE_FASTDDS3, BUILTIN_TRANSPORTS, SWITCH):
         env.pop(var, None)
     return env
 

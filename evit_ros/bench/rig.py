@@ -7,7 +7,9 @@ reliable, depth 10, pre-built rgb8 frames, each camera on its own steady schedul
 capture time, as a driver stamps capture; a send delayed by the machine's load is latency), the node (``python -m
 evit_ros.ros.segmentation_node``, ONNX Runtime CPU, its own automatic export of b0 at ``--input``) and this
 process, a reliable subscriber that keeps up (depth 10) on every ``segmentation/<cam>/mask`` plus
-``/diagnostics``. Fast DDS defaults unless the environment sets a profile.
+``/diagnostics``. The publisher and this process run Fast DDS as the environment sets it (defaults unless it sets a
+profile); the node applies its own profile (:mod:`evit_ros.ros.transport`) unless ``--node-profile off``.
+``--camera-qos best_effort`` publishes the cameras best effort (as many drivers do).
 
 Per camera it prints and writes: frames sent, frames the node received, masks received here, the node's
 ``dropped_frames`` and ``frames_missing`` (its estimate of transport losses from header stamp gaps), the
@@ -35,6 +37,7 @@ import numpy as np
 
 from evit_ros.bench import write_json
 from evit_ros.errors import ConfigError, EvitError
+from evit_ros.ros.transport import BUILTIN_TRANSPORTS, PROFILES_FILE_FASTDDS2, PROFILES_FILE_FASTDDS3, SWITCH
 
 PUB_DEPTH = 10      # a camera driver's usual reliable history (image_transport's default profile)
 SUB_DEPTH = 10      # a subscriber that keeps up
@@ -90,7 +93,8 @@ def publish(args: argparse.Namespace) -> int:
     sizes = per_camera(args.size, args.cameras, _parse_size, '--size')
     rclpy.init()
     node = rclpy.create_node('evit_rig_publisher')
-    qos = QoSProfile(depth=PUB_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
+    qos = QoSProfile(depth=PUB_DEPTH, reliability=ReliabilityPolicy.BEST_EFFORT
+                     if args.camera_qos == 'best_effort' else ReliabilityPolicy.RELIABLE)
     pubs = [node.create_publisher(Image, f'/{n}/image_raw', qos) for n in names]
     msgs = []
     for i, (h, w) in enumerate(sizes):
@@ -170,7 +174,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     rates = per_camera(args.rate, args.cameras, float, '--rate')
     sizes = per_camera(args.size, args.cameras, _parse_size, '--size')
     env = os.environ.copy()
-    node_proc = subprocess.Popen(node_command(args, names, rates), env=env)
+    node_env = {**env, SWITCH: args.node_profile}   # the node's own Fast DDS profile, or off: the cameras' setup
+    node_proc = subprocess.Popen(node_command(args, names, rates), env=node_env)
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     node = rclpy.create_node('evit_rig_bench', context=ctx)
@@ -219,7 +224,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 raise EvitError(f'the node did not come up within {args.startup_timeout:.0f} s')
             time.sleep(0.1)
         pub_cmd = [sys.executable, '-m', 'evit_ros.bench.rig', 'publish', '--cameras', str(args.cameras),
-                   '--rate', args.rate, '--size', args.size, '--duration', str(args.duration)]
+                   '--rate', args.rate, '--size', args.size, '--duration', str(args.duration),
+                   '--camera-qos', args.camera_qos]
         cpu_node0, t_cpu0 = _cpu_s(node_proc.pid), time.monotonic()
         counting.set()
         pub_proc = subprocess.Popen(pub_cmd, env=env, stdout=subprocess.PIPE, text=True)
@@ -271,13 +277,23 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             'p50_spread_pct': 100.0 * (max(p50s) / min(p50s) - 1.0) if p50s and min(p50s) > 0 else float('nan'),
             'cpu_count': os.cpu_count(), 'load_average': load_before,
             'load_average_end': [round(v, 2) for v in os.getloadavg()],
-            'fastdds_profile': os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE', '') or 'defaults'}
+            'camera_qos': args.camera_qos,
+            'transport': {'node': engine.get('transport', 'unknown'), 'cameras': _camera_transport(env)}}
+
+
+def _camera_transport(env: dict[str, str]) -> str:
+    """What the publisher process (the camera drivers) runs on: the environment's Fast DDS setup."""
+    for var in (PROFILES_FILE_FASTDDS3, PROFILES_FILE_FASTDDS2, BUILTIN_TRANSPORTS):
+        if env.get(var):
+            return f'{var}={env[var]}'
+    return 'Fast DDS defaults'
 
 
 def table(res: dict[str, Any]) -> str:
     lines = [f"surround rig: {len(res['cameras'])} camera(s), {res['duration_s']:.1f} s, node input {res['input']}, "
-             f"Fast DDS {res['fastdds_profile']}, params {res['node_params'] or 'shipped'}, load "
+             f"cameras {res['camera_qos']}, params {res['node_params'] or 'shipped'}, load "
              f"{res['load_average']} -> {res['load_average_end']}",
+             f"transport: cameras on {res['transport']['cameras']}; the node on {res['transport']['node']}",
              '| camera | rate Hz | size | sent | node rx | missing (stamps) | dropped | masks | accounted | '
              'delivered Hz | p50 ms | p95 ms |', '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
     for n, c in res['cameras'].items():
@@ -322,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--threads', type=int, default=0, help='ONNX Runtime threads, 0: default (all cores)')
     p.add_argument('--budget-ms', type=float, default=100.0, help='diagnostics.latency_budget_ms (default 100)')
     p.add_argument('--onnx', default='', help='exported ONNX; default: the node exports b0 with a dynamic batch')
+    p.add_argument('--camera-qos', choices=('reliable', 'best_effort'), default='reliable',
+                   help='the cameras\' reliability (default reliable; depth 10 either way)')
+    p.add_argument('--node-profile', choices=('node', 'off'), default='node',
+                   help=f'the node\'s own Fast DDS profile ({SWITCH}; default node), or off: Fast DDS as the '
+                   'environment configures it, as for the cameras')
     p.add_argument('--set', action='append', default=[], metavar='NAME=VALUE', help='a node parameter (repeatable)')
     p.add_argument('--log-level', default='warn', help='the node\'s log level (default warn)')
     p.add_argument('--startup-timeout', type=float, default=300.0, help='seconds for the node to come up')

@@ -12,18 +12,23 @@ greenwave-monitor compatible ``frame_rate_node``, ``frame_rate_msg``,
 """
 from __future__ import annotations
 
-import importlib.metadata
-import os
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
-from functools import cache
 from typing import Any
 
 import numpy as np
 
+from evit_ros.ros import transport
 from evit_ros.ros.rates import RATE_WINDOW_S, RateWindow, StampGaps
+from evit_ros.ros.transport import (  # noqa: F401 - re-exported: the profile variable per distro
+    PROFILES_FILE_FASTDDS2,
+    PROFILES_FILE_FASTDDS3,
+    PROFILES_FILE_PER_DISTRO,
+    TransportChoice,
+    profiles_file_variable,
+)
 
 SHM_SEGMENT_BYTES = 512 * 1024   # Fast DDS's default shared-memory segment size
 # receive: header stamp -> the subscription callback (node clock): the transport's share of end_to_end
@@ -250,11 +255,11 @@ class CameraStats:
             if e2e['p50'] > cfg.latency_budget_ms:
                 level = ERROR
                 msgs.append(f'end-to-end latency p50 {e2e["p50"]:.0f} ms over budget {cfg.latency_budget_ms:.0f} ms'
-                            + latency_breakdown(lat, 'p50'))
+                            + latency_breakdown(lat, 'p50', cfg.latency_budget_ms))
             elif e2e['p95'] > cfg.latency_budget_ms:
                 level = max(level, WARN)
                 msgs.append(f'end-to-end latency p95 {e2e["p95"]:.0f} ms over budget {cfg.latency_budget_ms:.0f} ms'
-                            + latency_breakdown(lat, 'p95'))
+                            + latency_breakdown(lat, 'p95', cfg.latency_budget_ms))
         if clock_note:
             level = max(level, WARN)
             msgs.append(clock_note)
@@ -297,86 +302,87 @@ def rate_below_half(rate_hz: float, expected_hz: float) -> bool:
     return round(rate_hz, 2) < round(0.5 * expected_hz, 2)
 
 
-# Fast DDS reads its XML profiles file from an environment variable whose name changed with Fast DDS 3
-PROFILES_FILE_FASTDDS2 = 'FASTRTPS_DEFAULT_PROFILES_FILE'   # Fast DDS 2: Humble, Jazzy (and Foxy, Galactic, Iron)
-PROFILES_FILE_FASTDDS3 = 'FASTDDS_DEFAULT_PROFILES_FILE'    # Fast DDS 3: Kilted and later
-FASTDDS2_DISTROS = ('foxy', 'galactic', 'humble', 'iron', 'jazzy')
-FASTDDS3_RCLPY_MAJOR = 9   # rclpy's major version in Kilted, the first distro on Fast DDS 3
-PROFILES_FILE_PER_DISTRO = (f'Humble and Jazzy (Fast DDS 2) read {PROFILES_FILE_FASTDDS2}, Kilted and later '
-                            f'(Fast DDS 3) read {PROFILES_FILE_FASTDDS3}')
+def lost_frames_fix(choice: TransportChoice | None = None) -> str:
+    """The fixes for lost best-effort frames for the transport this node runs on (``choice``: the current one)."""
+    choice = transport.current() if choice is None else choice
+    if choice.applied:
+        first = (choice.cap_fix() if choice.capped() else 'the node already receives frames over UDP with large '
+                 'buffers, so they are lost before its socket: a camera on another machine loses them on the network '
+                 '(check the link, MTU and the sender\'s load)')
+        return (f'Fix: {first}; or use compressed transport (cameras.<cam>.transport: compressed), or publish the '
+                'camera reliable (qos.input_reliability auto follows it)')
+    return (f'Fix: start the node with its own Fast DDS profile (segmentation_node sets it unless '
+            f'{transport.SWITCH}=off or a Fast DDS profile is configured; now: {choice.summary}), or start the camera '
+            f'and the node with the shipped profile ({profiles_file_variable()}=<share>/evit_ros/config/'
+            f'fastdds_large_frames.xml; {PROFILES_FILE_PER_DISTRO}), or use compressed transport '
+            '(cameras.<cam>.transport: compressed), or publish the camera reliable (qos.input_reliability auto '
+            'follows it)')
 
 
-def profiles_file_variable(rclpy_version: str | None = None, ros_distro: str | None = None) -> str:
-    """The variable the running distro's Fast DDS reads its profiles file from.
+def latency_breakdown(lat: dict[str, dict[str, float] | None], q: str, budget_ms: float = 0.0,
+                      choice: TransportChoice | None = None) -> str:
+    """Where an over-budget latency goes: before the callback (transport, executor), inference, the node's own work.
 
-    Fast DDS 3 (Kilted) reads only ``FASTDDS_DEFAULT_PROFILES_FILE``; its RMW still honours the old name but
-    prints a deprecation warning at every start, and Fast DDS 2 (Jazzy, Humble) reads only the old name.
-    The rclpy that runs decides (its package metadata; defaults: the installed one), else ``$ROS_DISTRO``;
-    neither known: the old name, which every distro reads.
+    When the part before the callback alone takes half the budget, the transport's fix is named too.
     """
-    version = _installed_rclpy_version() if rclpy_version is None else rclpy_version
-    major = version.split('.')[0]
-    if major.isdigit():
-        return PROFILES_FILE_FASTDDS3 if int(major) >= FASTDDS3_RCLPY_MAJOR else PROFILES_FILE_FASTDDS2
-    distro = (os.environ.get('ROS_DISTRO', '') if ros_distro is None else ros_distro).strip().lower()
-    if not distro or distro in FASTDDS2_DISTROS:
-        return PROFILES_FILE_FASTDDS2
-    return PROFILES_FILE_FASTDDS3
-
-
-@cache
-def _installed_rclpy_version() -> str:
-    """rclpy's version from its package metadata (PyPI wheels and ROS installations both carry it), '' if none."""
-    try:
-        return importlib.metadata.version('rclpy')
-    except importlib.metadata.PackageNotFoundError:
-        return ''
-
-
-def lost_frames_fix() -> str:
-    """The fixes for lost best-effort frames, naming the profile variable of this distro (and of the others)."""
-    return ('Fix: start the camera and the node with the shipped Fast DDS profile '
-            f'({profiles_file_variable()}=<share>/evit_ros/config/fastdds_large_frames.xml; '
-            f'{PROFILES_FILE_PER_DISTRO}), or use compressed transport (cameras.<cam>.transport: compressed), or '
-            'publish the camera reliable (qos.input_reliability auto follows it)')
-
-
-def latency_breakdown(lat: dict[str, dict[str, float] | None], q: str) -> str:
-    """Where an over-budget latency goes: before the callback (transport, executor), inference, the node's own work."""
     parts = []
     for stage, what in (('receive', 'stamp to callback (camera, transport, executor)'), ('infer', 'inference'),
                         ('host', 'the node\'s own work')):
         sm = lat.get(stage)
         if sm is not None:
             parts.append(f'{what} {sm[q]:.0f} ms')
-    return f' ({q} of its parts: ' + ', '.join(parts) + '; the rest is waiting for the worker)' if parts else ''
+    if not parts:
+        return ''
+    text = f' ({q} of its parts: ' + ', '.join(parts) + '; the rest is waiting for the worker)'
+    receive = lat.get('receive')
+    if budget_ms > 0 and receive is not None and receive[q] > 0.5 * budget_ms:
+        choice = transport.current() if choice is None else choice
+        if choice.applied:
+            fix = choice.cap_fix() if choice.capped() else ('the node already receives over UDP with large '
+                                                             'buffers: check the camera driver\'s load and the network')
+        else:
+            fix = (f'start the node with its own Fast DDS profile (now: {choice.summary}), or the camera and the '
+                   'node with the shipped fastdds_large_frames.xml')
+        text += f'. Most of it is before the node\'s callback: {fix}'
+    return text
 
 
-def missing_frames_message(new: int, total: int, received: int, input_qos: str, depth: int = 0) -> str:
+def missing_frames_message(new: int, total: int, received: int, input_qos: str, depth: int = 0,
+                           choice: TransportChoice | None = None) -> str:
     """The WARN for frames lost before the node's callback: how many, the cause (the transport) and the fixes."""
+    choice = transport.current() if choice is None else choice
     pct = 100.0 * total / max(1, total + received)
     now = f'now {depth}; ' if depth else ''
-    fix = (f'Fix: raise qos.input_depth ({now}a reliable reader of depth 1 replaces a frame still in flight), '
-           f'start the camera and the node with the shipped Fast DDS profile ({profiles_file_variable()}='
-           '<share>/evit_ros/config/fastdds_large_frames.xml), publish each camera from its own process, or use '
-           'compressed transport')
     if input_qos == 'best_effort':
-        fix = lost_frames_fix()
+        fix = lost_frames_fix(choice)
+    elif choice.applied:
+        fix = (f'Fix: {choice.cap_fix() + "; " if choice.capped() else ""}raise qos.input_depth ({now}a reliable '
+               'reader replaces the oldest frame still waiting for a repair), publish each camera from its own '
+               'process, or use compressed transport')
+    else:
+        fix = (f'Fix: raise qos.input_depth ({now}a reliable reader of depth 1 replaces a frame still in flight), '
+               f'start the node with its own Fast DDS profile (now: {choice.summary}) or the camera and the node with '
+               f'the shipped one ({profiles_file_variable()}=<share>/evit_ros/config/fastdds_large_frames.xml), '
+               'publish each camera from its own process, or use compressed transport')
     return (f'{new} frame(s) missing since the last report ({total} in all, {pct:.1f} % of the stream), from gaps '
             'between header stamps: lost in the transport before the node\'s callback (the node\'s own drops are '
             f'dropped_frames). {fix}')
 
 
-def lost_frames_hint(input_qos: str, frame_bytes: int) -> str:
+def lost_frames_hint(input_qos: str, frame_bytes: int, choice: TransportChoice | None = None) -> str:
     """Why frames go missing and the fixes, when the subscription is best effort and frames are large.
 
-    ``frame_bytes`` 0: no frame has arrived yet, so the size is unknown.
+    ``frame_bytes`` 0: no frame has arrived yet, so the size is unknown. With the node's own profile the camera
+    sends over UDP, not through its shared-memory segment: only a capped receive buffer is left to name.
     """
+    choice = transport.current() if choice is None else choice
     if input_qos != 'best_effort' or (frame_bytes and frame_bytes <= SHM_SEGMENT_BYTES):
         return ''
     size = f'frames of {frame_bytes // 1024} KiB' if frame_bytes else 'frames larger than 512 KiB'
+    if choice.applied:
+        return f': the camera publishes best effort {size}; {choice.cap_fix()}' if choice.capped() else ''
     return (f': the camera publishes best effort and Fast DDS loses best-effort {size} (over its '
-            f'{SHM_SEGMENT_BYTES // 1024} KiB shared-memory segment). {lost_frames_fix()}')
+            f'{SHM_SEGMENT_BYTES // 1024} KiB shared-memory segment). {lost_frames_fix(choice)}')
 
 
 class EngineStats:

@@ -37,6 +37,7 @@ from evit_ros.errors import ConfigError, EvitError
 from evit_ros.heap import release_free_heap
 from evit_ros.pipeline import ClassGroups, Segmenter
 from evit_ros.ros import conversions as conv
+from evit_ros.ros import transport
 from evit_ros.ros.backend_loader import RosLogHandler, load_backend
 from evit_ros.ros.diagnostics import CameraStats, EngineStats, diagnostic_array, lifecycle_status
 from evit_ros.ros.outputs import COMPRESSED_CODECS, OutputStage, compressed_key, pipeline_threads
@@ -269,7 +270,9 @@ class SegmentationNode(LifecycleNode):
             return
         self.segmenter = Segmenter(self.backend, input_cfg=cfg.input, outputs=cfg.outputs, drivable=cfg.drivable,
                                    dataset=self.dataset)
-        self.engine_stats = EngineStats(self.backend.describe())
+        net = transport.current()
+        self.engine_stats = EngineStats({**self.backend.describe(), 'transport': net.summary,
+                                         'transport.udp_receive_buffer_bytes': str(net.receive_buffer_bytes or '')})
         self._outputs = OutputStage(self.segmenter, self._worker.stop_event)
         if self.segmenter.engine_confidence:
             self._log.warning(f'the engine computes full-size confidence every frame (head {self.backend.io.head}); '
@@ -359,7 +362,9 @@ class SegmentationNode(LifecycleNode):
         d = self.backend.describe()
         self._log.info(f'ready: {cfg.model.name} on {d.get("backend")} ({d.get("device", "")} '
                        f'{d.get("precision", "")}) input {cfg.input.height}x{cfg.input.width}, '
-                       f'{len(self.cameras)} camera(s)')
+                       f'{len(self.cameras)} camera(s); transport: {transport.current().summary}')
+        if transport.current().capped():
+            self._log.warning(transport.current().cap_fix())
 
     def _deactivate(self, state: Any, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         self._worker.stop_accepting()

@@ -34,6 +34,7 @@ from rclpy.signals import SignalHandlerOptions
 from evit_ros.heap import keep_frame_buffers
 from evit_ros.ros.node import NODE_NAME, SegmentationNode
 from evit_ros.ros.startup import SignalFlag, check_ros_args, exit_now, one_line, startup_error
+from evit_ros.ros.transport import apply_node_profile
 
 try:  # Jazzy: spin raises this when the context is shut down by a signal
     from rclpy.executors import ExternalShutdownException
@@ -64,6 +65,7 @@ def main(args: list[str] | None = None) -> int:
     node: SegmentationNode | None = None
     try:
         check_ros_args(argv)
+        apply_node_profile()   # before rclpy.init: the participant reads its Fast DDS profile once, at creation
         rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
         node = SegmentationNode()
         flag.exit_on_signal = False   # from here on a signal only ends the spin loop
