@@ -10,7 +10,10 @@ The period is learned from the stamps themselves, so a 2 Hz camera beside 30 Hz 
 median interval is a first guess (intervals under a third of it, frames bunched after a stall, are left out),
 every interval divided by its multiple of the guess is one estimate of the period, and their median is the period.
 When a fifth of the intervals sit at half that period, more than half the frames are being lost and the period is
-the half. Stamps are expected to be capture times (a driver's, or a clock in step with the camera): jitter of a
+the half. A period that is no whole multiple of the shortest common interval (the median of frames lost at random,
+two and three periods, refines to 1.5) gives way to that interval when every interval is a whole number of it;
+and a camera's own expected period wins whenever every interval is a whole number of it. Stamps are expected to be
+capture times (a driver's, or a clock in step with the camera): jitter of a
 tenth of a period is fine, a publisher that stamps when it gets to send under heavy load is not. A frame stamped
 late looks like a gap, and the frames after it come bunched, so gaps are not judged one by one: intervals are
 summed until a frame lands on the period's grid again (the sum within a quarter period of a whole number of
@@ -37,6 +40,9 @@ BUNCHED = 1.0 / 3.0    # intervals under this share of the median are bunched fr
 RELEARN = 8           # intervals between two learnings of the period
 ON_GRID = 0.25         # a frame within this share of a period from the grid is on time
 RATE_WINDOW_S = 10.0   # rates are frames over (at most) this many seconds
+SHORT_QUANTILE = 0.1   # the shortest common interval: a low quantile, so one odd stamp does not set it
+FIT_SHARE = 0.9        # a period is right when this share of the intervals are whole multiples of it ...
+FIT_TOLERANCE = 0.15   # ... within this share of a period
 
 
 class StampGaps:
@@ -75,11 +81,21 @@ class StampGaps:
         half = np.abs(a - period / 2) <= HALF_TOLERANCE * period / 2
         if half.sum() >= HALF_SHARE * a.size:      # single periods among mostly double ones: heavy loss
             period = _refine(a, period / 2)
+        short = float(np.quantile(a, SHORT_QUANTILE))
+        ratio = period / short
+        if short < (1 - FIT_TOLERANCE) * period and abs(ratio - math.floor(ratio + 0.5)) > FIT_TOLERANCE:
+            # a period that is no whole multiple of the shortest common interval is an artefact of heavy random
+            # loss (a median of 2 or 3 periods refined to 1.5): the shortest interval is the period if all fit it
+            candidate = _refine(a, short)
+            if _fit_share(a, candidate) >= FIT_SHARE:
+                period = candidate
         expected = self.expected_period_ns
         if expected and period > 1.5 * expected:
             k = math.floor(period / expected + 0.5)
             if abs(period - k * expected) <= 0.1 * expected:   # a whole multiple of the expected period
                 return float(expected)
+        if expected and abs(period - expected) > 0.1 * expected and _fit_share(a, expected) >= FIT_SHARE:
+            return float(expected)   # no clean period learned, but every interval is a whole number of expected ones
         return period
 
     def add(self, stamp_ns: int) -> int:
@@ -126,6 +142,12 @@ class StampGaps:
 def _refine(a: np.ndarray, guess: float) -> float:
     """The period from intervals ``a`` and a guess: the median of every interval divided by its multiple."""
     return float(np.median(a / np.maximum(1.0, np.floor(a / guess + 0.5))))
+
+
+def _fit_share(a: np.ndarray, period: float) -> float:
+    """The share of intervals ``a`` within :data:`FIT_TOLERANCE` of a whole number (>= 1) of ``period``."""
+    k = np.maximum(1.0, np.floor(a / period + 0.5))
+    return float(np.mean(np.abs(a / period - k) <= FIT_TOLERANCE))
 
 
 def missing_in_gap(gap_ns: float, period_ns: float) -> int:
