@@ -246,3 +246,32 @@ def test_the_latency_warning_names_the_transport_fix_when_the_time_is_before_the
     assert 'network' in latency_breakdown(lat, 'p95', 100.0, _choose({}, tmp_path))
     lat['receive'] = {'p50': 3.0, 'p95': 8.0}   # the time is the node's: no transport advice
     assert 'callback:' not in latency_breakdown(lat, 'p95', 100.0, off)
+
+
+def test_the_node_reports_its_transport_and_warns_of_a_capped_buffer_at_activation(monkeypatch, capfd,
+                                                                                      tmp_path) -> None:
+    """What segmentation_node chose is in the engine's diagnostics and the ready line; a capped receive buffer is
+    one WARN at activation with the sysctl fix (the choice is set here as main sets it, the cap faked)."""
+    rclpy = pytest.importorskip('rclpy')
+    pytest.importorskip('onnxruntime')
+    from rclpy.parameter import Parameter
+    from test_ros_node import InProcessNode, export_test_onnx
+
+    capped = _choose({}, tmp_path, rmem=212992)
+    monkeypatch.setattr(tr, '_CURRENT', capped)
+    onnx = export_test_onnx(tmp_path / 'onnx')
+    flat = {'backend.type': 'onnxruntime', 'backend.onnx_path': str(onnx), 'backend.threads': 1,
+            'input.height': 64, 'input.width': 128, 'cameras': ['front']}
+    rig = InProcessNode()
+    rig._create([Parameter(k, value=v) for k, v in flat.items()], 'transport_tester')
+    try:
+        assert rig.node.lifecycle_state == 'active'
+        describe = rig.node.engine_stats.describe
+        assert describe['transport'] == capped.summary and describe['transport.udp_receive_buffer_bytes'] == '425984'
+    finally:
+        rig.node.destroy_node()
+        rig.tester.destroy_node()
+        rclpy.shutdown(context=rig.ctx)
+    err = capfd.readouterr().err
+    assert f'transport: {capped.summary}' in err, err[-3000:]
+    assert err.count('net.core.rmem_max is 212992') == 1 and 'sudo sysctl -w net.core.rmem_max=16777216' in err
