@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 EXIT_UNUSABLE = 3   # ran fine, the configured backend cannot run here (1: usage error, e.g. a bad params file)
@@ -23,8 +22,7 @@ def node_transport() -> dict[str, object]:
     """What segmentation_node would run on, started from this shell (its own Fast DDS profile or the user's setup),
     and the kernel's cap on its UDP receive buffer, with the fix when it is too low."""
     from evit_ros.ros import transport
-    choice = transport.choose(dict(os.environ), Path.cwd(), transport.find_node_profile(),
-                              transport.read_rmem_max(), transport.profiles_file_variable())
+    choice = transport.planned()
     out: dict[str, object] = {'summary': choice.summary, 'node_profile_applies': choice.applied,
                               'rmem_max': choice.rmem_max,
                               'udp_receive_buffer_bytes': choice.receive_buffer_bytes}

@@ -302,21 +302,23 @@ def rate_below_half(rate_hz: float, expected_hz: float) -> bool:
     return round(rate_hz, 2) < round(0.5 * expected_hz, 2)
 
 
+def transport_fix(choice: TransportChoice) -> str:
+    """The transport's part of every fix for frames lost or late before the callback, for the transport in effect."""
+    if choice.applied:
+        return choice.cap_fix() if choice.capped() else (
+            'the node already receives frames over UDP with large buffers, so they are lost or late before its '
+            'socket: check the camera driver\'s load and the network (a camera on another machine: the link, MTU)')
+    return (f'start the node with its own Fast DDS profile (segmentation_node sets it unless {transport.SWITCH}=off '
+            f'or a Fast DDS profile is configured; now: {choice.summary}), or start the camera and the node with '
+            f'the shipped profile ({profiles_file_variable()}=<share>/evit_ros/config/fastdds_large_frames.xml; '
+            f'{PROFILES_FILE_PER_DISTRO})')
+
+
 def lost_frames_fix(choice: TransportChoice | None = None) -> str:
     """The fixes for lost best-effort frames for the transport this node runs on (``choice``: the current one)."""
     choice = transport.current() if choice is None else choice
-    if choice.applied:
-        first = (choice.cap_fix() if choice.capped() else 'the node already receives frames over UDP with large '
-                 'buffers, so they are lost before its socket: a camera on another machine loses them on the network '
-                 '(check the link, MTU and the sender\'s load)')
-        return (f'Fix: {first}; or use compressed transport (cameras.<cam>.transport: compressed), or publish the '
-                'camera reliable (qos.input_reliability auto follows it)')
-    return (f'Fix: start the node with its own Fast DDS profile (segmentation_node sets it unless '
-            f'{transport.SWITCH}=off or a Fast DDS profile is configured; now: {choice.summary}), or start the camera '
-            f'and the node with the shipped profile ({profiles_file_variable()}=<share>/evit_ros/config/'
-            f'fastdds_large_frames.xml; {PROFILES_FILE_PER_DISTRO}), or use compressed transport '
-            '(cameras.<cam>.transport: compressed), or publish the camera reliable (qos.input_reliability auto '
-            'follows it)')
+    return (f'Fix: {transport_fix(choice)}; or use compressed transport (cameras.<cam>.transport: compressed), or '
+            'publish the camera reliable (qos.input_reliability auto follows it)')
 
 
 def latency_breakdown(lat: dict[str, dict[str, float] | None], q: str, budget_ms: float = 0.0,
@@ -337,13 +339,7 @@ def latency_breakdown(lat: dict[str, dict[str, float] | None], q: str, budget_ms
     receive = lat.get('receive')
     if budget_ms > 0 and receive is not None and receive[q] > 0.5 * budget_ms:
         choice = transport.current() if choice is None else choice
-        if choice.applied:
-            fix = choice.cap_fix() if choice.capped() else ('the node already receives over UDP with large '
-                                                             'buffers: check the camera driver\'s load and the network')
-        else:
-            fix = (f'start the node with its own Fast DDS profile (now: {choice.summary}), or the camera and the '
-                   'node with the shipped fastdds_large_frames.xml')
-        text += f'. Most of it is before the node\'s callback: {fix}'
+        text += f'. Most of it is before the node\'s callback: {transport_fix(choice)}'
     return text
 
 
@@ -355,15 +351,10 @@ def missing_frames_message(new: int, total: int, received: int, input_qos: str, 
     now = f'now {depth}; ' if depth else ''
     if input_qos == 'best_effort':
         fix = lost_frames_fix(choice)
-    elif choice.applied:
-        fix = (f'Fix: {choice.cap_fix() + "; " if choice.capped() else ""}raise qos.input_depth ({now}a reliable '
-               'reader replaces the oldest frame still waiting for a repair), publish each camera from its own '
-               'process, or use compressed transport')
     else:
-        fix = (f'Fix: raise qos.input_depth ({now}a reliable reader of depth 1 replaces a frame still in flight), '
-               f'start the node with its own Fast DDS profile (now: {choice.summary}) or the camera and the node with '
-               f'the shipped one ({profiles_file_variable()}=<share>/evit_ros/config/fastdds_large_frames.xml), '
-               'publish each camera from its own process, or use compressed transport')
+        fix = (f'Fix: raise qos.input_depth ({now}a reliable reader replaces the oldest frame still in flight or '
+               f'waiting for a repair), {transport_fix(choice)}, publish each camera from its own process, or use '
+               'compressed transport')
     return (f'{new} frame(s) missing since the last report ({total} in all, {pct:.1f} % of the stream), from gaps '
             'between header stamps: lost in the transport before the node\'s callback (the node\'s own drops are '
             f'dropped_frames). {fix}')
@@ -375,9 +366,9 @@ def lost_frames_hint(input_qos: str, frame_bytes: int, choice: TransportChoice |
     ``frame_bytes`` 0: no frame has arrived yet, so the size is unknown. With the node's own profile the camera
     sends over UDP, not through its shared-memory segment: only a capped receive buffer is left to name.
     """
-    choice = transport.current() if choice is None else choice
     if input_qos != 'best_effort' or (frame_bytes and frame_bytes <= SHM_SEGMENT_BYTES):
         return ''
+    choice = transport.current() if choice is None else choice
     size = f'frames of {frame_bytes // 1024} KiB' if frame_bytes else 'frames larger than 512 KiB'
     if choice.applied:
         return f': the camera publishes best effort {size}; {choice.cap_fix()}' if choice.capped() else ''

@@ -360,11 +360,12 @@ class SegmentationNode(LifecycleNode):
         pipeline_threads()
         self._worker.start(self.cameras, self.segmenter, self._outputs, self.engine_stats)
         d = self.backend.describe()
+        net = transport.current()
         self._log.info(f'ready: {cfg.model.name} on {d.get("backend")} ({d.get("device", "")} '
                        f'{d.get("precision", "")}) input {cfg.input.height}x{cfg.input.width}, '
-                       f'{len(self.cameras)} camera(s); transport: {transport.current().summary}')
-        if transport.current().capped():
-            self._log.warning(transport.current().cap_fix())
+                       f'{len(self.cameras)} camera(s); transport: {net.summary}')
+        if net.capped():
+            self._log.warning(net.cap_fix())
 
     def _deactivate(self, state: Any, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         self._worker.stop_accepting()

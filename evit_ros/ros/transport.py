@@ -160,13 +160,18 @@ def choose(environ: dict[str, str] | os._Environ[str], cwd: Path, profile: Path 
                            'over UDP, masks out through shared memory', rmem_max)
 
 
+def planned() -> TransportChoice:
+    """What :func:`apply_node_profile` would choose in this process's environment (also what ``evit-ros doctor``
+    reports)."""
+    return choose(os.environ, Path.cwd(), find_node_profile(), read_rmem_max(), profiles_file_variable())
+
+
 def apply_node_profile() -> TransportChoice:
     """Set the node's Fast DDS profile for this process unless the user configured Fast DDS; before rclpy.init."""
     global _CURRENT
-    variable = profiles_file_variable()
-    choice = choose(os.environ, Path.cwd(), find_node_profile(), read_rmem_max(), variable)
+    choice = planned()
     if choice.applied:
-        os.environ[variable] = choice.profile
+        os.environ[profiles_file_variable()] = choice.profile
     _CURRENT = choice
     return choice
 
