@@ -203,3 +203,30 @@ def test_doctor_under_each_real_tensorrt_release(tmp_path: Path, trt_version: st
     assert report['cuda']['cuda_python'] == cuda
     assert not report['backends']['tensorrt']['usable'] and 'driver' in report['backends']['tensorrt']['reason']
 
+
+
+def test_the_auto_onnx_is_the_nodes_for_several_cameras_and_found_without_torch(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                                 ) -> None:
+    """A two-camera node exports 1..2 frames per run (the cache name says _b1-2): doctor looks for that file, and
+    naming it needs the checkpoint's hash only, not PyTorch."""
+    from evit_ros.backends import auto_onnx_path, node_auto_batch
+    from evit_ros.contract import NODE_HEAD
+    ckpt = tmp_path / 'b0.pt'
+    ckpt.write_bytes(b'not read as weights here, only hashed')
+    cache = tmp_path / 'cache'
+    params = tmp_path / 'params.yaml'
+    params.write_text('evit_segmentation:\n  ros__parameters:\n    cameras: [front, rear]\n'
+                      f'    model:\n      checkpoint: "{ckpt}"\n    backend:\n      type: onnxruntime\n')
+    cfg = load_config(str(params))
+    monkeypatch.setenv('EVIT_ROS_CACHE', str(cache))
+    node_onnx = auto_onnx_path(cfg.model, cfg.input, NODE_HEAD, checkpoint=str(ckpt),
+                               max_batch=node_auto_batch(len(cfg.cameras)))
+    assert '_b1-2_' in node_onnx.name, node_onnx
+    node_onnx.parent.mkdir(parents=True)
+    node_onnx.write_bytes(b'')
+    proc, out = _run(tmp_path, '--params-file', str(params), prelude=_BLOCK.format(blocked={'torch'}),
+                     env={'EVIT_ROS_CACHE': str(cache)})
+    report = doctor_support.checked_report(proc, out)
+    entry = next(e for e in report['engines'] if e['role'] == 'auto-onnx')
+    assert entry['path'] == str(node_onnx) and entry['exists'] is True, entry

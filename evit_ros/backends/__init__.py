@@ -67,11 +67,22 @@ def resolve_checkpoint(model: ModelConfig, logger: logging.Logger | None = None)
         raise
 
 
+MAX_AUTO_BATCH = 8   # the node's automatic export takes 1..cameras frames per run, at most this many
+
+
+def node_auto_batch(cameras: int) -> int:
+    """The batch range of the node's automatic export for ``cameras`` cameras (its ONNX cache name carries it)."""
+    return max(1, min(cameras, MAX_AUTO_BATCH))
+
+
 def auto_onnx_path(model: ModelConfig, input_cfg: InputConfig, head: str, *, checkpoint: str,
                    max_batch: int = 1) -> Path:
     """Where :func:`ensure_onnx` keeps the automatic export of this model/checkpoint/size/head (may not exist)."""
-    from evit_ros.model.checkpoint import checkpoint_sha256
-    sha = checkpoint_sha256(checkpoint)[:12]
+    from evit_ros.fileio import file_sha256  # not evit_ros.model: that needs torch, the file's hash does not
+    try:
+        sha = file_sha256(checkpoint)[:12]
+    except OSError as exc:
+        raise CheckpointError(f'cannot read checkpoint {checkpoint!r}: {exc}; check the path') from exc
     tag = head.replace('+', '_')
     batch = f'_b1-{max_batch}' if max_batch > 1 else ''
     # the version is in the name: a new release may export a different graph

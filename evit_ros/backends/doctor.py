@@ -321,11 +321,12 @@ def _onnx_entry(cfg: NodeConfig, head: str) -> dict[str, Any]:
 
 
 def _checkpoint_entries(cfg: NodeConfig, kind: str, head: str) -> dict[str, Any]:
-    from evit_ros.backends import auto_onnx_path, resolve_checkpoint
+    from evit_ros.backends import auto_onnx_path, node_auto_batch, resolve_checkpoint
     from evit_ros.errors import EvitError
     try:
         ckpt = resolve_checkpoint(cfg.model, log)
-        path = auto_onnx_path(cfg.model, cfg.input, head, checkpoint=ckpt)
+        path = auto_onnx_path(cfg.model, cfg.input, head, checkpoint=ckpt,
+                              max_batch=node_auto_batch(len(cfg.cameras)))
     except EvitError as exc:
         return {'role': 'checkpoint', 'path': cfg.model.checkpoint or None, 'exists': False, 'reason': str(exc)}
     except ImportError as exc:   # the checkpoint search lives with the model code, which needs PyTorch

@@ -41,12 +41,10 @@ class RosLogHandler(logging.Handler):
             self.handleError(record)
 
 
-MAX_AUTO_BATCH = 8
-
 
 def load_backend(cfg: NodeConfig, logger: logging.Logger) -> Any:
     """The loaded backend of ``cfg`` (warmed up unless ``backend.build_only``); ``logger`` receives its logging."""
-    from evit_ros.backends import create_backend
+    from evit_ros.backends import create_backend, node_auto_batch
     b = cfg.backend
     if b.type == 'tensorrt' and b.engine_path and not Path(b.engine_path).expanduser().is_file() \
             and not b.onnx_path:
@@ -57,7 +55,7 @@ def load_backend(cfg: NodeConfig, logger: logging.Logger) -> Any:
         # an export/build runs in a child process that a signal ends at once (the 2 s shutdown promise); an
         # automatic export takes every camera in one run (1..cameras, at most 8), and the batching policy
         # (evit_ros.pipeline.batching) then decides from measured costs how many frames a run takes
-        max_batch = max(1, min(len(cfg.cameras), MAX_AUTO_BATCH))
+        max_batch = node_auto_batch(len(cfg.cameras))
         prepare_files(cfg, logger, head=NODE_HEAD, max_batch=max_batch)
         backend = create_backend(cfg.backend, model=cfg.model, input_cfg=cfg.input, head=NODE_HEAD,
                                  logger=logger, max_batch=max_batch)
