@@ -26,9 +26,19 @@ top): the only rclpy importers outside :mod:`evit_ros.ros`.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
+
+
+def loadavg() -> list[float] | None:
+    """The 1/5/15-minute load averages, rounded for a report (None where the platform has none): every benchmark
+    states the machine's load next to its timings."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def write_json(path: str, report: Any) -> None:
@@ -38,4 +48,4 @@ def write_json(path: str, report: Any) -> None:
         sys.stdout.write(f'wrote {path}\n')
 
 
-__all__ = ['write_json']
+__all__ = ['loadavg', 'write_json']

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from evit_ros import contract
-from evit_ros.bench import write_json
+from evit_ros.bench import loadavg, write_json
 from evit_ros.config import DEFAULT_MODEL, InputConfig, ModelConfig
 from evit_ros.errors import ConfigError, EvitError
 
@@ -30,12 +29,6 @@ NETWORK = 'logits'                       # the graph without a head
 DEFAULT_HEADS = ('labels', 'labels+logits')
 TARGET_PCT = 15.0                        # issue 17: a head should cost at most this share of the network
 
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:  # not available on every platform
-        return None
 
 
 def _parse_heads(text: str) -> tuple[str, ...]:
@@ -72,7 +65,7 @@ def run_head_benchmark(*, model: ModelConfig, hw: tuple[int, int], heads: tuple[
         for _ in range(warmup):
             for backend in backends.values():
                 backend.infer(frame)
-        load_before = _loadavg()
+        load_before = loadavg()
         samples: dict[str, list[float]] = {name: [] for name in names}
         order = list(names)
         for r in range(rounds):
@@ -80,7 +73,7 @@ def run_head_benchmark(*, model: ModelConfig, hw: tuple[int, int], heads: tuple[
                 t0 = time.perf_counter()
                 backends[name].infer(frame)
                 samples[name].append((time.perf_counter() - t0) * 1e3)
-        load_after = _loadavg()
+        load_after = loadavg()
         providers = backends[NETWORK].describe().get('providers', '')
     finally:
         for backend in backends.values():

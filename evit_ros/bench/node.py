@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from evit_ros.bench import write_json
+from evit_ros.bench import loadavg, write_json
 from evit_ros.bench.node_baselines import ECHO_NS, FLOOR_NS, PLAIN_NS
 from evit_ros.config import BackendConfig, InputConfig, ModelConfig
 from evit_ros.errors import ConfigError, EvitError
@@ -343,7 +343,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         'meets': {'ratio_p50': bool(ratio <= TARGET_RATIO), 'host_ms_p50': bool(host <= host_target),
                   'plain_node_ratio': bool(plain_ratio >= TARGET_PLAIN)},
         'resends': m['resends'], 'cpu_count': os.cpu_count(), 'load_average': [round(v, 2) for v in load],
-        'load_average_end': [round(v, 2) for v in os.getloadavg()],
+        'load_average_end': loadavg(),
         'load_average_1min': load[0],
         'bare_samples_ms': m['bare'], 'node_samples_ms': m['node'], 'plain_samples_ms': m['plain'],
         'echo_samples_ms': m['echo'],

@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from evit_ros.bench import write_json
+from evit_ros.bench import loadavg, write_json
 from evit_ros.errors import ConfigError, EvitError
-from evit_ros.ros.transport import BUILTIN_TRANSPORTS, PROFILES_FILE_FASTDDS2, PROFILES_FILE_FASTDDS3, SWITCH
+from evit_ros.ros.transport import SWITCH, choose
 
 PUB_DEPTH = 10      # a camera driver's usual reliable history (image_transport's default profile)
 SUB_DEPTH = 10      # a subscriber that keeps up
@@ -181,7 +181,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     node = rclpy.create_node('evit_rig_bench', context=ctx)
     lock = threading.Lock()
     latency: dict[str, list[float]] = {n: [] for n in names}
-    first_last: dict[str, list[int]] = {n: [] for n in names}
     diag: dict[str, dict[str, str]] = {}
     warns: dict[str, list[tuple[int, str]]] = {n: [] for n in names}   # (wall ns, message)
     counting = threading.Event()
@@ -192,7 +191,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             return
         with lock:
             latency[cam].append((t - conv.stamp_to_ns(msg.header.stamp)) / 1e6)
-            first_last[cam].append(t)
 
     def on_diag(msg: Any) -> None:
         with lock:
@@ -214,7 +212,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()
     pub_proc = None
-    load_before = [round(v, 2) for v in os.getloadavg()]
+    load_before = loadavg()
     try:
         deadline = time.monotonic() + args.startup_timeout
         while not all(node.count_publishers(f'/segmentation/{n}/mask') > 0 for n in names):
@@ -276,17 +274,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             'node_cpu_pct': 100.0 * cpu_node / max(1e-6, cpu_wall),
             'p50_spread_pct': 100.0 * (max(p50s) / min(p50s) - 1.0) if p50s and min(p50s) > 0 else float('nan'),
             'cpu_count': os.cpu_count(), 'load_average': load_before,
-            'load_average_end': [round(v, 2) for v in os.getloadavg()],
+            'load_average_end': loadavg(),
             'camera_qos': args.camera_qos,
             'transport': {'node': engine.get('transport', 'unknown'), 'cameras': _camera_transport(env)}}
 
 
 def _camera_transport(env: dict[str, str]) -> str:
-    """What the publisher process (the camera drivers) runs on: the environment's Fast DDS setup."""
-    for var in (PROFILES_FILE_FASTDDS3, PROFILES_FILE_FASTDDS2, BUILTIN_TRANSPORTS):
-        if env.get(var):
-            return f'{var}={env[var]}'
-    return 'Fast DDS defaults'
+    """What the publisher process (the camera drivers) runs on: the environment's Fast DDS setup, read by the
+    node's own rule (:func:`evit_ros.ros.transport.choose`) with the node's profile left out."""
+    choice = choose({**env, SWITCH: 'off'}, Path.cwd(), None, None, '')
+    return 'Fast DDS defaults' if choice.kind == 'off' else choice.summary
 
 
 def table(res: dict[str, Any]) -> str:

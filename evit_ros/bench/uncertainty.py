@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from evit_ros.bench import write_json
+from evit_ros.bench import loadavg, write_json
 from evit_ros.config import DEFAULT_MODEL, DiagnosticsConfig, DrivableConfig, InputConfig, ModelConfig, OutputConfig
 from evit_ros.contract import NODE_HEAD
 from evit_ros.errors import ConfigError, EvitError
@@ -32,12 +31,6 @@ from evit_ros.errors import ConfigError, EvitError
 log = logging.getLogger(__name__)
 HEAD = NODE_HEAD   # the node's head
 
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def unknown_sets(seed: int = 0) -> dict[str, Callable[[np.ndarray, int], np.ndarray]]:
@@ -89,7 +82,7 @@ def run_uncertainty_benchmark(*, model: ModelConfig, hw: tuple[int, int], frames
     backend = OnnxRuntimeBackend(ensure_onnx(model, input_cfg, HEAD, checkpoint=checkpoint, logger=log),
                                  threads=threads, device='cpu')
     backend.load()
-    load_before = _loadavg()
+    load_before = loadavg()
     try:
         seg = Segmenter(backend, input_cfg=input_cfg, outputs=OutputConfig(), drivable=DrivableConfig(),
                         dataset=dataset_for_model(model.name))
@@ -109,7 +102,7 @@ def run_uncertainty_benchmark(*, model: ModelConfig, hw: tuple[int, int], frames
     report: dict[str, Any] = {
         'model': model.name, 'checkpoint': checkpoint, 'input_hw': list(hw), 'frames_per_set': frames,
         'threads': threads, 'low_confidence_threshold': threshold, 'min_mean_confidence': min_mean,
-        'load_average_before': load_before, 'load_average_after': _loadavg(),
+        'load_average_before': load_before, 'load_average_after': loadavg(),
         'heldout_below_min_mean': round(float((known < min_mean).mean()), 4), 'sets': {}}
     for name, (means, lows) in stats.items():
         entry = _summary(means, lows)

@@ -138,7 +138,6 @@ def plan_precision(trt_mod: Any, precision: str, *, mixed: bool, qdq: bool) -> P
     * fp32: strongly typed wherever possible (TensorRT >= 10), weakly typed only on 8.6.
     """
     can_strong = strong_typing(trt_mod) != 'never'
-    has_fp16_flag = hasattr(trt_mod.BuilderFlag, 'FP16')
     version = trt_version(trt_mod)
     quantize_fix = ('quantize the fp32 ONNX explicitly: `evit-ros quantize --onnx MODEL.onnx --calib-dir FRAMES '
                     '-o MODEL_int8.onnx`, then `evit-ros build-engine --onnx MODEL_int8.onnx --precision int8`')
@@ -164,8 +163,6 @@ def plan_precision(trt_mod: Any, precision: str, *, mixed: bool, qdq: bool) -> P
         if can_strong:
             return PrecisionPlan(True, (), False, not mixed, False,
                                  'strongly typed mixed precision: attention scope FP32 by its types')
-        if not has_fp16_flag:
-            raise EngineError(f'TensorRT {version} has neither the FP16 flag nor strongly typed networks')
         return PrecisionPlan(False, ('FP16', 'OBEY_PRECISION_CONSTRAINTS'), True, False, False,
                              'FP16 flag, attention scope pinned FP32 (OBEY_PRECISION_CONSTRAINTS)')
     if mixed:
