@@ -58,6 +58,18 @@ class ModelIO:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def static_batch(self) -> int:
+        """The graph's fixed batch dimension, 0 when it is dynamic (a static graph is padded to it every run)."""
+        n = self.input.shape[0] if self.input.shape else 0
+        return int(n) if n > 0 else 0
+
+    @property
+    def run_batch(self) -> int:
+        """The most frames one engine run takes: ``max_batch``, and no more than a static batch dimension."""
+        most = max(1, int(self.max_batch))
+        return min(most, self.static_batch) if self.static_batch else most
+
 
 @dataclass
 class InferenceResult:

@@ -179,7 +179,7 @@ def compare(engine: InferenceBackend, reference: InferenceBackend, frames: Itera
         raise EngineError(f'engine takes {io.input_format} {io.input_hw} with head {io.head!r} but the ONNX takes '
                           f'{ref_io.input_format} {ref_io.input_hw} with head {ref_io.head!r}; pass the --onnx the '
                           'engine was built from')
-    static = io.input.shape[0] if io.input.shape[0] > 0 else 0
+    static = io.static_batch
     rows = static or 1
     pre = Preprocessor(io.input_hw, resize_mode, interpolation)
     n_classes = len(class_names)

@@ -147,8 +147,7 @@ def calibrate(backend: InferenceBackend, model: CostModel, reps: int = 3) -> Non
 
     A static batch dimension runs its one size whatever the chunk (the segmenter pads), so every size gets its cost.
     """
-    spec = backend.io.input
-    static = int(spec.shape[0]) if spec.shape and spec.shape[0] > 0 else 0
+    spec, static = backend.io.input, backend.io.static_batch
     for b in ([static] if static else range(1, model.max_batch + 1)):
         dummy = np.zeros((b, *spec.shape[1:]), dtype=np.dtype(spec.dtype))
         backend.infer(dummy)   # the first run of a shape may plan memory

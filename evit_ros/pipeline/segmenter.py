@@ -236,11 +236,13 @@ class Segmenter:
             raise FrameError(f'want_confidence has {len(conf_flags)} flags for {n} frames', 'size')
         if keys is not None and len(keys) != n:
             raise FrameError(f'keys has {len(keys)} entries for {n} frames', 'size')
-        while len(self._slots) < n:
-            self._slots.append(_Slot())
-        slots = self._slots[:n] if keys is None else [self._keyed.setdefault(k, _Slot()) for k in keys]
-        static_batch = int(self.io.input.shape[0]) if self.io.input.shape and self.io.input.shape[0] > 0 else 0
-        chunk = min(self.max_batch, static_batch) if static_batch else self.max_batch
+        if keys is None:
+            while len(self._slots) < n:
+                self._slots.append(_Slot())
+            slots = self._slots[:n]
+        else:   # per-key buffers: one-at-a-time runs of cameras of different sizes never reallocate
+            slots = [self._keyed.setdefault(k, _Slot()) for k in keys]
+        static_batch, chunk = self.io.static_batch, self.io.run_batch
         results: list[FrameResult] = []
         for start in range(0, n, chunk):
             part = frames[start:start + chunk]

@@ -104,11 +104,11 @@ class OutputStage:
         self.stop = stop
         self._bgr: dict[tuple[str, str], np.ndarray] = {}   # per camera and output: RGB->BGR scratch for JPEG
 
-    def _publish_image(self, cam: Any, name: str, arr: np.ndarray, header: Any, want: Wants, cfg: NodeConfig,
-                       raw: bool) -> None:
-        """Publish ``arr`` on the output ``name`` (if ``raw``) and on ``name/compressed`` (if subscribed)."""
+    def _publish_image(self, cam: Any, name: str, arr: np.ndarray, header: Any, want: Wants, cfg: NodeConfig
+                       ) -> None:
+        """Publish ``arr`` on the output ``name`` and on ``name/compressed``, each where subscribed."""
         encoding = 'mono8' if arr.ndim == 2 else 'rgb8'
-        if raw:
+        if name in want.raw:
             cam.pubs[name].publish(conv.numpy_to_image(arr, encoding, header, share=True))
         if name not in want.compressed:
             return
@@ -137,9 +137,9 @@ class OutputStage:
             header = msg.header
             t0 = time.perf_counter()
             if want.mask or 'mask' in want.compressed:
-                self._publish_image(cam, 'mask', res.labels, header, want, cfg, want.mask)
+                self._publish_image(cam, 'mask', res.labels, header, want, cfg)
             if want.confidence and res.confidence is not None:
-                self._publish_image(cam, 'confidence', res.confidence, header, want, cfg, 'confidence' in want.raw)
+                self._publish_image(cam, 'confidence', res.confidence, header, want, cfg)
             pub_ms = (time.perf_counter() - t0) * 1e3
             need_masks = want.group_masks | want.grids
             # the diagnostics report fractions of one frame per report; between reports only groups that
@@ -158,9 +158,9 @@ class OutputStage:
 
     def _publish_rest(self, cam: Any, header: Any, res: Any, want: Wants, cfg: NodeConfig) -> None:
         if want.color and res.color is not None:
-            self._publish_image(cam, 'color_mask', res.color, header, want, cfg, 'color_mask' in want.raw)
+            self._publish_image(cam, 'color_mask', res.color, header, want, cfg)
         if want.overlay and res.overlay is not None:
-            self._publish_image(cam, 'overlay', res.overlay, header, want, cfg, 'overlay' in want.raw)
+            self._publish_image(cam, 'overlay', res.overlay, header, want, cfg)
         projector = None
         for g, gr in res.groups.items():
             gp = cam.group_pubs.get(g)

@@ -131,7 +131,7 @@ def _qos(options: PlayOptions) -> Any:
 SETTLE_S = 1.0   # after the first subscriber: how long the set of subscribed topics must stay the same
 
 
-def _wait_for_subscribers(node: Any, pubs: dict[str, Any], options: PlayOptions, stop: threading.Event,
+def _wait_for_subscribers(pubs: dict[str, Any], options: PlayOptions, stop: threading.Event,
                           say: Callable[[str], None]) -> None:
     """Wait for the first subscriber on any image topic, then until no further topic gains one for SETTLE_S:
     a node subscribes to all its cameras at once, and a bag's other image topics (labels) may have none."""
@@ -188,7 +188,7 @@ def _play_bag(node: Any, path: Path, options: PlayOptions, stats: PlayStats, sto
     pubs = {t: node.create_publisher(types.get(mt, Image), t, _qos(options)) for t, mt in found.items()}
     image_topics = sorted(t for t, mt in found.items() if mt in IMAGE_TYPES)
     clock = node.create_publisher(Clock, '/clock', 10) if options.clock else None
-    _wait_for_subscribers(node, {t: pubs[t] for t in image_topics}, options, stop, say)
+    _wait_for_subscribers({t: pubs[t] for t in image_topics}, options, stop, say)
     say(f'playing {path}: {", ".join(image_topics)} at {options.speed:g}x the recorded pace'
         + (', /clock from the log time' if clock else ''))
     t0 = time.monotonic()
@@ -229,7 +229,7 @@ def _play_folder(node: Any, path: Path, options: PlayOptions, stats: PlayStats, 
     cams = folder_cameras(path, options.topic)
     pubs = {t: node.create_publisher(Image, t, _qos(options)) for t in cams}
     clock = node.create_publisher(Clock, '/clock', 10) if options.clock else None
-    _wait_for_subscribers(node, pubs, options, stop, say)
+    _wait_for_subscribers(pubs, options, stop, say)
     say(f'playing {path}: ' + ', '.join(f'{t} ({len(f)} images)' for t, f in cams.items())
         + f' at {options.rate_hz:g} Hz' + (', with /clock' if clock else ''))
     period = 1.0 / options.rate_hz

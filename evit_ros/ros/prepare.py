@@ -31,7 +31,7 @@ from typing import Any
 
 from evit_ros.config import NodeConfig
 from evit_ros.errors import CacheError, EvitError, ExportError
-from evit_ros.fileio import pid_alive
+from evit_ros.fileio import pid_alive, remove_stale_temps
 from evit_ros.ros.startup import SIGNALLED, on_exit_now
 
 PRIVATE_PREFIX = '.export-'
@@ -109,8 +109,8 @@ def prepare_files(cfg: NodeConfig, logger: logging.Logger, *, head: str, max_bat
             proc.join(1.0)
         if private is not None:
             shutil.rmtree(private, ignore_errors=True)
-        elif work.kind == 'engine':
-            remove_orphan_tmp(work.target)
+        elif work.kind == 'engine':   # the killed builder's temporary files (every writer's that no longer runs)
+            remove_stale_temps(work.target.parent)
 
     unregister = on_exit_now(end)
     try:
@@ -170,19 +170,6 @@ def remove_stale_private(folder: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def remove_orphan_tmp(target: Path) -> None:
-    """Temporary files of an ended engine writer: removed under the engine's lock (a live writer holds it)."""
-    from evit_ros.export.engine_cache import file_lock, sidecar_path
-    try:
-        with file_lock(target):
-            for name in (target.name, sidecar_path(target).name):
-                for tmp in target.parent.glob(f'.{name}.*.tmp'):
-                    with contextlib.suppress(OSError):
-                        tmp.unlink()
-    except OSError:
-        pass
-
-
 class _PipeHandler(logging.Handler):
     """The child's log records, sent to the node (which logs them through its ROS logger)."""
 
@@ -215,9 +202,9 @@ def child_main(cfg: NodeConfig, work: Work, head: str, max_batch: int, private: 
     lg.propagate = False
     lg.setLevel(logging.DEBUG)
     lg.addHandler(_PipeHandler(conn))
-    for name in ('evit_ros',):   # module loggers of the export code
-        logging.getLogger(name).addHandler(_PipeHandler(conn))
-        logging.getLogger(name).setLevel(logging.INFO)
+    export_log = logging.getLogger('evit_ros')   # the module loggers of the export code
+    export_log.addHandler(_PipeHandler(conn))
+    export_log.setLevel(logging.INFO)
     try:
         from evit_ros.backends import CACHE_ENV, create_backend
         if private:
@@ -251,4 +238,4 @@ def _die_with_parent() -> None:
 
 
 __all__ = ['ExportInterrupted', 'PRIVATE_PREFIX', 'Work', 'child_main', 'pending_work', 'prepare_files',
-           'remove_orphan_tmp', 'remove_stale_private']
+           'remove_stale_private']

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from evit_ros.errors import ConfigError
+from evit_ros.ros import conversions as conv
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 SUMMARY_KEYS = (('input_rate_hz', 'in Hz'), ('output_rate_hz', 'out Hz'), ('dropped_frames', 'dropped'),
@@ -109,7 +110,7 @@ def watch(options: WatchOptions, *, say: Callable[[str], None] = print,
     def on_output(topic: str) -> Callable[[Any], None]:
         def cb(msg: Any) -> None:
             now = node.get_clock().now().nanoseconds
-            st = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            st = conv.stamp_to_ns(msg.header.stamp)
             with lock:
                 s = stats.setdefault(topic, TopicStats())
                 s.count += 1
@@ -118,7 +119,7 @@ def watch(options: WatchOptions, *, say: Callable[[str], None] = print,
                     s.latencies_ms.append((now - st) / 1e6)
         return cb
 
-    def on_overlay(cam: str, topic: str) -> Callable[[Any], None]:
+    def on_overlay(cam: str) -> Callable[[Any], None]:
         def cb(msg: Any) -> None:
             import cv2
             with lock:
@@ -126,9 +127,8 @@ def watch(options: WatchOptions, *, say: Callable[[str], None] = print,
                 if n >= options.save_count or save_dir is None:
                     return
                 saved_per_cam[cam] = n + 1
-            rgb = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.step)[:, :msg.width * 3]
             path = save_dir / f'{cam}_overlay_{n:02d}.png'
-            cv2.imwrite(str(path), cv2.cvtColor(rgb.reshape(msg.height, msg.width, 3), cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(path), cv2.cvtColor(conv.image_to_numpy(msg), cv2.COLOR_RGB2BGR))
             with lock:
                 result.saved.append(str(path))
         return cb
@@ -152,7 +152,7 @@ def watch(options: WatchOptions, *, say: Callable[[str], None] = print,
                 subs[topic] = node.create_subscription(Image, topic, on_output(topic), QoSProfile(depth=5))
                 say(f'watching {topic}')
             if save_dir is not None and kind == 'overlay' and cam not in saving:
-                saving[cam] = node.create_subscription(Image, topic, on_overlay(cam, topic), qos_profile_sensor_data)
+                saving[cam] = node.create_subscription(Image, topic, on_overlay(cam), qos_profile_sensor_data)
 
     t0 = time.monotonic()
     next_print = t0 + options.interval_s

@@ -225,10 +225,8 @@ class FrameWorker:
 
     def _calibrated_policy(self, segmenter: Segmenter, engine_stats: EngineStats) -> BatchPolicy:
         """The batching policy with every batch size of the engine timed once (a failure leaves it unmeasured)."""
-        static = segmenter.io.input.shape[0] if segmenter.io.input.shape else -1
-        max_batch = min(segmenter.max_batch, static) if static and static > 0 else segmenter.max_batch
         opt = getattr(segmenter.backend, 'opt_batch', None)
-        policy = BatchPolicy(max_batch, self._config().diagnostics.latency_budget_ms,
+        policy = BatchPolicy(segmenter.io.run_batch, self._config().diagnostics.latency_budget_ms,
                              opt if isinstance(opt, int) and opt > 0 else None)
         try:
             calibrate(segmenter.backend, policy.model)
