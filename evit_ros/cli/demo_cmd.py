@@ -183,7 +183,7 @@ def _evaluate(cfg: Any, ds: Any, live: Any, play_s: float, onnx_path: Path, out:
 
     from evit_ros.datasets import dataset_for_model
     from evit_ros.eval.report import write_report
-    from evit_ros.eval.runner import PipelineFactory, evaluate_bags, group_class_ids
+    from evit_ros.eval.runner import PipelineFactory, evaluate_bag, group_class_ids
     from evit_ros.eval.scoring import EvalSpec
 
     dataset = dataset_for_model(cfg.model.name)
@@ -206,12 +206,12 @@ def _evaluate(cfg: Any, ds: Any, live: Any, play_s: float, onnx_path: Path, out:
         off_cfg = replace(cfg, backend=replace(cfg.backend, onnx_path=str(onnx_path)))
         image_topics, label_topics = _topics(ds)
         spec = EvalSpec(image_topics, label_topics, samples=6, progress=False)
-        off = evaluate_bags([str(ds.bag)], spec, PipelineFactory(off_cfg), dataset.num_classes)
-        off_report = write_report(out / 'offline', off, dataset.class_names, groups,
-                                  dict(meta, mode='offline (same Segmenter, no DDS)'))
-        offline_miou = off_report['metrics']['miou_present']
-        seg = PipelineFactory(off_cfg)()
+        seg = PipelineFactory(off_cfg)()   # one model load for the offline pass and the pictures
         try:
+            off = evaluate_bag(str(ds.bag), spec, seg, dataset.num_classes)
+            off_report = write_report(out / 'offline', off, dataset.class_names, groups,
+                                      dict(meta, mode='offline (same Segmenter, no DDS)'))
+            offline_miou = off_report['metrics']['miou_present']
             overlays, hero = _write_pictures(seg, ds, out)
         finally:
             seg.backend.close()

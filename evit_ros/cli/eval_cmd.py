@@ -166,7 +166,7 @@ def check_outputs(args: argparse.Namespace) -> None:
         raise ConfigError('--out-bag is not available with --live (record the node\'s topics with ros2 bag record)')
     if args.out_bag:   # one bag, or for several bags or slices the folder of one bag per input bag
         out = Path(args.out_bag)
-        for gone in remove_stale_partials(out.parent if str(out.parent) else Path('.'), f'.{out.name}.partial-'):
+        for gone in remove_stale_partials(out.parent, f'.{out.name}.partial-'):
             LOG.info('removed %s, left by a run that was killed', gone)
         check_new_bag_path(out)
     if args.save_predictions:
@@ -230,7 +230,8 @@ def run(args: argparse.Namespace) -> int:
         from evit_ros.eval.cityscapes import cityscapes_pairs, dataset_root
         root = dataset_root('' if args.cityscapes == CITYSCAPES_FROM_ENV else args.cityscapes)
         pairs = cityscapes_pairs(root, args.split)
-    cfg = load_config(args.params_file or None, overrides=_overrides(args))
+    overrides = _overrides(args)   # reads an --onnx graph's metadata: once
+    cfg = load_config(args.params_file or None, overrides=overrides)
     dataset = dataset_for_model(cfg.model.name)
     groups = group_class_ids(cfg, dataset.class_names)
     backend = cfg.backend.type
@@ -253,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
                              config=cfg, label_format=args.label_format, rate=args.rate, start_node=args.start_node,
                              params_file=args.params_file, node_timeout_s=args.node_timeout,
                              max_frames=args.max_frames, progress=not args.no_progress,
-                             node_params=_overrides(args) if args.start_node else None,
+                             node_params=overrides if args.start_node else None,
                              num_classes=dataset.num_classes, samples=args.samples, node_info=node_info,
                              read_limits=limits)
             meta.update(node_info)   # what the node really runs, read from it (not the evaluator's defaults)

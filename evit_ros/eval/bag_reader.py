@@ -151,7 +151,7 @@ def read_metadata(folder: Path) -> dict[str, Any]:
         info = doc['rosbag2_bagfile_information']
         names = [PurePath(str(x)).name for x in info['relative_file_paths']]
     except Exception as exc:  # noqa: BLE001 - any YAML or shape error means the same thing to the user
-        raise DataError(f'bag {folder}: metadata.yaml is not rosbag2 metadata ({_short(exc)})') from None
+        raise DataError(f'bag {folder}: metadata.yaml is not rosbag2 metadata ({short_error(exc)})') from None
     if not isinstance(info, dict):
         raise DataError(f'bag {folder}: metadata.yaml is not rosbag2 metadata')
     info['relative_file_paths'] = names
@@ -176,7 +176,8 @@ def check_bag_path(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
+    """An exception as one line of at most 160 characters, for a bag error's message."""
     text = ' '.join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 160 else text[:157] + '...'
 
@@ -226,7 +227,7 @@ def bounded_decompress(data: bytes | memoryview, compression: str, limit: int, w
     except (zstd.ZstdError, RuntimeError, OSError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise
-        raise DataError(f'{what} is corrupt ({_short(exc)})') from None
+        raise DataError(f'{what} is corrupt ({short_error(exc)})') from None
     return out
 
 
@@ -257,7 +258,7 @@ def decompress_file(src: Path, dst: Path, budget: list[int], what: str, why: str
                                         'bomb; for a trusted bag raise --max-temp-mb or decompress it yourself)')
                 out.write(piece)
     except (zstd.ZstdError, EOFError) as exc:
-        raise DataError(f'{what} is not a valid zstd file ({_short(exc)})') from None
+        raise DataError(f'{what} is not a valid zstd file ({short_error(exc)})') from None
 
 
 # -- file-compressed bags: one private decompressed copy per process --------------------------------------
@@ -380,11 +381,6 @@ def _chunk_messages(buf: bytes | bytearray, wanted: Collection[int], lo: int, hi
 def _hold(held: list[tuple[int, int, bytes]], log: int, ch: int, data: bytes) -> bool:
     held.append((log, ch, data))
     return True
-
-
-def bounded_mcap_class(limits: ReadLimits) -> type:
-    """rosbags' McapReader with bounded chunk decompression and a bounded chunk merge (see the module doc)."""
-    return _bounded_mcap(limits)
 
 
 @functools.lru_cache(maxsize=8)
@@ -685,7 +681,7 @@ def file_compressed_counts(path: Path) -> dict[str, int] | None:
             name = str(entry['topic_metadata']['name'])
             counts[name] = counts.get(name, 0) + int(entry['message_count'])
     except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f'bag {path}: metadata.yaml topics_with_message_count is malformed ({_short(exc)})') \
+        raise DataError(f'bag {path}: metadata.yaml topics_with_message_count is malformed ({short_error(exc)})') \
             from None
     return counts
 

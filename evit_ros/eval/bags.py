@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from evit_ros.errors import DataError, FrameError
-from evit_ros.eval.bag_reader import ReadLimits
+from evit_ros.eval.bag_reader import ReadLimits, short_error
 
 IMAGE = 'sensor_msgs/msg/Image'
 COMPRESSED = 'sensor_msgs/msg/CompressedImage'
@@ -97,18 +97,13 @@ def open_reader(path: str | Path, limits: ReadLimits | None = None) -> Iterator[
     except DataError:
         raise
     except Exception as exc:  # rosbags raises several unrelated types for unreadable bags
-        raise DataError(f'bag {p} cannot be opened ({_short(exc)}); it is empty, truncated or not a ROS 2 bag') \
+        raise DataError(f'bag {p} cannot be opened ({short_error(exc)}); it is empty, truncated or not a ROS 2 bag') \
             from exc
     try:
         yield reader
     finally:
         with contextlib.suppress(Exception):
             reader.close()
-
-
-def _short(exc: BaseException) -> str:
-    text = ' '.join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 160 else text[:157] + '...'
 
 
 def read_messages(reader: Any, connections: Sequence[Any], path: str | Path, start_ns: int | None = None,
@@ -124,7 +119,7 @@ def read_messages(reader: Any, connections: Sequence[Any], path: str | Path, sta
         except DataError:   # the caps of bag_reader (a bomb, a size lie) word their own refusal
             raise
         except Exception as exc:  # rosbags' MCAP/sqlite readers raise assorted types on truncated data
-            raise DataError(f'bag {path} is truncated or corrupt ({_short(exc)})') from exc
+            raise DataError(f'bag {path} is truncated or corrupt ({short_error(exc)})') from exc
         yield item
 
 
@@ -173,7 +168,7 @@ def iter_events(path: str | Path, image_topics: Sequence[str], label_topics: Seq
                                frame_id=frame_id, log_ns=int(log_ns))
                 continue
             except Exception as exc:  # noqa: BLE001 - e.g. cv2.error on a JPEG header claiming 65500x65500
-                yield BagEvent(conn.topic, conn.msgtype, st, error='corrupt', detail=_short(exc),
+                yield BagEvent(conn.topic, conn.msgtype, st, error='corrupt', detail=short_error(exc),
                                frame_id=frame_id, log_ns=int(log_ns))
                 continue
             yield BagEvent(conn.topic, conn.msgtype, st, data=data, frame_id=frame_id, log_ns=int(log_ns),

@@ -211,8 +211,7 @@ def _save(fig: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_plots(out: Path, state: EvalState, report: dict[str, Any], class_names: Sequence[str],
-                palette: np.ndarray | None = None) -> None:
+def write_plots(out: Path, state: EvalState, report: dict[str, Any], class_names: Sequence[str]) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -255,7 +254,7 @@ def write_plots(out: Path, state: EvalState, report: dict[str, Any], class_names
     _save(fig, out / 'confusion_matrix.png')
     plt.close(fig)
 
-    _write_samples(out / 'samples.png', state.samples, names, default_palette(n) if palette is None else palette)
+    _write_samples(out / 'samples.png', state.samples, names, default_palette(n))
 
 
 LOG_X_RATIO = 10.0   # the latency plot uses a log x axis when the stages' p50s differ by more than this factor
@@ -321,8 +320,8 @@ def sample_classes(samples: Sequence[dict[str, Any]], palette: np.ndarray, n: in
     return [i for i in range(n) if tuple(int(v) for v in palette[i]) in seen]
 
 
-def _write_samples(path: Path, samples: Sequence[dict[str, Any]], names: Sequence[str] = (),
-                   palette: np.ndarray | None = None) -> None:
+def _write_samples(path: Path, samples: Sequence[dict[str, Any]], names: Sequence[str], palette: np.ndarray
+                   ) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
     shown = [s for s in samples if s.get('image')]
@@ -336,12 +335,12 @@ def _write_samples(path: Path, samples: Sequence[dict[str, Any]], names: Sequenc
         ax.imshow(sample_strip(smp))
         gt = '' if smp.get('gt') else ' (no ground truth)'
         ax.set_title(f'{smp["camera"]} {smp["stamp_ns"]}: image | ground truth{gt} | prediction', fontsize=8)
-    if palette is not None and names:   # the class colours, for the classes the panels show
+    if names:   # the class colours, for the classes the panels show
         ids = sample_classes(shown, palette, len(names))
         handles = [Patch(facecolor=palette[i] / 255.0, edgecolor='black', linewidth=0.5, label=names[i]) for i in ids]
         if handles:
             fig.legend(handles=handles, loc='lower center', ncol=min(len(handles), 7), fontsize=7, frameon=False)
-    legend_h = 0.7 / (2.2 * rows_n + 0.8) if palette is not None and names else 0.0   # ~0.7 inch for 3 rows
+    legend_h = 0.7 / (2.2 * rows_n + 0.8) if names else 0.0   # ~0.7 inch for 3 rows
     fig.tight_layout(rect=(0, legend_h, 1, 1))
     _save(fig, path)
     plt.close(fig)

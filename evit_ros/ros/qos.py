@@ -122,14 +122,14 @@ class InputSubscription:
     def _deliver(self, generation: int) -> Callable[[Any], None]:
         """The subscription callback of one generation (all run on the node's one executor thread)."""
         def deliver(msg: Any) -> None:
-            key = _header_key(msg)
             if generation != self._generation:   # retiring: only until the new subscription delivers
                 if not self._new_delivered:
-                    self._last_key = key
+                    self._last_key = _header_key(msg)
                     self.callback(msg)
                 return
-            if not self._new_delivered:
+            if not self._new_delivered:          # a handover (the key is read only then, not every frame)
                 self._new_delivered = True
+                key = _header_key(msg)
                 if key is not None and key == self._last_key:
                     return    # the retiring subscription passed this message on already
             self.callback(msg)
