@@ -163,10 +163,10 @@ class TensorRTBackend(InferenceBackend):
 
         False when loading would refuse instead (INT8/DLA, no ONNX) or cannot even ask: the load reports it.
         """
-        if not self.engine_path.is_file():
-            return self.build_if_stale and self.onnx_path is not None
         if not self.build_if_stale or self.onnx_path is None:
             return False
+        if not self.engine_path.is_file():
+            return True
         from evit_ros.export.tensorrt_build import import_tensorrt
         from evit_ros.export.tensorrt_precision import trt_version
         try:
@@ -175,10 +175,15 @@ class TensorRTBackend(InferenceBackend):
             engine_cache.check_engine(self.engine_path, self.onnx_path, trt_version=version, gpu=gpu,
                                       precision=self.precision)
         except EngineCacheMismatch as exc:
-            return not (self.precision == 'int8' or '--dla-core' in str(exc))
+            return self._rebuilds(exc)
         except (EvitError, OSError):
             return False
         return False
+
+    def _rebuilds(self, mismatch: EngineCacheMismatch) -> bool:
+        """A stale engine is rebuilt automatically unless it is INT8 or for a DLA core (they need calibration
+        frames or DLA options): the one rule of :meth:`needs_build` and :meth:`load`."""
+        return not (self.precision == 'int8' or '--dla-core' in str(mismatch))
 
     def _checked_sidecar(self, version: str) -> dict[str, Any]:
         def check() -> dict[str, Any]:
@@ -190,7 +195,7 @@ class TensorRTBackend(InferenceBackend):
             onnx_path = self.onnx_path
             if not self.build_if_stale or onnx_path is None:
                 raise
-            if self.precision == 'int8' or '--dla-core' in str(exc):
+            if not self._rebuilds(exc):
                 raise EngineCacheMismatch(f'{exc} (INT8 and DLA engines are not rebuilt automatically: they need '
                                           'calibration frames or DLA options; run the command above)') from exc
             self._log.warning('tensorrt: %s; rebuilding from %s (this takes minutes on a Jetson)', exc,
@@ -228,10 +233,8 @@ class TensorRTBackend(InferenceBackend):
 
     def _recorded_opt_batch(self) -> int | None:
         """The profile's opt batch of the stale engine (the user's camera count), kept by a rebuild."""
-        try:
-            shapes = engine_cache.read_sidecar(self.engine_path)['fields'].get('shapes', {})
-            opt = int(shapes['profile']['opt'][0])
-        except (EngineCacheMismatch, KeyError, TypeError, ValueError, IndexError):
+        opt = self.opt_batch
+        if opt is None:
             return None
         if self.onnx_path is None:
             return opt
