@@ -113,11 +113,13 @@ def publish(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     t0_ns = node.get_clock().now().nanoseconds
     next_t = [t0] * len(pubs)             # all cameras in phase, as a synchronised rig
-    end = t0 + args.duration
+    # each camera's frame k at t0 + k * period, k < round(duration * rate): a count exact to the frame (summing
+    # periods drifted below the end by a rounding error and sent one frame more)
+    total = [round(args.duration * r) for r in rates]
     start_ns = time.time_ns()
     while True:
-        i = int(np.argmin(next_t))
-        if next_t[i] >= end:
+        i = int(np.argmin([t if n < m else np.inf for t, n, m in zip(next_t, sent, total, strict=True)]))
+        if sent[i] >= total[i]:
             break
         delay = next_t[i] - time.monotonic()
         if delay > 0:
@@ -126,7 +128,7 @@ def publish(args: argparse.Namespace) -> int:
         msgs[i].header.stamp = Time(nanoseconds=t0_ns + int((next_t[i] - t0) * 1e9)).to_msg()
         pubs[i].publish(msgs[i])
         sent[i] += 1
-        next_t[i] += periods[i]
+        next_t[i] = t0 + sent[i] * periods[i]
     out = {'sent': dict(zip(names, sent, strict=True)), 'start_ns': start_ns, 'end_ns': time.time_ns(),
            'cpu_s': _cpu_s(os.getpid())}
     time.sleep(LINGER_S)   # reliable: let the last samples be delivered before the writers go away
