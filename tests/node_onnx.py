@@ -29,8 +29,12 @@ def export(name: str, out: Path) -> Path:
     return out
 
 
+_EXPORTED: dict[str, Path] = {}   # name -> this session's export: every test module runs the same read-only graph
+
+
 def node_onnx(name: str, tmp_dir: Path) -> Path:
-    """``name`` (a key of FILES) from ``$EVIT_ROS_TEST_ONNX_DIR`` when set, else exported into ``tmp_dir``."""
+    """``name`` (a key of FILES) from ``$EVIT_ROS_TEST_ONNX_DIR`` when set, else exported into ``tmp_dir`` once a
+    session (later calls get the first export; no test writes to it)."""
     import pytest
     given = os.environ.get(ONNX_DIR_ENV)
     if given:
@@ -40,7 +44,10 @@ def node_onnx(name: str, tmp_dir: Path) -> Path:
                         f'.venv/bin/python tests/node_onnx.py {given} (make test-compat does)')
         return path
     pytest.importorskip('torch', reason=f'exporting {name} needs PyTorch; without it set {ONNX_DIR_ENV}')
-    return export(name, tmp_dir / name)
+    done = _EXPORTED.get(name)
+    if done is None or not done.is_file():
+        done = _EXPORTED[name] = export(name, tmp_dir / name)
+    return done
 
 
 def needs_onnx_source() -> None:

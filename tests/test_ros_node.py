@@ -84,8 +84,9 @@ class InProcessNode:
         self.thread.start()
 
     def close(self) -> None:
-        self.executor.shutdown(timeout_sec=1.0)
-        self.thread.join(timeout=2.0)
+        if hasattr(self, 'executor'):   # _spin() ran
+            self.executor.shutdown(timeout_sec=1.0)
+            self.thread.join(timeout=2.0)
         self.node.destroy_node()
         self.tester.destroy_node()
         rclpy.shutdown(context=self.ctx)

@@ -172,7 +172,7 @@ def test_an_export_in_the_child_process_is_loaded_and_sighup_stops_the_running_n
 
 @pytest.fixture(scope='module')
 def onnx(tmp_path_factory) -> Path:
-    return export_test_onnx(tmp_path_factory.mktemp('onnx') / 'b0_64x128.onnx')
+    return export_test_onnx(tmp_path_factory.mktemp('onnx'))
 
 
 @pytest.mark.parametrize('level', ['debug', 'info'])

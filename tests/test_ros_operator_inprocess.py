@@ -22,7 +22,7 @@ from test_ros_vehicle import BEST_EFFORT, RELIABLE, Rig, _frame  # noqa: E402
 
 @pytest.fixture(scope='module')
 def onnx(tmp_path_factory) -> Path:
-    return export_test_onnx(tmp_path_factory.mktemp('onnx') / 'b0_64x128.onnx')
+    return export_test_onnx(tmp_path_factory.mktemp('onnx'))
 
 
 def _values(st: Any) -> dict[str, str]:

@@ -31,7 +31,7 @@ RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 @pytest.fixture(scope='module')
 def onnx(tmp_path_factory) -> Path:
-    return export_test_onnx(tmp_path_factory.mktemp('onnx') / 'b0_64x128.onnx')
+    return export_test_onnx(tmp_path_factory.mktemp('onnx'))
 
 
 class Rig(InProcessNode):

@@ -116,12 +116,18 @@ def test_warnings_name_the_fix_for_the_transport_in_effect(tmp_path) -> None:
     assert 'its own Fast DDS profile' in msg and 'fastdds_large_frames.xml' in msg
 
 
-def test_an_in_process_node_reports_the_environment_as_it_is(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(tr, '_CURRENT', None)
+@pytest.fixture
+def unconfigured(monkeypatch, tmp_path) -> None:
+    """A process with no Fast DDS configuration at all: no profile variables, no RMW choice, an empty cwd."""
     monkeypatch.chdir(tmp_path)
     for var in (tr.SWITCH, tr.PROFILES_FILE_FASTDDS2, tr.PROFILES_FILE_FASTDDS3, tr.BUILTIN_TRANSPORTS,
                 'RMW_IMPLEMENTATION'):
         monkeypatch.delenv(var, raising=False)
+
+
+@pytest.mark.usefixtures('unconfigured')
+def test_an_in_process_node_reports_the_environment_as_it_is(monkeypatch) -> None:
+    monkeypatch.setattr(tr, '_CURRENT', None)
     c = tr.current()
     assert not c.applied and c.kind == 'in_process' and 'in-process' in c.summary
     monkeypatch.setenv(tr.PROFILES_FILE_FASTDDS2, '/etc/my.xml')
@@ -140,14 +146,6 @@ def test_an_in_process_node_reports_the_environment_as_it_is(monkeypatch, tmp_pa
 # ---------------------------------------------------------------------------------------------------------------
 # real processes: a camera driver at Fast DDS defaults, the node as `segmentation_node` starts it
 
-def _clean_env(tmp: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in (tr.PROFILES_FILE_FASTDDS2, tr.PROFILES_FILE_FASTDDS3, tr.BUILTIN_TRANSPORTS, tr.SWITCH)}
-    env.update({'PYTHONPATH': str(REPO), 'EVIT_ROS_CACHE': str(tmp / 'cache'), 'RCUTILS_LOGGING_BUFFERED_STREAM': '0',
-                **extra})
-    return env
-
-
 @pytest.mark.timeout(240)
 def test_best_effort_frames_of_four_cameras_all_reach_the_node_from_a_driver_at_defaults(tmp_path) -> None:
     """Four 640x480 rgb8 cameras at 10 Hz, best effort, from one process with Fast DDS defaults: every frame
@@ -155,7 +153,7 @@ def test_best_effort_frames_of_four_cameras_all_reach_the_node_from_a_driver_at_
     pytest.importorskip('rclpy')
     pytest.importorskip('onnxruntime')
     from test_ros_node import export_test_onnx
-    from test_ros_vehicle_process import Tester
+    from test_ros_vehicle_process import Tester, _cmd, _env  # _env: Fast DDS as configured nowhere
     rmem = tr.read_rmem_max()
     if rmem is not None and rmem < tr.MIN_RMEM_MAX:
         pytest.skip(tr.TransportChoice(True, 'node', str(PROFILE), '', rmem).cap_fix())
@@ -165,14 +163,10 @@ def test_best_effort_frames_of_four_cameras_all_reach_the_node_from_a_driver_at_
               'input.height': '64', 'input.width': '128', 'cameras': '[' + ','.join(cams) + ']',
               'qos.input_reliability': 'best_effort', 'diagnostics.latency_budget_ms': '10000.0',
               'outputs.color_mask': 'false', 'outputs.overlay': 'false', 'outputs.confidence': 'false'}
-    cmd = [sys.executable, '-m', 'evit_ros.ros.segmentation_node', '--ros-args']
-    for k, v in params.items():
-        cmd += ['-p', f'{k}:={v}']
-    for c in cams:
-        cmd += ['-p', f'cameras.{c}.topic:=/{c}/image_raw']
+    cmd = _cmd({**params, **{f'cameras.{c}.topic': f'/{c}/image_raw' for c in cams}})
     log = tmp_path / 'node.log'
     with open(log, 'w') as out:
-        node = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_clean_env(tmp_path))
+        node = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_env(tmp_path))
     try:
         with Tester() as t:
             t.wait(lambda: all(t.node.count_subscribers(f'/{c}/image_raw') > 0 for c in cams)
@@ -180,7 +174,7 @@ def test_best_effort_frames_of_four_cameras_all_reach_the_node_from_a_driver_at_
             driver = subprocess.run(
                 [sys.executable, '-m', 'evit_ros.bench.rig', 'publish', '--cameras', '4', '--rate', '10',
                  '--size', '480x640', '--duration', '4', '--camera-qos', 'best_effort'],
-                capture_output=True, text=True, env=_clean_env(tmp_path), timeout=120)
+                capture_output=True, text=True, env=_env(tmp_path), timeout=120)
             assert driver.returncode == 0, driver.stderr[-3000:]
             sent = json.loads(driver.stdout.strip().splitlines()[-1])['sent']
             assert sent == dict.fromkeys(cams, 40), sent
@@ -206,12 +200,9 @@ def test_best_effort_frames_of_four_cameras_all_reach_the_node_from_a_driver_at_
     assert 'Traceback' not in log.read_text()
 
 
-def test_doctor_reports_what_the_node_would_run_on(monkeypatch, tmp_path) -> None:
+@pytest.mark.usefixtures('unconfigured')
+def test_doctor_reports_what_the_node_would_run_on(monkeypatch) -> None:
     from evit_ros.cli.doctor_cmd import node_transport
-    monkeypatch.chdir(tmp_path)
-    for var in (tr.SWITCH, tr.PROFILES_FILE_FASTDDS2, tr.PROFILES_FILE_FASTDDS3, tr.BUILTIN_TRANSPORTS,
-                'RMW_IMPLEMENTATION'):
-        monkeypatch.delenv(var, raising=False)
     out = node_transport()
     assert out['node_profile_applies'] is True and str(PROFILE) in str(out['summary'])
     assert out['rmem_max'] == tr.read_rmem_max()
@@ -225,9 +216,9 @@ def test_doctor_reports_what_the_node_would_run_on(monkeypatch, tmp_path) -> Non
 
 def test_a_bad_switch_stops_the_node_with_one_fatal_line(tmp_path) -> None:
     pytest.importorskip('rclpy')
-    from test_ros_vehicle_process import _assert_one_fatal
+    from test_ros_vehicle_process import _assert_one_fatal, _env
     proc = subprocess.run([sys.executable, '-m', 'evit_ros.ros.segmentation_node'], capture_output=True, text=True,
-                          env=_clean_env(tmp_path, **{tr.SWITCH: 'shm'}), timeout=60)
+                          env={**_env(tmp_path), tr.SWITCH: 'shm'}, timeout=60)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 2, text[-3000:]
     line = _assert_one_fatal(text)
@@ -252,7 +243,7 @@ def test_the_node_reports_its_transport_and_warns_of_a_capped_buffer_at_activati
                                                                                       tmp_path) -> None:
     """What segmentation_node chose is in the engine's diagnostics and the ready line; a capped receive buffer is
     one WARN at activation with the sysctl fix (the choice is set here as main sets it, the cap faked)."""
-    rclpy = pytest.importorskip('rclpy')
+    pytest.importorskip('rclpy')
     pytest.importorskip('onnxruntime')
     from rclpy.parameter import Parameter
     from test_ros_node import InProcessNode, export_test_onnx
@@ -269,9 +260,7 @@ def test_the_node_reports_its_transport_and_warns_of_a_capped_buffer_at_activati
         describe = rig.node.engine_stats.describe
         assert describe['transport'] == capped.summary and describe['transport.udp_receive_buffer_bytes'] == '425984'
     finally:
-        rig.node.destroy_node()
-        rig.tester.destroy_node()
-        rclpy.shutdown(context=rig.ctx)
+        rig.close()
     err = capfd.readouterr().err
     assert f'transport: {capped.summary}' in err, err[-3000:]
     assert err.count('net.core.rmem_max is 212992') == 1 and 'sudo sysctl -w net.core.rmem_max=16777216' in err
