@@ -3,10 +3,8 @@
 output at ``--log-level debug``."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,52 +25,27 @@ from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from test_ros_node import export_test_onnx  # noqa: E402
+from test_ros_process import _env, _stop, _wait  # noqa: E402
+from test_ros_vehicle_process import _cmd  # noqa: E402
 
 from evit_ros.ros import conversions as conv  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-NODE = 'evit_ros.ros.segmentation_node'
 RELIABLE = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 BASE = {'backend.type': 'onnxruntime', 'backend.threads': '1', 'input.height': '64', 'input.width': '128'}
 # an export that takes seconds here (the verification runs the model at this size)
 SLOW_EXPORT = {**BASE, 'input.height': '1024', 'input.width': '2048'}
 
 
-def _env(cache: Path) -> dict[str, str]:
-    return {**os.environ, 'PYTHONPATH': str(REPO), 'EVIT_ROS_CACHE': str(cache),
-            'RCUTILS_LOGGING_BUFFERED_STREAM': '0'}
-
-
-def _start(tmp: Path, params: dict[str, str], cache: Path | None = None, extra: tuple[str, ...] = ()
-           ) -> tuple[subprocess.Popen, Path]:
-    ros = ['--ros-args']
-    for k, v in params.items():
-        ros += ['-p', f'{k}:={v}']
-    log = tmp / f'node{len(list(tmp.glob("node*.log")))}.log'
+def _start(tmp: Path, params: dict[str, str], extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, Path]:
+    """The node process with ``params`` (cache ``tmp/cache``), its output in ``tmp/node.log``."""
+    log = tmp / 'node.log'
     with open(log, 'w') as out:
-        proc = subprocess.Popen([sys.executable, '-m', NODE, *ros, *extra], stdout=out, stderr=subprocess.STDOUT,
-                                env=_env(cache or tmp / 'cache'))
+        proc = subprocess.Popen([*_cmd(params), *extra], stdout=out, stderr=subprocess.STDOUT, env=_env(tmp))
     return proc, log
 
 
-def _wait_text(proc: subprocess.Popen, log: Path, needle: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while needle not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f'waiting for {needle!r} (rc {proc.poll()}):\n{log.read_text()[-3000:]}')
-        time.sleep(0.02)
-
-
-def _stop(proc: subprocess.Popen, sig: int, timeout: float = 15.0) -> tuple[int, float]:
-    t0 = time.monotonic()
-    proc.send_signal(sig)
-    try:
-        rc = proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return rc, time.monotonic() - t0
+def _wait_text(proc: subprocess.Popen, log: Path, needle: str) -> None:
+    _wait(lambda: needle in log.read_text(), 120.0, repr(needle), proc, log)
 
 
 class Client:
@@ -128,7 +101,7 @@ def test_signal_during_a_configure_export_ends_within_2s_leaving_no_partial_file
     export ends the process within 2 s (the export runs in a child process that is ended) and leaves nothing
     half-written."""
     cache = tmp_path / 'cache'
-    proc, log = _start(tmp_path, {**SLOW_EXPORT, 'lifecycle.autostart': str(autostart).lower()}, cache)
+    proc, log = _start(tmp_path, {**SLOW_EXPORT, 'lifecycle.autostart': str(autostart).lower()})
     try:
         with Client() as c:
             if not autostart:
@@ -154,7 +127,7 @@ def test_an_export_in_the_child_process_is_loaded_and_sighup_stops_the_running_n
     """The child's export lands in the cache and the node runs on it; SIGHUP (the SSH session closing) then ends
     the node like SIGINT: exit 0 within 2 s, one line naming the signal, no traceback."""
     cache = tmp_path / 'cache'
-    proc, log = _start(tmp_path, BASE, cache)
+    proc, log = _start(tmp_path, BASE)
     try:
         _wait_text(proc, log, 'ready:')
         rc, took = _stop(proc, signal.SIGHUP)
