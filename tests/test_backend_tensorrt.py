@@ -19,14 +19,22 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from trt_fakes import GPU_CC, GPU_MEM_MB, GPU_NAME, GPU_SMS, DataType, FakeCudart, FakeEngine, FakeTRT, pinned_view, rtx
+from trt_fakes import (
+    FAKE_GPU,
+    DataType,
+    FakeCudart,
+    FakeEngine,
+    FakeTRT,
+    pinned_view,
+    rtx,
+    write_fake_engine,
+)
 
 from evit_ros.backends.tensorrt_backend import TensorRTBackend, numpy_dtype, tensorrt_available
 from evit_ros.device import cuda_runtime, identity
 from evit_ros.errors import BackendError, BackendUnavailableError, EngineCacheMismatch
 from evit_ros.export import engine_cache
-from evit_ros.export.onnx_export import export_onnx, read_metadata
-from evit_ros.fileio import file_sha256
+from evit_ros.export.onnx_export import export_onnx
 from evit_ros.inference import InferenceBackend
 
 MODEL = 'efficientvit-seg-b0-cityscapes'
@@ -49,8 +57,6 @@ def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
                        max_batch=2).path
 
 
-FAKE_GPU = identity.GpuIdentity(GPU_NAME, f'{GPU_CC[0]}.{GPU_CC[1]}', GPU_SMS, GPU_MEM_MB,
-                                    identity.board_model())
 
 
 @pytest.fixture(scope='module')
@@ -67,12 +73,7 @@ def built_engine(onnx_file: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def _write_fake_engine(onnx_file: Path, ep: Path, version: str = TRT_VERSION) -> None:
-    shapes = {'input': 'images', 'shape': [-1, H, W, 3],
-              'profile': {'min': [1, H, W, 3], 'opt': [2, H, W, 3], 'max': [2, H, W, 3]}}
-    fields = engine_cache.key_fields(file_sha256(onnx_file), version, FAKE_GPU, 'fp32', shapes, [])
-    doc = engine_cache.make_sidecar(fields, model_metadata=read_metadata(onnx_file), fp32_layers=[],
-                                    rebuild_command=engine_cache.build_command(onnx_file, ep, 'fp32'))
-    engine_cache.write_engine(ep, b'placeholder engine bytes', doc)
+    write_fake_engine(onnx_file, ep, version, FAKE_GPU, H, W)
 
 
 @pytest.fixture()

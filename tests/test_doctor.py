@@ -15,7 +15,7 @@ import cuda_compat_support as compat
 import doctor_support
 import pytest
 import trt_bindings_support
-from trt_fakes import GPU_CC, GPU_MEM_MB, GPU_NAME, GPU_SMS, FakeCudart, rtx
+from trt_fakes import FAKE_GPU, GPU_NAME, GPU_SMS, FakeCudart, rtx
 
 from evit_ros.backends import doctor
 from evit_ros.config import load_config
@@ -78,7 +78,7 @@ def test_configured_tensorrt_without_an_engine_exits_3(tmp_path: Path) -> None:
 def test_engine_cache_key_is_checked_against_this_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With a (fake) GPU, an engine built for it matches; one built for another GPU does not, and exits 3."""
     monkeypatch.setattr(cuda_runtime, 'cudart', FakeCudart())
-    gpu = identity.GpuIdentity(GPU_NAME, f'{GPU_CC[0]}.{GPU_CC[1]}', GPU_SMS, GPU_MEM_MB, identity.board_model())
+    gpu = FAKE_GPU
     ep = tmp_path / 'm.engine'
     for name, usable_here in ((GPU_NAME, True), ('Other GPU', False)):
         built_for = identity.GpuIdentity(name, gpu.compute_capability, gpu.sm_count, gpu.total_memory_mb, gpu.board)

@@ -396,12 +396,10 @@ def test_each_fake_models_the_real_class(fake_name: str) -> None:
 def test_backend_runtime_calls_through_the_real_classes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The TensorRT backend (load, dynamic batches, CUDA graphs, close) with every engine/context/runtime
     call checked against this release; the fakes compute, ONNX Runtime behind them."""
-    from trt_fakes import FakeContext, FakeCudart, FakeEngine, FakeRuntime, FakeTRT
+    from trt_fakes import FakeContext, FakeCudart, FakeEngine, FakeRuntime, FakeTRT, write_fake_engine
 
     from evit_ros.backends.tensorrt_backend import TensorRTBackend
     from evit_ros.device import cuda_runtime
-    from evit_ros.export.onnx_export import read_metadata
-    from evit_ros.fileio import file_sha256
 
     def wrap(value: Any) -> Any:
         for fake, real in ((FakeEngine, trt.ICudaEngine), (FakeContext, trt.IExecutionContext)):
@@ -421,13 +419,7 @@ def test_backend_runtime_calls_through_the_real_classes(tmp_path: Path, monkeypa
     fake.Logger = trt.Logger                           # the real logger and allocation strategy
     fake.ExecutionContextAllocationStrategy = getattr(trt, 'ExecutionContextAllocationStrategy', None)
     ep = tmp_path / 'lc.engine'
-    shapes = {'input': 'images', 'shape': [-1, 64, 128, 3],
-              'profile': {'min': [1, 64, 128, 3], 'opt': [2, 64, 128, 3], 'max': [2, 64, 128, 3]}}
-    gpu = cuda_runtime.gpu_identity(0)
-    fields = engine_cache.key_fields(file_sha256(onnx_file), VERSION, gpu, 'fp32', shapes, [])
-    engine_cache.write_engine(ep, b'engine bytes', engine_cache.make_sidecar(
-        fields, model_metadata=read_metadata(onnx_file), fp32_layers=[],
-        rebuild_command=engine_cache.build_command(onnx_file, ep, 'fp32')))
+    write_fake_engine(onnx_file, ep, VERSION, cuda_runtime.gpu_identity(0))
     frames = np.random.default_rng(0).integers(0, 256, (2, 64, 128, 3), np.uint8)
     for graphs in (False, True):
         be = TensorRTBackend(ep, precision='fp32', build_if_stale=False, cuda_graph=graphs, trt_module=fake)

@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from evit_ros import contract
+from evit_ros.device.identity import GpuIdentity, board_model
 from evit_ros.export.onnx_export import read_metadata
 
 try:
@@ -26,6 +27,22 @@ except ImportError:  # TensorRT-RTX not installed: the engine file is written wi
     rtx = None
 
 GPU_NAME, GPU_CC, GPU_SMS, GPU_MEM_MB = 'Fake Orin', (8, 7), 16, 61440
+# the identity cuda_runtime.gpu_identity(0) reports under FakeCudart: what an engine for the fake GPU is keyed on
+FAKE_GPU = GpuIdentity(GPU_NAME, f'{GPU_CC[0]}.{GPU_CC[1]}', GPU_SMS, GPU_MEM_MB, board_model())
+
+
+def write_fake_engine(onnx_file: Path, ep: Path, version: str, gpu: GpuIdentity = FAKE_GPU, h: int = 64,
+                      w: int = 128) -> None:
+    """An engine file (placeholder bytes the fakes never parse) with the sidecar of an fp32 build of ``onnx_file``
+    for TensorRT ``version`` and ``gpu``: a dynamic batch 1..2 of uint8 NHWC ``h`` x ``w``."""
+    from evit_ros.export import engine_cache
+    from evit_ros.fileio import file_sha256
+    shapes = {'input': 'images', 'shape': [-1, h, w, 3],
+              'profile': {'min': [1, h, w, 3], 'opt': [2, h, w, 3], 'max': [2, h, w, 3]}}
+    fields = engine_cache.key_fields(file_sha256(onnx_file), version, gpu, 'fp32', shapes, [])
+    doc = engine_cache.make_sidecar(fields, model_metadata=read_metadata(onnx_file), fp32_layers=[],
+                                    rebuild_command=engine_cache.build_command(onnx_file, ep, 'fp32'))
+    engine_cache.write_engine(ep, b'placeholder engine bytes', doc)
 
 
 class FakeCudart:
