@@ -27,6 +27,11 @@ class _Result:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
+def red_labels(rgb: np.ndarray) -> np.ndarray:
+    """RedSegmenter's rule, min(red // 10, 18): the ground truth the tests write is what it predicts."""
+    return np.minimum(rgb[..., 0] // 10, 18).astype(np.uint8)
+
+
 class RedSegmenter:
     """labels = min(red // 10, 18): exact, deterministic, independent of the metric code under test."""
 
@@ -34,7 +39,7 @@ class RedSegmenter:
                 want_confidence: bool = False) -> list[_Result]:
         out = []
         for f in frames:
-            labels = np.minimum(f[..., 0] // 10, 18).astype(np.uint8)
+            labels = red_labels(f)
             color = PALETTE[labels] if want_color else None
             overlay = ((f.astype(np.uint16) + PALETTE[labels]) // 2).astype(np.uint8) if want_overlay else None
             out.append(_Result(labels, color, overlay, None, {'preprocess': 0.1, 'infer': 1.0, 'postprocess': 0.2}))

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from eval_support import RedSegmenter, red_factory, scene, write_bag
+from eval_support import red_labels as pred_of
 
 from evit_ros.eval.bags import COMPRESSED, IMAGE, BagWriter, iter_events, typestore
 from evit_ros.eval.report import PLOTS, write_report
@@ -16,10 +17,6 @@ from evit_ros.eval.scoring import EvalSpec
 CLASSES = tuple(f'c{i}' for i in range(19))
 T0 = 1_700_000_000_000_000_000
 IMG, LAB = '/front/image_raw', '/front/labels'
-
-
-def pred_of(rgb: np.ndarray) -> np.ndarray:
-    return np.minimum(rgb[..., 0] // 10, 18).astype(np.uint8)
 
 
 def stamp(i: int) -> int:

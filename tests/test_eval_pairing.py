@@ -14,13 +14,15 @@ import cv2
 import numpy as np
 import pytest
 from eval_support import POISON_GREEN, FaultyFactory, red_factory, write_bag, write_drive
+from eval_support import red_labels as truth
+from test_eval_shards import run
 
 from evit_ros.errors import ConfigError
 from evit_ros.eval.cityscapes import TOPIC, LabelFileError, iter_cityscapes, read_label_file
 from evit_ros.eval.executors import ExecutionOptions, local_cpus, make_executor, ray_temp_dir, unique_bags
 from evit_ros.eval.predictions import remove_stale_partials
 from evit_ros.eval.report import build_report, frame_accounts
-from evit_ros.eval.runner import evaluate_bags, run_events
+from evit_ros.eval.runner import run_events
 from evit_ros.eval.scoring import EvalSpec, EvalState, camera_names
 
 CLASSES = tuple(f'c{i}' for i in range(19))
@@ -35,16 +37,6 @@ def frame(i: int, shift: int = 0, green: int = 40, h: int = 24, w: int = 32) -> 
     img[..., 0] = (classes[(np.arange(w) // 4 + i + shift) % len(classes)] * 10 + 5)[None, :]
     img[..., 1] = green
     return img
-
-
-def truth(rgb: np.ndarray) -> np.ndarray:
-    return np.minimum(rgb[..., 0] // 10, 18).astype(np.uint8)
-
-
-def run(bags: list, sp: EvalSpec, factory=red_factory, **opts: object) -> EvalState:
-    o: dict = dict(progress=False)
-    o.update(opts)
-    return evaluate_bags([str(b) for b in bags], sp, factory, 19, execution=ExecutionOptions(**o))
 
 
 def counts_add_up(st: EvalState) -> dict:
