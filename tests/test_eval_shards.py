@@ -223,3 +223,28 @@ def test_progress_on_the_driver_counts_frames_and_shards(drives, capsys) -> None
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith('eval: ')]
     assert lines and lines[-1].startswith('eval: 320/')
     assert 'shards 9/9 done, 0 failed, 0 retried' in lines[-1] and len(lines) <= 3   # not one line per frame
+
+
+def test_a_worker_lost_before_the_next_submit_is_replaced_not_raised(drives, tmp_path) -> None:
+    """The driver reads results one at a time: a worker that died after the last one read breaks the pool before
+    the next submit. That submit gets fresh processes (it raised BrokenProcessPool out of the whole evaluation),
+    and the lost shard still fails in result(), so it is retried."""
+    from concurrent.futures import wait
+
+    from evit_ros.eval.executors import _ProcessExecutor, _ShardError
+    sp = spec()
+    shards = plan_shards([str(drives[1])], sp).shards
+    ex = _ProcessExecutor(sp, FaultyFactory(str(tmp_path / 'exited'), 'exit'), 19, jobs=2)
+    try:
+        lost = ex.submit(shards[0], '')
+        wait([lost], timeout=120)          # the worker exited: the pool is broken, nothing read yet
+        assert lost.done()
+        again = ex.submit(shards[0], '')   # before the fix: BrokenProcessPool here
+        with pytest.raises(_ShardError, match='worker process died'):
+            ex.result(lost)
+        wait([again], timeout=120)
+        status, _ = ex.result(again)
+        assert status == 'ok', status
+    finally:
+        ex.cancel()
+        ex.close()

@@ -187,6 +187,7 @@ class _ProcessExecutor:
         self.queue = self.ctx.Queue()
         self._frames: dict[int, int] = {}
         self.pool: Any = None
+        self._pool_of: dict[Any, Any] = {}   # handle -> the pool that runs it (a broken pool is replaced)
 
     def _pool(self) -> Any:
         from concurrent.futures import ProcessPoolExecutor
@@ -199,7 +200,20 @@ class _ProcessExecutor:
         return self.workers - running
 
     def submit(self, shard: Shard, out_part: str) -> Any:
-        return self._pool().submit(_pool_run, shard, out_part)
+        from concurrent.futures.process import BrokenProcessPool
+        try:
+            handle = self._pool().submit(_pool_run, shard, out_part)
+        except BrokenProcessPool:
+            # a worker died after the last result was read: its shards fail in result(); this one gets new processes
+            self._drop_pool()
+            handle = self._pool().submit(_pool_run, shard, out_part)
+        self._pool_of[handle] = self.pool
+        return handle
+
+    def _drop_pool(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None       # the next submit starts fresh processes
 
     def wait(self, handles: list[Any], timeout: float) -> list[Any]:
         from concurrent.futures import FIRST_COMPLETED, wait
@@ -208,12 +222,12 @@ class _ProcessExecutor:
 
     def result(self, handle: Any) -> tuple[str, Any]:
         from concurrent.futures.process import BrokenProcessPool
+        pool = self._pool_of.pop(handle, None)
         try:
             return handle.result()
         except BrokenProcessPool as exc:
-            if self.pool is not None:
-                self.pool.shutdown(wait=False, cancel_futures=True)
-                self.pool = None       # the next submit starts fresh processes
+            if pool is self.pool:   # not a pool submit() already replaced: the next submit starts fresh processes
+                self._drop_pool()
             raise _ShardError(f'worker process died ({exc})') from exc
 
     def frames(self) -> dict[int, int]:
@@ -229,8 +243,7 @@ class _ProcessExecutor:
         if self.pool is not None:
             for p in list(getattr(self.pool, '_processes', {}).values()):
                 p.terminate()
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = None
+            self._drop_pool()
 
     def close(self) -> None:
         if self.pool is not None:
